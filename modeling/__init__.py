@@ -1,0 +1,39 @@
+"""hubzoo architectures. Importing this package registers every architecture with the transformers Auto classes.
+
+Registration lives here, never in the exported modeling files: on the Hub it would run again inside the dynamic
+module and collide with a local registration.
+"""
+
+import transformers
+
+from . import ltg_bert
+
+# model_type -> (config class, {Auto class name: model class})
+ARCHITECTURES = {
+    "ltg_bert": (ltg_bert.LtgBertConfig, ltg_bert.AUTO_CLASSES),
+}
+
+
+def _register(model_type, config_class, auto_classes):
+    transformers.AutoConfig.register(model_type, config_class, exist_ok=True)
+    config_class.register_for_auto_class()
+    for auto_name, model_class in auto_classes.items():
+        getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_name)
+
+
+def auto_map(model_type: str) -> dict:
+    """The complete `auto_map` of an exported repo: AutoConfig plus every task class of the architecture."""
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"Unknown hubzoo model_type {model_type!r}; known: {sorted(ARCHITECTURES)}")
+    config_class, auto_classes = ARCHITECTURES[model_type]
+    entries = {"AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}"}
+    for auto_name, model_class in auto_classes.items():
+        entries[auto_name] = f"{model_class.__module__.rsplit('.', 1)[-1]}.{model_class.__name__}"
+    return entries
+
+
+for _model_type, (_config_class, _auto_classes) in ARCHITECTURES.items():
+    _register(_model_type, _config_class, _auto_classes)
+
+__all__ = ["ARCHITECTURES", "auto_map"]

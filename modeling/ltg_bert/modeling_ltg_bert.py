@@ -1,0 +1,465 @@
+"""LTG-BERT: a BERT-style masked language model with disentangled relative-position attention.
+
+Paper: Samuel, Kutuzov, Øvrelid, Velldal (2023), "Trained on 100 million words and still in shape: BERT meets British
+National Corpus", arXiv:2303.09859. Reference implementation: ltgoslo/ltg-bert@4fe9e6f (`babylm/train/model.py`) and
+the classic `LtgBertForMaskedLM` Hub wrapper (`modeling_ltgbert.py`); the math matches both to float precision.
+
+What the architecture is (and why it differs from BERT):
+  * no absolute positions: every layer adds DeBERTa-style content-to-position and position-to-content terms computed
+    from one shared, layer-normed table of `2 * position_bucket_size - 1` relative embeddings (log-spaced buckets);
+  * NormFormer-like LayerNorm placement: non-affine LayerNorm before each sublayer, an affine one after attention and a
+    non-affine one inside the GEGLU feed-forward; no final encoder LayerNorm;
+  * the MLM head is tied to the word embedding and has its own bias.
+
+Deliberate deviations from the original wrapper:
+  * `hidden_states` are the cumulative layer states `(h_0, h_1, ..., h_L)` like every transformers model; the original
+    wrapper returned per-layer deltas `(h_0, h_1 - h_0, ..., h_L - h_{L-1})`.
+  * inputs longer than `max_position_embeddings` raise a `ValueError` (the wrapper crashed with an AttributeError);
+    token ids outside the vocabulary raise a `ValueError` instead of an index error or a device-side assert.
+  * attention runs through `scaled_dot_product_attention` with the relative-position terms as an additive bias.
+  * relative-position bucket indices are derived from the config at run time instead of being stored in checkpoints.
+"""
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from .configuration_ltg_bert import LtgBertConfig
+
+
+def relative_position_buckets(seq_len: int, bucket_size: int, max_position: int, device=None) -> torch.Tensor:
+    """Index into the relative-embedding table for every (query i, key j) pair: `bucket_size - 1 + bucket(i - j)`.
+
+    Offsets with |i - j| <= bucket_size // 2 keep their exact value; longer ones are mapped logarithmically onto the
+    remaining buckets, reaching the last bucket at `max_position - 1`.
+    """
+    positions = torch.arange(seq_len, dtype=torch.long, device=device)
+    relative = positions[:, None] - positions[None, :]  # (T, T), query minus key
+    mid = bucket_size // 2
+    sign = torch.sign(relative)
+    # Offsets inside the exact window get a placeholder so the log below stays finite; they are not used.
+    magnitude = torch.where(relative.abs() < mid, mid - 1, relative.abs().clamp(max=max_position - 1))
+    log_bucket = torch.ceil(
+        torch.log(magnitude / mid) / math.log((max_position - 1) / mid) * (mid - 1)
+    ).long() + mid
+    bucket = torch.where(magnitude <= mid, relative, log_bucket * sign)
+    return bucket_size - 1 + bucket
+
+
+class LtgBertEmbeddings(nn.Module):
+    """Word embeddings (normalised, no positions) plus the shared relative-position table."""
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.word_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.relative_embeddings = nn.Parameter(torch.empty(2 * config.position_bucket_size - 1, config.hidden_size))
+        self.relative_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.dropout(self.word_layer_norm(self.word_embeddings(input_ids)))
+        relative = self.relative_layer_norm(self.relative_embeddings)  # (2 * bucket - 1, D), shared by all layers
+        return hidden, relative
+
+
+class LtgBertAttention(nn.Module):
+    def __init__(self, config: LtgBertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.position_qk_split = config.position_qk_split
+        # Three score terms (content-content, content-position, position-content) are summed, hence 3 * head_dim.
+        self.scale = 1.0 / math.sqrt(3 * self.head_dim)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.qk_proj = nn.Linear(config.hidden_size, 2 * config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.relative_dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def _position_projections(self, relative: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        # The relative embeddings reuse the content query/key projection, bias included.
+        projected = self.qk_proj(self.relative_dropout(relative))  # (R, 2D)
+        if self.position_qk_split == "chunk_first":
+            query_pos, key_pos = projected.chunk(2, dim=-1)
+            query_pos = query_pos.reshape(-1, self.num_heads, self.head_dim)
+            key_pos = key_pos.reshape(-1, self.num_heads, self.head_dim)
+        else:  # per_head_interleaved: head h owns features [2h*hd, 2(h+1)*hd), query half first
+            query_pos, key_pos = projected.view(-1, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
+        return query_pos, key_pos  # (R, H, hd) each
+
+    def _position_bias(self, query, scaled_key, relative, buckets) -> torch.Tensor:
+        """Content-to-position plus position-to-content scores, (B, H, T, T), already scaled."""
+        query_pos, key_pos = self._position_projections(relative)
+        batch, heads, seq_len, _ = query.shape
+        index = buckets.expand(batch, heads, seq_len, seq_len)
+        # c2p[b,h,i,j] = q_i . key_pos[bucket(i-j)]; p2c[b,h,i,j] = k_j . query_pos[bucket(i-j)].
+        content_to_position = torch.einsum("bhqd,rhd->bhqr", query, key_pos * self.scale).gather(3, index)
+        position_to_content = torch.einsum("bhkd,rhd->bhrk", scaled_key, query_pos).gather(2, index)
+        return content_to_position + position_to_content
+
+    def forward(self, hidden, relative, buckets, key_padding_bias, output_attentions=False):
+        normed = self.pre_layer_norm(hidden)
+        query, key = self.qk_proj(normed).chunk(2, dim=-1)
+        query, key, value = self._split_heads(query), self._split_heads(key), self._split_heads(self.v_proj(normed))
+        # Scaling the keys before the products (instead of the scores after) follows the original's operation order,
+        # which keeps converted checkpoints within float32 rounding of the reference outputs.
+        key = key * self.scale
+        bias = self._position_bias(query, key, relative, buckets)
+        if key_padding_bias is not None:
+            bias = bias + key_padding_bias  # (B, 1, 1, T): 0 for kept keys, dtype minimum for padding
+        dropout_p = self.dropout_prob if self.training else 0.0
+        if output_attentions:
+            probs = (torch.matmul(query, key.transpose(-1, -2)) + bias).softmax(dim=-1)
+            context = torch.matmul(F.dropout(probs, p=dropout_p, training=self.training), value)
+        else:
+            probs = None
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p, scale=1.0)
+        batch, _, seq_len, _ = context.shape
+        context = context.transpose(1, 2).reshape(batch, seq_len, -1)  # (B, T, D)
+        output = self.output_dropout(self.post_layer_norm(self.out_proj(context)))
+        return output, probs
+
+
+class LtgBertFeedForward(nn.Module):
+    """Non-affine LayerNorm -> GEGLU -> non-affine LayerNorm -> projection; no biases."""
+
+    def __init__(self, config: LtgBertConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx  # the original init shrinks deeper feed-forwards (see `_init_weights`)
+        self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)  # [value; gate]
+        self.mid_layer_norm = nn.LayerNorm(
+            config.intermediate_size, eps=config.layer_norm_eps, elementwise_affine=False
+        )
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        value, gate = self.up_proj(self.pre_layer_norm(hidden)).chunk(2, dim=-1)
+        geglu = value * F.gelu(gate, approximate="tanh")
+        return self.dropout(self.down_proj(self.mid_layer_norm(geglu)))
+
+
+class LtgBertLayer(nn.Module):
+    def __init__(self, config: LtgBertConfig, layer_idx: int):
+        super().__init__()
+        self.attention = LtgBertAttention(config)
+        self.mlp = LtgBertFeedForward(config, layer_idx)
+
+    def forward(self, hidden, relative, buckets, key_padding_bias, output_attentions=False):
+        attention_output, probs = self.attention(hidden, relative, buckets, key_padding_bias, output_attentions)
+        hidden = hidden + attention_output
+        hidden = hidden + self.mlp(hidden)
+        return hidden, probs
+
+
+class LtgBertPreTrainedModel(PreTrainedModel):
+    config_class = LtgBertConfig
+    base_model_prefix = "ltg_bert"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LtgBertLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, LtgBertEmbeddings):
+            nn.init.trunc_normal_(module.relative_embeddings, mean=0.0, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(module, LtgBertFeedForward):
+            # Runs after the generic Linear branch (children are visited first) and overrides it.
+            scaled = std * math.sqrt(1.0 / (2.0 * (module.layer_idx + 1)))
+            for linear in (module.up_proj, module.down_proj):
+                nn.init.trunc_normal_(linear.weight, mean=0.0, std=scaled, a=-2 * scaled, b=2 * scaled)
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> None:
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                f"({self.config.max_position_embeddings}); truncate the input."
+            )
+        if input_ids.numel() > 0:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"input_ids contain ids outside [0, {self.config.vocab_size}) (min {low}, max {high}); "
+                    "the tokenizer does not match this model's vocabulary."
+                )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
+                f"shape {tuple(input_ids.shape)}"
+            )
+
+
+class LtgBertModel(LtgBertPreTrainedModel):
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.embeddings = LtgBertEmbeddings(config)
+        self.layers = nn.ModuleList(LtgBertLayer(config, i) for i in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`attention_mask`: 1 for real tokens, 0 for padding; padding is hidden from every key position. Padded
+        query positions are still computed (and should be ignored by the caller)."""
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = True if return_dict is None else return_dict
+        self._check_inputs(input_ids, attention_mask)
+
+        hidden, relative = self.embeddings(input_ids)
+        seq_len = input_ids.shape[1]
+        buckets = relative_position_buckets(
+            seq_len, self.config.position_bucket_size, self.config.max_position_embeddings, device=input_ids.device
+        )
+        key_padding_bias = None
+        if attention_mask is not None:
+            key_padding_bias = torch.zeros(attention_mask.shape, dtype=hidden.dtype, device=hidden.device)
+            key_padding_bias = key_padding_bias.masked_fill(attention_mask == 0, torch.finfo(hidden.dtype).min)
+            key_padding_bias = key_padding_bias[:, None, None, :]  # (B, 1, 1, T)
+
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden, probs = self._gradient_checkpointing_func(
+                    layer.__call__, hidden, relative, buckets, key_padding_bias, output_attentions
+                )
+            else:
+                hidden, probs = layer(hidden, relative, buckets, key_padding_bias, output_attentions)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden,)
+            if output_attentions:
+                all_attentions = all_attentions + (probs,)
+
+        output = BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class LtgBertMaskedLMHead(nn.Module):
+    """LayerNorm -> dense -> GELU (exact) -> LayerNorm -> dropout -> vocabulary projection (tied) + own bias."""
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__()
+        self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.post_layer_norm(F.gelu(self.dense(self.pre_layer_norm(hidden))))
+        return self.decoder(self.dropout(hidden))
+
+
+class LtgBertClassificationHead(nn.Module):
+    """The original sequence-classification head, also applied per token for token classification."""
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__()
+        dropout = config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+        self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.post_layer_norm(F.gelu(self.dense(self.pre_layer_norm(hidden))))
+        return self.out_proj(self.dropout(hidden))
+
+
+def _check_class_labels(labels: torch.Tensor, logits: torch.Tensor, num_classes: int) -> None:
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match inputs shape {tuple(logits.shape[:-1])}")
+    valid = labels[labels != -100]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
+        raise ValueError(f"labels must be -100 (ignored) or in [0, {num_classes}), got {valid.min()}..{valid.max()}")
+
+
+class LtgBertForMaskedLM(LtgBertPreTrainedModel):
+    _tied_weights_keys = {"lm_head.decoder.weight": "ltg_bert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.ltg_bert = LtgBertModel(config)
+        self.lm_head = LtgBertMaskedLMHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.ltg_bert.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.ltg_bert.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`labels`: original ids at the positions to predict, -100 elsewhere (padding included). The loss is the mean
+        cross-entropy over labelled positions; no shift."""
+        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True)
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            _check_class_labels(labels, logits, self.config.vocab_size)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        output = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict in (None, True) else output.to_tuple()
+
+
+class LtgBertForSequenceClassification(LtgBertPreTrainedModel):
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ltg_bert = LtgBertModel(config)
+        self.classifier = LtgBertClassificationHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.ltg_bert.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.ltg_bert.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """Classifies the first position ([CLS]). `labels`: class ids (float targets for regression)."""
+        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.last_hidden_state[:, 0])  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self._classification_loss(logits, labels)
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict in (None, True) else output.to_tuple()
+
+    def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Same problem-type inference as transformers' BERT heads, so Trainer recipes carry over.
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+        if self.config.problem_type == "single_label_classification":
+            if labels.shape != logits.shape[:1]:
+                raise ValueError(f"labels shape {tuple(labels.shape)} must be (batch,) = {tuple(logits.shape[:1])}")
+            _check_class_labels(labels, logits, self.num_labels)
+            return F.cross_entropy(logits.float(), labels)
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class LtgBertForTokenClassification(LtgBertPreTrainedModel):
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ltg_bert = LtgBertModel(config)
+        self.classifier = LtgBertClassificationHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.ltg_bert.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.ltg_bert.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`labels`: a class id per token, -100 for positions to ignore (padding, sub-word continuations)."""
+        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.last_hidden_state)  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            _check_class_labels(labels, logits, self.num_labels)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict in (None, True) else output.to_tuple()
+
+
+__all__ = [
+    "LtgBertPreTrainedModel",
+    "LtgBertModel",
+    "LtgBertForMaskedLM",
+    "LtgBertForSequenceClassification",
+    "LtgBertForTokenClassification",
+]
