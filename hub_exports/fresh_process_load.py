@@ -1,0 +1,62 @@
+"""Load an exported folder the way a Hub user does, in an interpreter that never imported hubzoo.
+
+Run by `hub_exports.verify` as `python -I fresh_process_load.py <folder> <auto class> <inputs.safetensors>
+<logits.safetensors>` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a scratch working directory. Imports
+only the standard library, torch, safetensors and transformers, so it also runs under other transformers versions
+(the 4.57 compatibility check uses it). Prints one JSON report on the last line of stdout.
+"""
+
+import json
+import logging
+import sys
+import warnings
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(f"{record.name}: {record.getMessage()}")
+
+
+def main(folder, auto_class_name, inputs_path, logits_path):
+    transformers.logging.set_verbosity_warning()
+    collector = _Collect()
+    logging.getLogger("transformers").addHandler(collector)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto_class = getattr(transformers, auto_class_name)
+        model, info = auto_class.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+        model.eval()
+        inputs = load_file(inputs_path)
+        with torch.no_grad():
+            outputs = model(**inputs)
+            tokenized = tokenizer(["A short sentence.", "Another one, a little longer."], padding=True,
+                                  return_tensors="pt")
+            model(**tokenized)  # the tokenizer's own output must be accepted as-is
+    logits = outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state
+    save_file({"logits": logits.contiguous()}, logits_path)
+    input_embeddings, output_embeddings = model.get_input_embeddings(), model.get_output_embeddings()
+    report = {
+        "transformers_version": transformers.__version__,
+        "class_module": type(model).__module__,
+        "class_name": type(model).__name__,
+        "loading_info": {key: sorted(map(str, value)) for key, value in info.items() if value},
+        "warnings": collector.messages + [f"{w.category.__name__}: {w.message}" for w in caught],
+        "tied": None if output_embeddings is None
+        else output_embeddings.weight.data_ptr() == input_embeddings.weight.data_ptr(),
+        "tokenizer_vocab": len(tokenizer),
+        "tokenizer_max_id": int(tokenized["input_ids"].max()),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])

@@ -1,0 +1,1 @@
+"""Training: Trainer subclasses, collators, data helpers and the `run_<type>.py` scripts."""

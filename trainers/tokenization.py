@@ -1,0 +1,32 @@
+"""Train a fast WordPiece tokenizer on a corpus, so that `vocab_size` and special ids come from it, never by hand."""
+
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
+    """A `PreTrainedTokenizerFast` with `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0-4 and `[CLS] text [SEP]` framing."""
+    specials = list(SPECIAL_TOKENS.values())
+    backend = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##"))
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, continuing_subword_prefix="##"
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = backend.token_to_id(SPECIAL_TOKENS["cls"]), backend.token_to_id(SPECIAL_TOKENS["sep"])
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        **{f"{name}_token": token for name, token in SPECIAL_TOKENS.items()},
+        model_input_names=["input_ids", "attention_mask"],
+    )
