@@ -170,10 +170,8 @@ def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None) -> Path:
     try:
         model.config.auto_map = modeling.auto_map(model.config.model_type)
         model.save_pretrained(staging)
-        # Only what the model consumes: BERT-style tokenizers also emit token_type_ids, which forward() rejects.
-        tokenizer.model_input_names = ["input_ids", "attention_mask"]
         tokenizer.save_pretrained(staging)
-        _name_tokenizer_class_portably(staging / "tokenizer_config.json")
+        _write_portable_tokenizer_config(staging / "tokenizer_config.json", model)
         build_model_card(model, card).save(staging / "README.md")
         for name in FORBIDDEN_FILES:
             (staging / name).unlink(missing_ok=True)
@@ -184,13 +182,19 @@ def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None) -> Path:
     return out_dir
 
 
-def _name_tokenizer_class_portably(tokenizer_config: Path) -> None:
-    """transformers 5 names a plain fast tokenizer `TokenizersBackend`, which 4.x cannot resolve; both versions load
-    the same `tokenizer.json` under the name `PreTrainedTokenizerFast`."""
+def _write_portable_tokenizer_config(tokenizer_config: Path, model) -> None:
+    """Pin what transformers 4.x and 5.x would otherwise read differently from the same tokenizer files."""
     settings = json.loads(tokenizer_config.read_text())
+    # 5.x calls a plain fast tokenizer `TokenizersBackend`, which 4.x cannot resolve; both know this name.
     if settings.get("tokenizer_class") == "TokenizersBackend":
         settings["tokenizer_class"] = "PreTrainedTokenizerFast"
-        tokenizer_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    # 4.x fast tokenizers default to emitting token_type_ids, which the models' forward() does not take.
+    settings["model_input_names"] = ["input_ids", "attention_mask"]
+    # `truncation=True` should cut at the model's limit instead of tripping its length check.
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and settings.get("model_max_length", float("inf")) > limit:
+        settings["model_max_length"] = limit
+    tokenizer_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _replace_dir(new: Path, target: Path) -> None:

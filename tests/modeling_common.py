@@ -33,9 +33,9 @@ ALLOWED_TRANSFORMERS_MODULES = {
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-def tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer with exactly `vocab_size` ids: [PAD] [UNK] [CLS] [SEP] [MASK], then w5, w6, ..."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+def tiny_tokenizer(vocab_size: int, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with exactly `vocab_size` ids: the specials in the given order, then w<id> words."""
+    specials = list(specials)
     vocab = {token: i for i, token in enumerate(specials + [f"w{i}" for i in range(len(specials), vocab_size)])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -1,0 +1,176 @@
+"""export -> verify -> push on a tiny LTG-BERT: the complete folder, loud failures for broken exports, atomic writes,
+and an upload that lands byte-identical on a loopback Hub."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import importlib
+from hub_exports import CardInfo, Metric, VerificationError, export, verify
+from hub_exports.__main__ import main as cli
+from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
+from tests.hub_stub import LoopbackHub
+from tests.modeling_common import tiny_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    config = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                  max_position_embeddings=32, position_bucket_size=8, pad_token_id=0)
+    return LtgBertForMaskedLM(LtgBertConfig(**{**config, **overrides})).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    card = CardInfo(repo_id="hubzoo/ltg-bert-tiny", training_data="Nothing: random weights.",
+                    metrics=[Metric("fill-mask", "Synthetic", "synthetic", "accuracy", 0.25)])
+    return export(tiny_model(), tiny_tokenizer(64), tmp_path_factory.mktemp("export") / "ltg-bert-tiny", card=card)
+
+
+@pytest.fixture
+def broken(exported, tmp_path):
+    """A private copy of the good export, to break."""
+    return Path(shutil.copytree(exported, tmp_path / "broken"))
+
+
+def failure_report(folder, capsys) -> str:
+    assert cli(["verify", str(folder)]) == 1
+    return capsys.readouterr().err
+
+
+def test_export_writes_a_complete_repo(exported):
+    files = sorted(p.name for p in exported.iterdir())
+    assert files == ["README.md", "config.json", "configuration_ltg_bert.py", "model.safetensors",
+                     "modeling_ltg_bert.py", "tokenizer.json", "tokenizer_config.json"]
+    config = json.loads((exported / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM",
+                                       "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
+    assert config["pad_token_id"] == 0 and config["tie_word_embeddings"] is True
+    card = (exported / "README.md").read_text()
+    metadata = card.split("---")[1]
+    assert "model-index" in metadata and "value: 0.25" in metadata and "pipeline_tag: fill-mask" in metadata
+    assert 'AutoModelForMaskedLM.from_pretrained("hubzoo/ltg-bert-tiny", trust_remote_code=True)' in card
+    for section in ("## Training data", "## Limitations", "## Evaluation", "Nothing: random weights."):
+        assert section in card
+
+
+def test_verify_cli_prints_pass_report(exported):
+    done = subprocess.run([sys.executable, "-m", "hub_exports", "verify", str(exported)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "PASSED: 8 checks" in done.stdout
+    assert "LtgBertForMaskedLM from transformers_modules" in done.stdout
+
+
+def test_verify_names_a_dropped_head_weight(broken, capsys):
+    tensors = load_file(broken / "model.safetensors")
+    del tensors["lm_head.dense.weight"]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    assert "missing keys ['lm_head.dense.weight']" in failure_report(broken, capsys)
+
+
+def test_verify_names_an_untied_head(broken, capsys):
+    tensors = load_file(broken / "model.safetensors")
+    tensors["lm_head.decoder.weight"] = tensors["ltg_bert.embeddings.word_embeddings.weight"] + 1
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    assert "untied head" in failure_report(broken, capsys)
+
+
+def test_verify_names_a_mismatched_tokenizer(broken, capsys):
+    tiny_tokenizer(80).save_pretrained(broken)
+    assert "80 tokens (largest id 79) do not fit vocab_size 64" in failure_report(broken, capsys)
+
+
+def test_verify_names_a_special_id_mismatch(broken, capsys):
+    config = json.loads((broken / "config.json").read_text())
+    config["pad_token_id"] = 3
+    (broken / "config.json").write_text(json.dumps(config))
+    assert "config.pad_token_id=3 but tokenizer pad_token_id=0" in failure_report(broken, capsys)
+
+
+def test_verify_names_an_edited_modeling_file(broken, capsys):
+    path = broken / "modeling_ltg_bert.py"
+    path.write_text(path.read_text().replace("1.0 / math.sqrt(3 * self.head_dim)", "1.0 / math.sqrt(self.head_dim)"))
+    assert "modeling_ltg_bert.py differs from modeling/ltg_bert/modeling_ltg_bert.py" in failure_report(broken, capsys)
+
+
+def test_verify_names_an_incomplete_auto_map(broken, capsys):
+    config = json.loads((broken / "config.json").read_text())
+    del config["auto_map"]["AutoModelForTokenClassification"]
+    (broken / "config.json").write_text(json.dumps(config))
+    assert "AutoModelForTokenClassification" in failure_report(broken, capsys)
+
+
+def test_verify_compares_logits_with_the_reference(exported):
+    trained_further = tiny_model()
+    with torch.no_grad():
+        trained_further.lm_head.dense.bias.add_(0.1)
+    with pytest.raises(VerificationError, match=r"\[FAIL\] logits: max \|diff\|"):
+        verify(exported, reference_model=trained_further)
+
+
+def test_export_refuses_a_tokenizer_that_does_not_fit(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size is 64"):
+        export(tiny_model(), tiny_tokenizer(65), tmp_path / "out")
+    with pytest.raises(ValueError, match="pad_token_id"):
+        export(tiny_model(pad_token_id=4), tiny_tokenizer(64), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_is_atomic(exported, tmp_path, monkeypatch):
+    target = Path(shutil.copytree(exported, tmp_path / "existing"))
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(importlib.import_module("hub_exports.export"), "build_model_card", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(tiny_model(hidden_size=16), tiny_tokenizer(64), target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"], "staging folder left behind"
+
+
+def test_push_uploads_every_file_to_the_hub(exported, tmp_path):
+    env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE")  # the loopback Hub is the only "network" here
+    with LoopbackHub(tmp_path / "hub") as hub:
+        env["HF_ENDPOINT"] = hub.url
+        done = subprocess.run([sys.executable, "-m", "hub_exports", "push", str(exported), "hubzoo/ltg-bert-tiny",
+                               "--token", "hf_test"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert ("POST", "/api/repos/create") in hub.requests
+        assert ("POST", "/api/models/hubzoo/ltg-bert-tiny/commit/main") in hub.requests
+    arrived = tmp_path / "hub" / "hubzoo" / "ltg-bert-tiny"
+    assert sorted(p.name for p in arrived.iterdir()) == sorted(p.name for p in exported.iterdir())
+    for path in exported.iterdir():
+        assert (arrived / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_push_refuses_a_broken_export(broken, tmp_path, capsys):
+    (broken / "modeling_ltg_bert.py").write_text("# emptied\n")
+    with LoopbackHub(tmp_path / "hub") as hub:
+        assert cli(["push", str(broken), "hubzoo/broken", "--endpoint", hub.url, "--token", "hf_test"]) == 1
+        assert hub.requests == []
+    assert "Not pushed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_loads_identically_on_transformers_4_57(exported):
+    """A second environment (transformers 4.57.6, cached under .venv/) loads the export warning-free with identical
+    logits: the whole fresh-process verification runs under that interpreter."""
+    from tests.compat_env import compat_python
+
+    checks = {check.name: check for check in verify(exported, python=str(compat_python("4.57.6")))}
+    assert "transformers 4.57.6" in checks["fresh-process load"].detail
+    assert checks["logits"].ok
