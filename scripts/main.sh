@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: set up .venv if needed, train a tiny LTG-BERT on the embedded corpus, export it, verify the export
+# and print where it is. Extra arguments are passed to the training script (e.g. --max_steps 50).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup_env.sh"
+cd "$root"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec "$root/.venv/bin/accelerate" launch --num_processes 1 --num_machines 1 --mixed_precision no \
+    --dynamo_backend no trainers/run_ltg_bert.py trainers/configs/ltg_bert_tiny.yaml "$@"
