@@ -212,7 +212,7 @@ def _check_fresh_load(folder: Path, config, reference_model, python: str, atol: 
             return [Check("fresh-process load", False, error)]
         remote_logits = load_file(scratch / "logits.safetensors")["logits"]
     checks = [_judge_fresh_load(report, config, model_class)]
-    reference = reference_model or model_class.from_pretrained(folder)
+    reference = model_class.from_pretrained(folder) if reference_model is None else reference_model
     was_training = reference.training
     reference.eval()
     with torch.no_grad():

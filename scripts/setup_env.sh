@@ -10,6 +10,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Reinstall only when the package metadata changed since the last install.
 if [ ! -f "$stamp" ] || [ "$root/setup.cfg" -nt "$stamp" ]; then
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0" -e "$root[dev]"
+    "$venv/bin/pip" install -qq --disable-pip-version-check "torch==2.13.0" -e "$root[dev]"
     touch "$stamp"
 fi

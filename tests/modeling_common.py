@@ -221,17 +221,21 @@ class ModelTesterMixin:
                 with_pads = with_pads[:, :6]
             torch.testing.assert_close(with_pads, clean, **TOL)
 
+    def training_loss(self, model, model_class, seed):
+        """The task loss when the class takes labels, else a surrogate on its output (base models)."""
+        generator = torch.Generator().manual_seed(seed)
+        inputs = self.get_inputs(model.config, generator=generator)
+        labels = self.get_labels(model_class, model.config, inputs, generator)
+        if labels is None:
+            return _main_output(model(**inputs)).pow(2).mean()
+        return model(**inputs, labels=labels).loss
+
     def test_training_step_updates_params(self):
         for model_class in self.model_classes:
             model = self.build(model_class).train()
-            generator = torch.Generator().manual_seed(1)
-            inputs = self.get_inputs(model.config, generator=generator)
-            labels = self.get_labels(model_class, model.config, inputs, generator)
-            if labels is None:
-                continue
             before = {name: p.detach().clone() for name, p in model.named_parameters()}
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-            loss = model(**inputs, labels=labels).loss
+            loss = self.training_loss(model, model_class, seed=1)
             assert torch.isfinite(loss)
             loss.backward()
             for name, param in model.named_parameters():
@@ -244,32 +248,22 @@ class ModelTesterMixin:
     def test_frozen_parameters_stay_frozen(self):
         for model_class in self.model_classes:
             model = self.build(model_class).train()
-            generator = torch.Generator().manual_seed(2)
-            inputs = self.get_inputs(model.config, generator=generator)
-            labels = self.get_labels(model_class, model.config, inputs, generator)
-            if labels is None:
-                continue
             frozen = model.get_input_embeddings().weight
             frozen.requires_grad_(False)
             before = frozen.detach().clone()
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-            model(**inputs, labels=labels).loss.backward()
+            self.training_loss(model, model_class, seed=2).backward()
             optimizer.step()
             assert torch.equal(frozen, before)
 
     def test_gradient_checkpointing(self):
         for model_class in self.model_classes:
-            generator = torch.Generator().manual_seed(3)
             model = model_class(_without_dropout(self.get_config())).train()
-            inputs = self.get_inputs(model.config, generator=generator)
-            labels = self.get_labels(model_class, model.config, inputs, generator)
-            if labels is None:
-                continue
-            model(**inputs, labels=labels).loss.backward()
+            self.training_loss(model, model_class, seed=3).backward()
             plain = {name: p.grad.clone() for name, p in model.named_parameters()}
             model.zero_grad()
             getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-            model(**inputs, labels=labels).loss.backward()
+            self.training_loss(model, model_class, seed=3).backward()
             for name, param in model.named_parameters():
                 torch.testing.assert_close(param.grad, plain[name], **TOL)
 
