@@ -78,6 +78,7 @@ class LtgBertAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.config = config  # read at call time: `attn_implementation` can change after construction
         self.position_qk_split = config.position_qk_split
         # Three score terms (content-content, content-position, position-content) are summed, hence 3 * head_dim.
         self.scale = 1.0 / math.sqrt(3 * self.head_dim)
@@ -88,7 +89,8 @@ class LtgBertAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.relative_dropout = nn.Dropout(config.attention_probs_dropout_prob)
-        self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
+        # The original applies its attention dropout here too (not the hidden dropout).
+        self.output_dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape
@@ -126,9 +128,10 @@ class LtgBertAttention(nn.Module):
         if key_padding_bias is not None:
             bias = bias + key_padding_bias  # (B, 1, 1, T): 0 for kept keys, dtype minimum for padding
         dropout_p = self.dropout_prob if self.training else 0.0
-        if output_attentions:
+        if output_attentions or self.config._attn_implementation == "eager":
             probs = (torch.matmul(query, key.transpose(-1, -2)) + bias).softmax(dim=-1)
             context = torch.matmul(F.dropout(probs, p=dropout_p, training=self.training), value)
+            probs = probs if output_attentions else None
         else:
             probs = None
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p, scale=1.0)
@@ -138,18 +141,31 @@ class LtgBertAttention(nn.Module):
         return output, probs
 
 
+class LtgBertDepthScaledLinear(nn.Linear):
+    """A bias-free Linear whose init std is multiplied by `init_scale`.
+
+    The scale lives on the Linear itself because transformers 5 skips `_init_weights` for custom-code modules that
+    own no parameters directly, so a branch keyed on the parent feed-forward module would never run.
+    """
+
+    def __init__(self, in_features: int, out_features: int, init_scale: float):
+        super().__init__(in_features, out_features, bias=False)
+        self.init_scale = init_scale
+
+
 class LtgBertFeedForward(nn.Module):
     """Non-affine LayerNorm -> GEGLU -> non-affine LayerNorm -> projection; no biases."""
 
     def __init__(self, config: LtgBertConfig, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx  # the original init shrinks deeper feed-forwards (see `_init_weights`)
+        # The original init shrinks the feed-forward weights of layer i by sqrt(1 / (2 (i + 1))).
+        init_scale = math.sqrt(1.0 / (2.0 * (layer_idx + 1)))
         self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
-        self.up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)  # [value; gate]
+        self.up_proj = LtgBertDepthScaledLinear(config.hidden_size, 2 * config.intermediate_size, init_scale)
         self.mid_layer_norm = nn.LayerNorm(
             config.intermediate_size, eps=config.layer_norm_eps, elementwise_affine=False
         )
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.down_proj = LtgBertDepthScaledLinear(config.intermediate_size, config.hidden_size, init_scale)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -176,11 +192,11 @@ class LtgBertPreTrainedModel(PreTrainedModel):
     base_model_prefix = "ltg_bert"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LtgBertLayer"]
-    _supports_sdpa = True
+    _supports_sdpa = True  # the default; `attn_implementation="eager"` runs the explicit softmax instead
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
+        std = self.config.initializer_range * getattr(module, "init_scale", 1.0)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
             if getattr(module, "bias", None) is not None:
@@ -190,11 +206,6 @@ class LtgBertPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
         elif isinstance(module, LtgBertEmbeddings):
             nn.init.trunc_normal_(module.relative_embeddings, mean=0.0, std=std, a=-2 * std, b=2 * std)
-        elif isinstance(module, LtgBertFeedForward):
-            # Runs after the generic Linear branch (children are visited first) and overrides it.
-            scaled = std * math.sqrt(1.0 / (2.0 * (module.layer_idx + 1)))
-            for linear in (module.up_proj, module.down_proj):
-                nn.init.trunc_normal_(linear.weight, mean=0.0, std=scaled, a=-2 * scaled, b=2 * scaled)
 
     def _check_inputs(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> None:
         if input_ids is None:

@@ -45,8 +45,12 @@ def test_parity_with_original_wrapper(fixture_dir, split):
     assert max_diff(out.logits, reference["logits"]) <= 1e-5
     assert abs(out.loss.item() - reference["loss"].item()) <= 1e-6
     assert max_diff(model(input_ids=inputs["input_ids"]).logits, reference["logits_no_attention_mask"]) <= 1e-5
-    with torch.no_grad():  # CPU SDPA then takes its flash kernel (online softmax): observed 1.0e-5 instead of 7.6e-6
-        assert max_diff(model(**inputs).logits, reference["logits"]) <= 2e-5
+    with torch.no_grad():
+        # Without autograd, CPU SDPA switches to its flash kernel (online softmax), which rounds differently:
+        # observed 1.0014e-5 for this variant. The eager implementation stays within 1e-5 in every mode.
+        assert max_diff(model(**inputs).logits, reference["logits"]) <= 1.5e-5
+        model.config._attn_implementation = "eager"
+        assert max_diff(model(**inputs).logits, reference["logits"]) <= 1e-5
     # The original returns per-layer deltas; ours are cumulative, so compare the running sum.
     deltas = torch.stack([reference[f"hidden_states.{k}"] for k in range(4)]).cumsum(0)
     assert max_diff(torch.stack(out.hidden_states), deltas) <= 1e-4

@@ -1,0 +1,79 @@
+"""LTG-BERT behaviour beyond the conformance suite: the original init schedule, the two position splits, the two
+attention implementations, cumulative hidden states."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM, LtgBertModel
+
+TRUNCATED_STD = 0.8796  # std of a standard normal truncated at +-2 sigma
+
+
+def config(**overrides):
+    defaults = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                    max_position_embeddings=24, position_bucket_size=4, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0)
+    return LtgBertConfig(**{**defaults, **overrides})
+
+
+def inputs(vocab_size=99):
+    input_ids = torch.randint(5, vocab_size, (3, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(input_ids)
+    mask[1, 6:] = 0
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("build", ["direct", "from_config"])
+def test_init_follows_the_original_schedule(build):
+    """Truncated normal, std sqrt(2 / 5d); feed-forward weights of layer i further scaled by sqrt(1 / 2(i+1))."""
+    cfg = LtgBertConfig(vocab_size=512, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=512)
+    torch.manual_seed(0)
+    model = LtgBertForMaskedLM(cfg) if build == "direct" else AutoModelForMaskedLM.from_config(cfg)
+    base = math.sqrt(2 / (5 * 256)) * TRUNCATED_STD
+    layer = model.ltg_bert.layers[0]
+    assert layer.attention.qk_proj.weight.std().item() == pytest.approx(base, rel=0.03)
+    assert model.ltg_bert.embeddings.relative_embeddings.std().item() == pytest.approx(base, rel=0.1)
+    for i, layer in enumerate(model.ltg_bert.layers):
+        expected = base * math.sqrt(1 / (2 * (i + 1)))
+        assert layer.mlp.up_proj.weight.std().item() == pytest.approx(expected, rel=0.03), f"layer {i} up_proj"
+        assert layer.mlp.down_proj.weight.std().item() == pytest.approx(expected, rel=0.03), f"layer {i} down_proj"
+        assert layer.mlp.up_proj.weight.abs().max().item() <= 2 * expected / TRUNCATED_STD
+    assert torch.all(layer.attention.qk_proj.bias == 0)
+
+
+def test_both_position_splits_are_distinct_models():
+    torch.manual_seed(0)
+    model = LtgBertForMaskedLM(config()).eval()
+    other = LtgBertForMaskedLM(config(position_qk_split="per_head_interleaved")).eval()
+    other.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(**inputs()).logits, other(**inputs()).logits, atol=1e-3)
+
+
+def test_eager_and_sdpa_attention_agree():
+    torch.manual_seed(0)
+    sdpa = AutoModelForMaskedLM.from_config(config(), attn_implementation="sdpa").eval()
+    eager = AutoModelForMaskedLM.from_config(config(), attn_implementation="eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    torch.testing.assert_close(eager(**inputs()).logits, sdpa(**inputs()).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_probabilities_ignore_padding():
+    model = LtgBertModel(config()).eval()
+    probs = model(**inputs(), output_attentions=True).attentions
+    assert len(probs) == 2
+    assert torch.all(probs[0][1, :, :, 6:] == 0)
+    torch.testing.assert_close(probs[0].sum(-1), torch.ones(3, 4, 9))
+
+
+def test_hidden_states_are_cumulative():
+    """hidden_states[k] is the state after k layers (the original wrapper returned differences instead)."""
+    model = LtgBertModel(config()).eval()
+    outputs = model(**inputs(), output_hidden_states=True)
+    assert len(outputs.hidden_states) == 3
+    torch.testing.assert_close(outputs.hidden_states[-1], outputs.last_hidden_state, atol=0, rtol=0)
+    model.layers = model.layers[:1]  # the same model cut after its first layer
+    torch.testing.assert_close(model(**inputs()).last_hidden_state, outputs.hidden_states[1], atol=0, rtol=0)
