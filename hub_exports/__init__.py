@@ -4,8 +4,8 @@ Library use: `export(model, tokenizer, out_dir, card=CardInfo(...))`, `verify(ou
 Command line: `python -m hub_exports {export,verify,push,convert} --help`.
 """
 
-from hub_exports.export import CardInfo, Metric, export
-from hub_exports.push import push
-from hub_exports.verify import VerificationError, format_report, verify
+from hub_exports.exporting import CardInfo, Metric, export
+from hub_exports.publishing import push
+from hub_exports.verification import VerificationError, format_report, verify
 
 __all__ = ["CardInfo", "Metric", "export", "verify", "push", "format_report", "VerificationError"]

@@ -1,13 +1,14 @@
 """python -m hub_exports {export,verify,push,convert} ... — see each command's --help."""
 
 import argparse
+import logging
 import sys
 
 from transformers import AutoTokenizer
 
-from hub_exports.export import CardInfo, Metric, export, load_checkpoint
-from hub_exports.push import push
-from hub_exports.verify import VerificationError, format_report, verify
+from hub_exports.exporting import CardInfo, Metric, export, load_checkpoint
+from hub_exports.publishing import push
+from hub_exports.verification import VerificationError, format_report, verify
 
 
 def _metric(text: str) -> Metric:
@@ -35,13 +36,12 @@ def _card(args) -> CardInfo:
 
 
 def _export_and_verify(model, tokenizer, out, card) -> int:
-    folder = export(model, tokenizer, out, card=card)
     try:
-        print(format_report(folder, verify(folder, reference_model=model)))
+        folder = export(model, tokenizer, out, card=card)  # logs the verification report
     except VerificationError as error:
-        print(error, file=sys.stderr)
+        print(f"Not exported ({out} left as it was):\n{error}", file=sys.stderr)
         return 1
-    print(f"Exported to {folder}")
+    print(f"Exported and verified: {folder}")
     return 0
 
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position-qk-split", required=True, choices=["chunk_first", "per_head_interleaved"],
                    help="relative-position split the checkpoint was trained with (not visible in its keys)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the source folder)")
-    p.add_argument("--pad-token-id", type=int, help="only needed to cross-check the tokenizer's pad id")
+    p.add_argument("--pad-token-id", type=int, help="checked against the tokenizer's pad id (the tokenizer decides)")
     _add_card_arguments(p)
     p.set_defaults(run=cmd_convert)
     return parser
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("hub_exports").setLevel(logging.INFO)
     return args.run(args)
 
 

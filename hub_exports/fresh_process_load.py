@@ -1,7 +1,7 @@
 """Load an exported folder the way a Hub user does, in an interpreter that never imported hubzoo.
 
 Run by `hub_exports.verify` as `python -I fresh_process_load.py <folder> <auto class> <inputs.safetensors>
-<logits.safetensors>` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a scratch working directory. Imports
+<outputs.safetensors>` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a scratch working directory. Imports
 only the standard library, torch, safetensors and transformers, so it also runs under other transformers versions
 (the 4.57 compatibility check uses it). Prints one JSON report on the last line of stdout.
 """
@@ -25,7 +25,7 @@ class _Collect(logging.Handler):
         self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
-def main(folder, auto_class_name, inputs_path, logits_path):
+def main(folder, auto_class_name, inputs_path, outputs_path):
     transformers.logging.set_verbosity_warning()
     collector = _Collect()
     logging.getLogger("transformers").addHandler(collector)
@@ -41,8 +41,8 @@ def main(folder, auto_class_name, inputs_path, logits_path):
             tokenized = tokenizer(["A short sentence.", "Another one, a little longer."], padding=True,
                                   return_tensors="pt")
             model(**tokenized)  # the tokenizer's own output must be accepted as-is
-    logits = outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state
-    save_file({"logits": logits.contiguous()}, logits_path)
+    main_output = outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
+    save_file({"outputs": main_output.float().contiguous()}, outputs_path)
     input_embeddings, output_embeddings = model.get_input_embeddings(), model.get_output_embeddings()
     report = {
         "transformers_version": transformers.__version__,
@@ -52,7 +52,6 @@ def main(folder, auto_class_name, inputs_path, logits_path):
         "warnings": collector.messages + [f"{w.category.__name__}: {w.message}" for w in caught],
         "tied": None if output_embeddings is None
         else output_embeddings.weight.data_ptr() == input_embeddings.weight.data_ptr(),
-        "tokenizer_vocab": len(tokenizer),
         "tokenizer_max_id": int(tokenized["input_ids"].max()),
     }
     print(json.dumps(report))

@@ -33,7 +33,15 @@ def auto_map(model_type: str) -> dict:
     return entries
 
 
+def task_class(model_type: str, class_name: str) -> tuple:
+    """`(Auto class name, model class)` for a hubzoo class named as in `config.architectures`."""
+    for auto_name, model_class in ARCHITECTURES.get(model_type, (None, {}))[1].items():
+        if model_class.__name__ == class_name:
+            return auto_name, model_class
+    raise ValueError(f"{class_name!r} is not a registered class of hubzoo model_type {model_type!r}")
+
+
 for _model_type, (_config_class, _auto_classes) in ARCHITECTURES.items():
     _register(_model_type, _config_class, _auto_classes)
 
-__all__ = ["ARCHITECTURES", "auto_map"]
+__all__ = ["ARCHITECTURES", "auto_map", "task_class"]

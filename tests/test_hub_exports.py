@@ -1,6 +1,7 @@
 """export -> verify -> push on a tiny LTG-BERT: the complete folder, loud failures for broken exports, atomic writes,
 and an upload that lands byte-identical on a loopback Hub."""
 
+import importlib
 import json
 import os
 import shutil
@@ -12,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import importlib
 from hub_exports import CardInfo, Metric, VerificationError, export, verify
 from hub_exports.__main__ import main as cli
+from hub_exports.exporting import load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from tests.hub_stub import LoopbackHub
 from tests.modeling_common import tiny_tokenizer
@@ -49,8 +50,8 @@ def failure_report(folder, capsys) -> str:
 
 def test_export_writes_a_complete_repo(exported):
     files = sorted(p.name for p in exported.iterdir())
-    assert files == ["README.md", "config.json", "configuration_ltg_bert.py", "model.safetensors",
-                     "modeling_ltg_bert.py", "tokenizer.json", "tokenizer_config.json"]
+    assert files == ["README.md", "config.json", "configuration_ltg_bert.py", "hubzoo_export.json",
+                     "model.safetensors", "modeling_ltg_bert.py", "tokenizer.json", "tokenizer_config.json"]
     config = json.loads((exported / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM",
                                        "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
@@ -67,7 +68,7 @@ def test_verify_cli_prints_pass_report(exported):
     done = subprocess.run([sys.executable, "-m", "hub_exports", "verify", str(exported)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "PASSED: 8 checks" in done.stdout
+    assert "PASSED: 9 checks" in done.stdout
     assert "LtgBertForMaskedLM from transformers_modules" in done.stdout
 
 
@@ -75,7 +76,30 @@ def test_verify_names_a_dropped_head_weight(broken, capsys):
     tensors = load_file(broken / "model.safetensors")
     del tensors["lm_head.dense.weight"]
     save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
-    assert "missing keys ['lm_head.dense.weight']" in failure_report(broken, capsys)
+    report = failure_report(broken, capsys)
+    assert "missing keys ['lm_head.dense.weight']" in report
+    assert "changed since export: ['model.safetensors']" in report
+
+
+def test_verify_catches_weights_replaced_after_export(broken, capsys):
+    tensors = {key: torch.randn_like(t) if t.is_floating_point() else t
+               for key, t in load_file(broken / "model.safetensors").items()}
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    assert "changed since export: ['model.safetensors']" in failure_report(broken, capsys)
+
+
+def test_verify_catches_a_config_edit_that_still_loads(broken, capsys):
+    """The wrong relative-position split loads cleanly and predicts nonsense: only the fingerprint catches it."""
+    config = json.loads((broken / "config.json").read_text())
+    config["position_qk_split"] = "per_head_interleaved"
+    (broken / "config.json").write_text(json.dumps(config))
+    assert "changed since export: ['config.json']" in failure_report(broken, capsys)
+
+
+def test_verify_refuses_files_an_export_must_not_ship(broken, capsys):
+    (broken / "optimizer.pt").write_bytes(b"x")
+    (broken / "checkpoint-10").mkdir()
+    assert "files an export must not ship: ['checkpoint-10', 'optimizer.pt']" in failure_report(broken, capsys)
 
 
 def test_verify_names_an_untied_head(broken, capsys):
@@ -87,7 +111,9 @@ def test_verify_names_an_untied_head(broken, capsys):
 
 def test_verify_names_a_mismatched_tokenizer(broken, capsys):
     tiny_tokenizer(80).save_pretrained(broken)
-    assert "80 tokens (largest id 79) do not fit vocab_size 64" in failure_report(broken, capsys)
+    report = failure_report(broken, capsys)
+    assert "80 tokens (largest id 79) do not fit vocab_size 64" in report
+    assert "changed since export: ['tokenizer.json', 'tokenizer_config.json']" in report
 
 
 def test_verify_names_a_special_id_mismatch(broken, capsys):
@@ -110,34 +136,91 @@ def test_verify_names_an_incomplete_auto_map(broken, capsys):
     assert "AutoModelForTokenClassification" in failure_report(broken, capsys)
 
 
-def test_verify_compares_logits_with_the_reference(exported):
+def test_verify_compares_outputs_with_the_reference(exported):
     trained_further = tiny_model()
     with torch.no_grad():
         trained_further.lm_head.dense.bias.add_(0.1)
-    with pytest.raises(VerificationError, match=r"\[FAIL\] logits: max \|diff\|"):
+    with pytest.raises(VerificationError, match=r"\[FAIL\] outputs: outputs differ from the in-memory model"):
         verify(exported, reference_model=trained_further)
 
 
+def test_verify_compares_outputs_with_those_recorded_at_export(broken, capsys):
+    manifest = json.loads((broken / "hubzoo_export.json").read_text())
+    manifest["probe_output_sample"][0][0][0] += 0.01
+    (broken / "hubzoo_export.json").write_text(json.dumps(manifest))
+    assert "outputs differ from those recorded at export by 0.01" in failure_report(broken, capsys)
+
+
+def test_verify_detects_a_class_that_forgot_its_tie(exported):
+    """Judged on the loaded model, not on what the class declares."""
+    report = {"class_module": "transformers_modules.x", "class_name": "LtgBertForMaskedLM", "loading_info": {},
+              "warnings": [], "tied": False, "tokenizer_max_id": 3, "transformers_version": "5"}
+    config = LtgBertConfig.from_pretrained(exported)
+    check = importlib.import_module("hub_exports.verification")._judge_fresh_load(report, config)
+    assert not check.ok and "untied head" in check.detail
+
+
 def test_export_refuses_a_tokenizer_that_does_not_fit(tmp_path):
-    with pytest.raises(ValueError, match="vocab_size is 64"):
+    with pytest.raises(ValueError, match="do not fit vocab_size 64"):
         export(tiny_model(), tiny_tokenizer(65), tmp_path / "out")
     with pytest.raises(ValueError, match="pad_token_id"):
         export(tiny_model(pad_token_id=4), tiny_tokenizer(64), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
 def test_export_is_atomic(exported, tmp_path, monkeypatch):
     target = Path(shutil.copytree(exported, tmp_path / "existing"))
-    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    before = snapshot(target)
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(importlib.import_module("hub_exports.export"), "build_model_card", crash)
+    monkeypatch.setattr(importlib.import_module("hub_exports.exporting"), "build_model_card", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         export(tiny_model(hidden_size=16), tiny_tokenizer(64), target)
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert snapshot(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"], "staging folder left behind"
+
+
+def test_a_failing_verification_keeps_the_previous_export(exported, tmp_path):
+    target = Path(shutil.copytree(exported, tmp_path / "existing"))
+    before = snapshot(target)
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.dense.weight[0, 0] = float("nan")
+    with pytest.raises(VerificationError, match="lm_head.dense.weight has non-finite values"):
+        export(model, tiny_tokenizer(64), target)
+    assert snapshot(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_a_failed_swap_puts_the_previous_export_back(exported, tmp_path, monkeypatch):
+    target = Path(shutil.copytree(exported, tmp_path / "existing"))
+    before = snapshot(target)
+    real_rename = Path.rename
+
+    def rename(self, destination):
+        if Path(destination) == target and self.name.startswith("staging_"):
+            raise OSError("device busy")
+        return real_rename(self, destination)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="device busy"):
+        export(tiny_model(), tiny_tokenizer(64), target, run_verify=False)
+    assert snapshot(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_export_refuses_a_checkpoint_saved_by_other_code(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    code = tmp_path / "ckpt" / "modeling_ltg_bert.py"
+    code.write_text(code.read_text() + "\n# patched\n")
+    with pytest.raises(ValueError, match="saved by other modeling code"):
+        load_checkpoint(tmp_path / "ckpt")
 
 
 def test_push_uploads_every_file_to_the_hub(exported, tmp_path):
@@ -173,4 +256,4 @@ def test_export_loads_identically_on_transformers_4_57(exported):
 
     checks = {check.name: check for check in verify(exported, python=str(compat_python("4.57.6")))}
     assert "transformers 4.57.6" in checks["fresh-process load"].detail
-    assert checks["logits"].ok
+    assert checks["outputs"].ok

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainingArguments
 
-from hub_exports.export import load_checkpoint
+from hub_exports.exporting import load_checkpoint
 from trainers import run_ltg_bert
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 
@@ -33,7 +33,7 @@ def test_tiny_run_trains_exports_and_verifies(tmp_path, capsys):
                                   "--embedded_sentences", "600", "--logging_steps", "1"])
     run_ltg_bert.main(*args)
     out = capsys.readouterr().out
-    assert "PASSED: 8 checks" in out and f"Exported and verified: {tmp_path / 'export'}" in out
+    assert f"Exported and verified: {tmp_path / 'export'}" in out
     model = load_checkpoint(tmp_path / "export")
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     tokenizer = json.loads((tmp_path / "export" / "tokenizer.json").read_text())

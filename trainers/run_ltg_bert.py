@@ -13,7 +13,7 @@ import numpy as np
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
-from hub_exports import CardInfo, Metric, export, format_report, verify
+from hub_exports import CardInfo, Metric, export
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.mlm_data import load_texts, pack_into_blocks
@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(model_args, tokenizer, max_seq_length: int) -> LtgBertForMaskedLM:
+    fixed_by_tokenizer = {"vocab_size", "pad_token_id"} & set(model_args.config_overrides)
+    if fixed_by_tokenizer:
+        raise ValueError(f"config_overrides may not set {sorted(fixed_by_tokenizer)}: they come from the tokenizer")
     config = LtgBertConfig(
         **{"max_position_embeddings": max(512, max_seq_length), **model_args.config_overrides},
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
@@ -77,8 +80,7 @@ def main(model_args, data_args, training_args) -> None:
                  Metric("fill-mask", "held-out split", "hubzoo-embedded", "loss", round(metrics["eval_loss"], 4),
                         metric_name="masked-LM loss")],
     )
-    folder = export(model, tokenizer, f"{training_args.output_dir}/export", card=card)
-    print(format_report(folder, verify(folder, reference_model=model)))
+    folder = export(model, tokenizer, f"{training_args.output_dir}/export", card=card)  # verifies, logs the report
     print(f"Exported and verified: {folder}")
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from hub_exports.__main__ import main as hub_exports_cli
 from hub_exports.convert_ltg_bert import convert_ltg_bert
-from hub_exports.export import load_checkpoint
+from hub_exports.exporting import load_checkpoint
 from tests.modeling_common import tiny_tokenizer
 
 VARIANTS = {"per_head_interleaved": "outputs.safetensors", "chunk_first": "outputs_chunkfirst.safetensors"}
@@ -111,14 +111,51 @@ def test_pad_id_quirk_is_fixed_explicitly(fixture_dir):
         convert_ltg_bert(fixture_dir, "chunk_first", tokenizer=tokenizer, pad_token_id=4)
 
 
-def test_convert_cli_exports_a_verified_repo(fixture_dir, tmp_path, capsys):
+def test_convert_cli_exports_a_verified_repo(fixture_dir, tmp_path, capsys, caplog):
     tokenizer_dir = tmp_path / "tokenizer"
     tiny_tokenizer(512, BABYLM_SPECIALS).save_pretrained(tokenizer_dir)
     code = hub_exports_cli(["convert", "ltg_bert", str(fixture_dir), str(tmp_path / "out"),
                             "--position-qk-split", "per_head_interleaved", "--tokenizer", str(tokenizer_dir)])
     assert code == 0, capsys.readouterr().err
-    assert "PASSED" in capsys.readouterr().out
+    assert f"Exported and verified: {tmp_path / 'out'}" in capsys.readouterr().out
+    assert "PASSED: 9 checks" in caplog.text
     exported = load_checkpoint(tmp_path / "out")
     inputs = load_file(fixture_dir / "inputs.safetensors")
     assert max_diff(exported(**inputs).logits, load_file(fixture_dir / "outputs.safetensors")["logits"]) <= 1e-5
     assert exported.config.pad_token_id == 3
+
+
+def test_safetensors_checkpoint_converts_identically(copied_checkpoint, fixture_dir):
+    """A Hub safetensors conversion keeps only one of the two tied keys; it must give the same model."""
+    from safetensors.torch import save_file
+
+    state = torch.load(copied_checkpoint / "pytorch_model.bin", weights_only=True)
+    del state["classifier.nonlinearity.5.weight"]
+    (copied_checkpoint / "pytorch_model.bin").unlink()
+    save_file({k: v.contiguous() for k, v in state.items()}, copied_checkpoint / "model.safetensors")
+    inputs = load_file(fixture_dir / "inputs.safetensors")
+    reference = load_file(fixture_dir / "outputs.safetensors")["logits"]
+    assert max_diff(convert_ltg_bert(copied_checkpoint, "per_head_interleaved", pad_token_id=3)(**inputs).logits,
+                    reference) <= 1e-5
+
+
+@pytest.mark.parametrize("architecture", ["LtgBertForSequenceClassification", "LtgBertForTokenClassification"])
+def test_classification_checkpoints_convert_with_their_head(copied_checkpoint, architecture):
+    """The classification wrappers store `head.nonlinearity.{1,5}` instead of the MLM classifier."""
+    state = torch.load(copied_checkpoint / "pytorch_model.bin", weights_only=True)
+    for key in [k for k in state if k.startswith("classifier.")]:
+        del state[key]
+    generator = torch.Generator().manual_seed(0)
+    head = {"head.nonlinearity.1.weight": torch.randn(64, 64, generator=generator),
+            "head.nonlinearity.1.bias": torch.randn(64, generator=generator),
+            "head.nonlinearity.5.weight": torch.randn(3, 64, generator=generator),
+            "head.nonlinearity.5.bias": torch.randn(3, generator=generator)}
+    torch.save({**state, **head}, copied_checkpoint / "pytorch_model.bin")
+    config = json.loads((copied_checkpoint / "config.json").read_text())
+    config["architectures"] = [architecture]
+    (copied_checkpoint / "config.json").write_text(json.dumps(config))
+    model = convert_ltg_bert(copied_checkpoint, "chunk_first", pad_token_id=3)
+    assert type(model).__name__ == architecture and model.config.num_labels == 3
+    assert torch.equal(model.classifier.dense.weight, head["head.nonlinearity.1.weight"])
+    assert torch.equal(model.classifier.out_proj.bias, head["head.nonlinearity.5.bias"])
+    assert torch.equal(model.ltg_bert.embeddings.word_embeddings.weight, state["embedding.word_embedding.weight"])

@@ -5,7 +5,7 @@ from typing import Optional
 
 from huggingface_hub import HfApi
 
-from hub_exports.verify import verify
+from hub_exports.verification import verify
 
 
 def push(folder, repo_id: str, token: Optional[str] = None, private: bool = False,

@@ -1,0 +1,264 @@
+"""Write a trained hubzoo model as a complete, verified `trust_remote_code` Hub repo folder.
+
+The folder holds: `config.json` with the full `auto_map`, the configuration/modeling files copied from `modeling/`
+(the files the model was trained with), `model.safetensors`, the tokenizer, a model card (`README.md`) and
+`hubzoo_export.json` (the sha256 of every other file, plus probe inputs and the outputs the exported model gave on
+them). Everything is written into a staging folder next to the target and verified there; only a folder that passes
+replaces the target, and an existing export survives any failure.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import torch
+import transformers
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+import modeling
+
+logger = logging.getLogger(__name__)
+CARD_DIR = Path(__file__).with_name("model_cards")
+MANIFEST = "hubzoo_export.json"
+PROBE_TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world", "A third, somewhat longer probe text."]
+PROBE_SAMPLE_WIDTH = 16  # output features per position kept in the manifest (keeps it small for any vocab size)
+
+# What the card says for the class that was saved: pipeline tag and a runnable usage line.
+TASKS = {
+    "AutoModelForMaskedLM": (
+        "fill-mask",
+        'inputs = tokenizer(f"The capital of France is {tokenizer.mask_token}.", return_tensors="pt")\n'
+        "logits = model(**inputs).logits",
+    ),
+    "AutoModelForSequenceClassification": (
+        "text-classification",
+        'logits = model(**tokenizer("A sentence to classify.", return_tensors="pt")).logits',
+    ),
+    "AutoModelForTokenClassification": (
+        "token-classification",
+        'logits = model(**tokenizer("A sentence to tag.", return_tensors="pt")).logits',
+    ),
+    "AutoModel": (
+        "feature-extraction",
+        'hidden = model(**tokenizer("A sentence to embed.", return_tensors="pt")).last_hidden_state',
+    ),
+}
+
+
+@dataclass
+class Metric:
+    """One evaluation result for the card's `model-index` (e.g. task "fill-mask", metric "accuracy")."""
+
+    task_type: str
+    dataset_name: str
+    dataset_type: str
+    metric_type: str
+    metric_value: float
+    metric_name: Optional[str] = None
+    dataset_split: Optional[str] = None
+
+
+@dataclass
+class CardInfo:
+    """What the model card says beyond what the model itself tells."""
+
+    repo_id: Optional[str] = None  # where it will live on the Hub; used in the usage snippet
+    description: str = "A hubzoo model."
+    training_data: str = "Not documented."
+    training_procedure: str = "Not documented."
+    limitations: str = "Not documented."
+    datasets: list = field(default_factory=list)  # Hub dataset ids, if any
+    language: Optional[str] = "en"
+    license: str = "apache-2.0"
+    metrics: list = field(default_factory=list)  # list[Metric]
+
+
+def tokenizer_problems(config, tokenizer, class_name: str) -> list:
+    """Everything that makes `tokenizer` unfit for a model with `config` (shared by export and verify)."""
+    problems = []
+    largest = max(tokenizer.get_vocab().values())
+    if len(tokenizer) > config.vocab_size or largest >= config.vocab_size:
+        problems.append(f"{len(tokenizer)} tokens (largest id {largest}) do not fit vocab_size {config.vocab_size}")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        ours, theirs = getattr(config, name, None), getattr(tokenizer, name, None)
+        if ours is not None and theirs is not None and ours != theirs:
+            problems.append(f"config.{name}={ours} but tokenizer {name}={theirs}")
+    if tokenizer.pad_token_id is None:
+        problems.append("no pad token, so batches cannot be padded")
+    if class_name.endswith("ForMaskedLM") and tokenizer.mask_token_id is None:
+        problems.append("no mask token for a masked LM")
+    return problems
+
+
+def load_checkpoint(folder):
+    """Load a saved hubzoo model folder (e.g. a Trainer checkpoint) with the local classes, strictly.
+
+    Refuses a folder whose own modeling code differs from `modeling/`: exporting it would ship other code than the
+    code that produced the weights.
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    architectures = config.get("architectures") or [None]
+    _, model_class = modeling.task_class(config.get("model_type"), architectures[0])
+    source_dir = Path(modeling.__file__).parent / config["model_type"]
+    for code in folder.glob("*.py"):
+        source = source_dir / code.name
+        if source.is_file() and source.read_bytes() != code.read_bytes():
+            raise ValueError(f"{code} differs from {source}: the checkpoint was saved by other modeling code")
+    model, info = model_class.from_pretrained(folder, output_loading_info=True)
+    problems = {key: sorted(map(str, value)) for key, value in info.items() if value}
+    if problems:
+        raise ValueError(f"{folder} does not load cleanly: {problems}")
+    return model
+
+
+def build_model_card(model, card: CardInfo) -> ModelCard:
+    model_type = model.config.model_type
+    auto_class, _ = modeling.task_class(model_type, type(model).__name__)
+    pipeline_tag, usage = TASKS[auto_class]
+    eval_results = [
+        EvalResult(task_type=m.task_type, dataset_name=m.dataset_name, dataset_type=m.dataset_type,
+                   metric_type=m.metric_type, metric_value=m.metric_value, metric_name=m.metric_name,
+                   dataset_split=m.dataset_split)
+        for m in card.metrics
+    ]
+    model_name = (card.repo_id or model_type).split("/")[-1]
+    data = ModelCardData(
+        language=card.language, license=card.license, library_name="transformers", pipeline_tag=pipeline_tag,
+        tags=["hubzoo", model_type, "custom_code"], datasets=card.datasets or None,
+        model_name=model_name if eval_results else None, eval_results=eval_results or None,
+    )
+    citation = CARD_DIR / f"{model_type}.bib"
+    other = [name for name in modeling.auto_map(model_type) if name not in ("AutoConfig", auto_class)]
+    return ModelCard.from_template(
+        data,
+        template_path=str(CARD_DIR / "template.md"),
+        model_name=model_name,
+        repo_id=card.repo_id or "path/to/this/folder",
+        description=card.description,
+        architecture=type(model).__name__,
+        model_type=model_type,
+        num_parameters=f"{model.num_parameters():,}",
+        hubzoo_version=metadata.version("hubzoo"),
+        transformers_version=transformers.__version__,
+        architecture_notes=(CARD_DIR / f"{model_type}.md").read_text().strip(),
+        auto_class=auto_class,
+        usage_example=usage,
+        other_auto_classes=", ".join(f"`{name}`" for name in other),
+        training_data=card.training_data,
+        training_procedure=card.training_procedure,
+        metrics_table="".join(
+            f"| {m.task_type} | {m.dataset_name} | {m.metric_name or m.metric_type} | {m.metric_value} |\n"
+            for m in card.metrics
+        ),
+        limitations=card.limitations,
+        citation=citation.read_text().strip() if citation.exists() else "",
+    )
+
+
+def main_output(outputs) -> torch.Tensor:
+    return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
+
+
+def probe_outputs(model, probe: dict) -> torch.Tensor:
+    """The model's main output on `probe` in eval mode without autograd (as users run it), on CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        outputs = main_output(model(**{key: value.to(device) for key, value in probe.items()}))
+    model.train(was_training)
+    return outputs.float().cpu()
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, model, tokenizer) -> None:
+    """Fingerprint the export: file hashes (the card may be edited later, so it is left out) and probe outputs."""
+    probe = dict(tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt"))
+    sample = probe_outputs(model, probe)[..., :PROBE_SAMPLE_WIDTH]
+    manifest = {
+        "hubzoo_version": metadata.version("hubzoo"),
+        "transformers_version": transformers.__version__,
+        "device": next(model.parameters()).device.type,
+        "files": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.name != "README.md"},
+        "probe": {key: value.tolist() for key, value in probe.items()},
+        "probe_output_sample": sample.tolist(),
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None, run_verify: bool = True) -> Path:
+    """Write `model` + `tokenizer` as a Hub-ready folder at `out_dir`. Returns its path.
+
+    With `run_verify` (the default) the staged folder must pass `verify` against the in-memory model before it
+    replaces `out_dir`; otherwise `VerificationError` is raised and `out_dir` is left as it was.
+    """
+    from hub_exports.verification import format_report, verify  # verification imports this module
+
+    problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
+    if problems:
+        raise ValueError(f"Tokenizer does not fit the model: {'; '.join(problems)}")
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # No leading dot: the folder name becomes part of the transformers_modules package path during verification.
+    staging = Path(tempfile.mkdtemp(prefix=f"staging_{out_dir.name}_", dir=out_dir.parent))
+    try:
+        model.config.auto_map = modeling.auto_map(model.config.model_type)  # every task class, not just this one
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        _write_portable_tokenizer_config(staging / "tokenizer_config.json", model)
+        build_model_card(model, card or CardInfo()).save(staging / "README.md")
+        write_manifest(staging, model, tokenizer)
+        if run_verify:
+            logger.info("%s", format_report(out_dir, verify(staging, reference_model=model)))
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_portable_tokenizer_config(tokenizer_config: Path, model) -> None:
+    """Pin what transformers 4.x and 5.x would otherwise read differently from the same tokenizer files."""
+    settings = json.loads(tokenizer_config.read_text())
+    # 5.x calls a plain fast tokenizer `TokenizersBackend`, which 4.x cannot resolve; both know this name.
+    if settings.get("tokenizer_class") == "TokenizersBackend":
+        settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # 4.x fast tokenizers default to emitting token_type_ids, which the models' forward() does not take.
+    settings["model_input_names"] = ["input_ids", "attention_mask"]
+    # `truncation=True` should cut at the model's limit instead of tripping its length check.
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and settings.get("model_max_length", float("inf")) > limit:
+        settings["model_max_length"] = limit
+    tokenizer_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename `new` to `target`. An existing `target` is moved aside first, put back if the swap fails, and deleted
+    only once the new folder is in place."""
+    os.chmod(new, 0o755)  # mkdtemp creates 0700 folders
+    if not target.exists():
+        new.rename(target)
+        return
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old)

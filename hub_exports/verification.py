@@ -1,0 +1,281 @@
+"""Check that an exported folder is exactly what a Hub user will get, and that it works for them.
+
+`verify(folder)` runs every check and raises `VerificationError` (whose message is the full report) if any fails:
+  files       only the files an export ships (no pickles, optimizer state or subfolders)
+  manifest    every file still has the sha256 recorded at export (`hubzoo_export.json`; the card may change)
+  auto_map    AutoConfig and every task class of the architecture
+  sources     the configuration/modeling files are byte-identical to hubzoo's `modeling/`
+  weights     no missing, unexpected, mis-shaped or non-finite tensors; a tied head stored once
+  tokenizer   ids fit the vocabulary, special ids match the config
+  model card  parses, with metadata and a `trust_remote_code=True` usage snippet
+  fresh-process load   Auto class + `trust_remote_code=True` in a new `python -I`: class from
+              `transformers_modules`, empty loading info, zero warnings, head tied when the config ties it
+  outputs     the fresh process reproduces the outputs recorded at export (and the in-memory model's, if given)
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from huggingface_hub import ModelCard
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+import modeling
+from hub_exports.exporting import MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, probe_outputs, tokenizer_problems
+
+SOURCE_ROOT = Path(modeling.__file__).parent
+FRESH_LOADER = Path(__file__).with_name("fresh_process_load.py")
+SHIPPED_FILES = {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", MANIFEST}
+SHIPPED_CODE = re.compile(r"(configuration|modeling)_[a-z0-9_]+\.py")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+class VerificationError(Exception):
+    def __init__(self, report: str, checks: list):
+        super().__init__(report)
+        self.checks = checks
+
+
+def verify(folder, reference_model=None, python: Optional[str] = None, atol: Optional[float] = None) -> list:
+    """Run every check on `folder`; return the checks or raise `VerificationError`.
+
+    `reference_model`: the in-memory model the export came from, compared on the probe as well. `python`:
+    interpreter for the fresh-process load (default: this one). `atol`: output tolerance (default 1e-5 when the
+    export was recorded on CPU, 1e-4 when on an accelerator).
+    """
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise VerificationError(f"verify {folder}: not a directory", [])
+    manifest = _read_json(folder / MANIFEST)
+    checks = [_run_check("files", _check_files, folder), _run_check("manifest", _check_manifest, folder, manifest)]
+    config = _read_config(folder)
+    if isinstance(config, Check):
+        checks.append(config)
+    else:
+        checks += [_run_check(name, step, folder, config) for name, step in (
+            ("auto_map", _check_auto_map), ("sources", _check_sources), ("weights", _check_weights),
+            ("tokenizer", _check_tokenizer), ("model card", _check_card))]
+    if all(check.ok for check in checks):
+        tolerance = atol if atol is not None else (1e-5 if manifest.get("device") == "cpu" else 1e-4)
+        checks += _check_fresh_load(folder, config, manifest, reference_model, python or sys.executable, tolerance)
+    if not all(check.ok for check in checks):
+        raise VerificationError(format_report(folder, checks), checks)
+    return checks
+
+
+def format_report(folder, checks: list) -> str:
+    lines = [f"verify {folder}"]
+    lines += [f"  [{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in checks]
+    failed = [c.name for c in checks if not c.ok]
+    lines.append(f"FAILED: {', '.join(failed)}" if failed else f"PASSED: {len(checks)} checks")
+    return "\n".join(lines)
+
+
+def _run_check(name: str, step, *args) -> Check:
+    """A check that cannot even run (e.g. an unreadable file) is a failed check, reported like the others."""
+    try:
+        return step(*args)
+    except Exception as error:  # the report must name the fault, not end in a traceback
+        return Check(name, False, f"could not be checked: {type(error).__name__}: {error}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_files(folder: Path) -> Check:
+    present = {p.name for p in folder.iterdir()}
+    required = {"config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json", MANIFEST}
+    problems = [f"missing {sorted(required - present)}"] if required - present else []
+    stray = sorted(name for name in present - SHIPPED_FILES if not SHIPPED_CODE.fullmatch(name))
+    if stray:
+        problems.append(f"files an export must not ship: {stray}")
+    return Check("files", not problems, "; ".join(problems) or f"{len(present)} files, nothing else")
+
+
+def _read_config(folder: Path):
+    config = _read_json(folder / "config.json")
+    if config.get("model_type") not in modeling.ARCHITECTURES:
+        return Check("config", False, f"model_type {config.get('model_type')!r} is not a hubzoo architecture")
+    config_class = modeling.ARCHITECTURES[config["model_type"]][0]
+    try:
+        return config_class.from_pretrained(folder)
+    except (TypeError, ValueError) as error:
+        return Check("config", False, f"{config_class.__name__} rejects config.json: {error}")
+
+
+def _check_manifest(folder: Path, manifest: dict) -> Check:
+    recorded = manifest.get("files")
+    if not recorded or "probe" not in manifest:
+        return Check("manifest", False, f"{MANIFEST} missing or incomplete; re-export the model")
+    present = {p.name for p in folder.iterdir()} - {"README.md", MANIFEST}
+    changed = sorted(name for name in present & set(recorded) if file_digest(folder / name) != recorded[name])
+    problems = ([f"changed since export: {changed}"] if changed else []) + \
+        ([f"not in the manifest: {sorted(present - set(recorded))}"] if present - set(recorded) else []) + \
+        ([f"recorded but missing: {sorted(set(recorded) - present)}"] if set(recorded) - present else [])
+    return Check("manifest", not problems, "; ".join(problems) or f"{len(recorded)} files match their export hashes")
+
+
+def _check_auto_map(folder: Path, config) -> Check:
+    expected = modeling.auto_map(config.model_type)
+    actual = getattr(config, "auto_map", None) or {}
+    wrong = {key: actual.get(key) for key, value in expected.items() if actual.get(key) != value}
+    if wrong:
+        return Check("auto_map", False, f"entries missing or wrong: {wrong} (expected {expected})")
+    architectures = getattr(config, "architectures", None) or []
+    try:
+        modeling.task_class(config.model_type, architectures[0] if len(architectures) == 1 else None)
+    except ValueError:
+        return Check("auto_map", False, f"config.architectures={architectures} names no exported class")
+    return Check("auto_map", True, f"{len(expected)} entries, saved class {architectures[0]}")
+
+
+def _check_sources(folder: Path, config) -> Check:
+    source_dir = SOURCE_ROOT / config.model_type
+    exported = sorted(p.name for p in folder.glob("*.py"))
+    needed = sorted({value.split(".")[0] + ".py" for value in modeling.auto_map(config.model_type).values()})
+    problems = [f"{name} missing" for name in needed if name not in exported]
+    for name in exported:
+        source = source_dir / name
+        if not source.is_file():
+            problems.append(f"{name} is not a hubzoo source file")
+        elif source.read_bytes() != (folder / name).read_bytes():
+            problems.append(f"{name} differs from {source.relative_to(SOURCE_ROOT.parent)} (edited or stale code)")
+    return Check("sources", not problems, "; ".join(problems) or f"{', '.join(exported)} identical to modeling/")
+
+
+def _check_weights(folder: Path, config) -> Check:
+    _, model_class = modeling.task_class(config.model_type, config.architectures[0])
+    with torch.device("meta"):
+        model = model_class(config)
+    tied = set(model.all_tied_weights_keys) if config.tie_word_embeddings else set()
+    expected = {key: tuple(t.shape) for key, t in model.state_dict().items() if key not in tied}
+    with safe_open(folder / "model.safetensors", framework="pt") as handle:
+        stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    problems = []
+    if set(stored) & tied:
+        problems.append(f"untied head: {sorted(set(stored) & tied)} stored separately from its tied source")
+    if set(expected) - set(stored):
+        problems.append(f"missing keys {sorted(set(expected) - set(stored))}")
+    if set(stored) - set(expected) - tied:
+        problems.append(f"unexpected keys {sorted(set(stored) - set(expected) - tied)}")
+    problems += [f"{key}: shape {stored[key]} != {shape}" for key, shape in expected.items()
+                 if key in stored and stored[key] != shape]
+    if not problems:
+        problems += [f"{key} has non-finite values" for key, t in load_file(folder / "model.safetensors").items()
+                     if t.is_floating_point() and not torch.isfinite(t).all()]
+    summary = f"{len(stored)} tensors, all expected keys and shapes" + (", tied head stored once" if tied else "")
+    return Check("weights", not problems, "; ".join(problems) or summary)
+
+
+def _check_tokenizer(folder: Path, config) -> Check:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    except Exception as error:  # any failure to load is the finding
+        return Check("tokenizer", False, f"does not load: {error}")
+    problems = tokenizer_problems(config, tokenizer, config.architectures[0])
+    if set(tokenizer.model_input_names) - {"input_ids", "attention_mask"}:
+        problems.append(f"tokenizer emits {tokenizer.model_input_names}, the model takes input_ids/attention_mask")
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and tokenizer.model_max_length > limit:
+        problems.append(f"model_max_length {tokenizer.model_max_length} exceeds max_position_embeddings {limit}")
+    detail = f"{len(tokenizer)} tokens fit vocab_size {config.vocab_size}, special ids match"
+    return Check("tokenizer", not problems, "; ".join(problems) or detail)
+
+
+def _check_card(folder: Path, config) -> Check:
+    try:
+        card = ModelCard.load(folder / "README.md")
+    except Exception as error:  # a card that does not parse is the finding
+        return Check("model card", False, f"README.md does not parse: {error}")
+    data = card.data.to_dict()
+    problems = [f"metadata lacks {key}" for key in ("library_name", "pipeline_tag", "tags") if not data.get(key)]
+    if "custom_code" not in (data.get("tags") or []):
+        problems.append("tags lack custom_code")
+    if "trust_remote_code=True" not in card.text:
+        problems.append("no usage snippet with trust_remote_code=True")
+    detail = f"pipeline_tag {data.get('pipeline_tag')}, {len(data.get('model-index') or [])} model-index entries"
+    return Check("model card", not problems, "; ".join(problems) or detail)
+
+
+def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, python: str, atol: float) -> list:
+    auto_class, model_class = modeling.task_class(config.model_type, config.architectures[0])
+    probe = {key: torch.tensor(value) for key, value in manifest["probe"].items()}
+    with tempfile.TemporaryDirectory(prefix="hubzoo-verify-") as scratch:
+        scratch = Path(scratch)
+        save_file(probe, scratch / "inputs.safetensors")
+        report, error = _run_fresh(python, folder, auto_class, scratch)
+        if error:
+            return [Check("fresh-process load", False, error)]
+        remote = load_file(scratch / "outputs.safetensors")["outputs"]
+    checks = [_judge_fresh_load(report, config)]
+    recorded = torch.tensor(manifest["probe_output_sample"])
+    problems, details = [], []
+    diff = (remote[..., :PROBE_SAMPLE_WIDTH] - recorded).abs().max().item()
+    details.append(f"max |diff| {diff:.3g} vs outputs recorded at export")
+    if diff > atol:
+        problems.append(f"outputs differ from those recorded at export by {diff:.3g}")
+    if reference_model is not None:
+        diff = (probe_outputs(reference_model, probe) - remote).abs().max().item()
+        details.append(f"{diff:.3g} vs the in-memory model")
+        if diff > atol:
+            problems.append(f"outputs differ from the in-memory model by {diff:.3g}")
+    detail = "; ".join(problems) or f"{', '.join(details)} (tolerance {atol:g}, {tuple(remote.shape[:2])} probe)"
+    return checks + [Check("outputs", not problems, detail)]
+
+
+def _run_fresh(python: str, folder: Path, auto_class: str, scratch: Path) -> tuple:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(scratch / "modules"), HF_HOME=str(scratch / "hf_home"),
+               HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
+    command = [python, "-I", str(FRESH_LOADER), str(folder), auto_class, str(scratch / "inputs.safetensors"),
+               str(scratch / "outputs.safetensors")]
+    try:
+        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return None, f"{auto_class}.from_pretrained did not finish within 900 s in a fresh process"
+    if done.returncode != 0:
+        return None, f"{auto_class}.from_pretrained failed in a fresh process:\n{done.stderr[-3000:]}"
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1]), None
+    except (IndexError, ValueError):
+        return None, f"fresh process printed no report:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+
+
+def _judge_fresh_load(report: dict, config) -> Check:
+    problems = []
+    if not report["class_module"].startswith("transformers_modules"):
+        problems.append(f"class came from {report['class_module']}, not the exported code")
+    if report["loading_info"]:
+        problems.append(f"loading info not empty: {report['loading_info']}")
+    if report["warnings"]:
+        problems.append(f"warnings while loading: {report['warnings']}")
+    # Judged from the loaded model itself, not from what the class declares: a class that forgot its tie must fail.
+    if report["tied"] is False and config.tie_word_embeddings:
+        problems.append("untied head: config.tie_word_embeddings is true but the loaded output embedding does not "
+                        "share the input embedding")
+    if report["tokenizer_max_id"] >= config.vocab_size:
+        problems.append(f"tokenizer produced id {report['tokenizer_max_id']} >= vocab_size {config.vocab_size}")
+    detail = "; ".join(problems) or (f"{report['class_name']} from transformers_modules (transformers "
+                                     f"{report['transformers_version']}), no warnings, empty loading info"
+                                     + (", head tied" if report["tied"] else ""))
+    return Check("fresh-process load", not problems, detail)
