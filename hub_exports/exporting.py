@@ -163,6 +163,23 @@ def build_model_card(model, card: CardInfo) -> ModelCard:
     )
 
 
+def add_results_to_card(folder, metrics: list, section: str) -> None:
+    """Append evaluation results to an export's card: `model-index` entries plus a markdown section. The card is
+    the one file the manifest leaves out, so the export still verifies."""
+    path = Path(folder) / "README.md"
+    card = ModelCard.load(path)
+    results = list(card.data.eval_results or []) + [
+        EvalResult(task_type=m.task_type, dataset_name=m.dataset_name, dataset_type=m.dataset_type,
+                   metric_type=m.metric_type, metric_value=m.metric_value, metric_name=m.metric_name,
+                   dataset_split=m.dataset_split)
+        for m in metrics
+    ]
+    card.data.eval_results = results
+    card.data.model_name = card.data.model_name or Path(folder).resolve().name
+    card.text = card.text.rstrip() + "\n\n" + section.strip() + "\n"
+    card.save(path)
+
+
 def main_output(outputs) -> torch.Tensor:
     return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
 

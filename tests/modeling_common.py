@@ -36,14 +36,18 @@ PRIVATE_TRANSFORMERS_NAMES = {"auto_docstring", "can_return_tuple", "capture_out
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
+SPECIAL_TOKEN_ROLES = {"[PAD]": "pad_token", "[UNK]": "unk_token", "[CLS]": "cls_token", "[SEP]": "sep_token",
+                       "[MASK]": "mask_token", "[BOS]": "bos_token"}
+
+
 def tiny_tokenizer(vocab_size: int, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) -> PreTrainedTokenizerFast:
     """A word-level tokenizer with exactly `vocab_size` ids: the specials in the given order, then w<id> words."""
     specials = list(specials)
     vocab = {token: i for i, token in enumerate(specials + [f"w{i}" for i in range(len(specials), vocab_size)])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+    roles = {SPECIAL_TOKEN_ROLES[token]: token for token in specials if token in SPECIAL_TOKEN_ROLES}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **roles)
 
 
 def _without_dropout(config):

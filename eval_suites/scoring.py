@@ -1,0 +1,156 @@
+"""Sentence log-likelihood scorers: sum of natural-log token probabilities, batched under a token budget.
+
+* `pll` (masked LMs; Salazar et al., 2020): every non-special token is masked once, alone; its log-probability given
+  the rest is summed. The tokenizer's framing is kept as it is (e.g. `[CLS] ... [SEP]` for BERT-style tokenizers) and
+  special tokens are never masked nor scored.
+* `pll_word_l2r` (masked LMs; Kauf & Ivanova, 2023): as `pll`, but when scoring a token, the later tokens of the same
+  word are masked too, so multi-token words are not inflated. Needs a fast tokenizer (`word_ids`).
+* `causal` (causal LMs): sum of log p(token_t | tokens_<t). A BOS token is prepended when the tokenizer has one
+  (else EOS, as lm-evaluation-harness does), so the first word is scored; with neither, the first token is unscored.
+
+Other objectives plug in through `register_scorer(name, factory)` (e.g. a diffusion ELBO scorer): a factory takes
+`(model, tokenizer, **options)` and returns an object with `score(sentences) -> list[float]`.
+"""
+
+from typing import Callable, Dict, List
+
+import torch
+
+SCORERS: Dict[str, Callable] = {}
+
+
+def register_scorer(name: str, factory: Callable) -> None:
+    SCORERS[name] = factory
+
+
+def build_scorer(name: str, model, tokenizer, **options):
+    if name not in SCORERS:
+        raise ValueError(f"Unknown scorer {name!r}; available: {sorted(SCORERS)}")
+    return SCORERS[name](model, tokenizer, **options)
+
+
+def check_encoded(model, tokenizer, encoded_ids: List[List[int]]) -> None:
+    """Fail loudly when the tokenizer can emit ids the model cannot embed (never clamp), or a sentence is too long."""
+    vocab_size = model.config.vocab_size
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"Tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}: "
+                         "tokenizer and model do not belong together")
+    largest = max((max(ids) for ids in encoded_ids if ids), default=-1)
+    if largest >= vocab_size:
+        raise ValueError(f"Token id {largest} is outside the model's vocabulary (vocab_size {vocab_size})")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(range(len(encoded_ids)), key=lambda i: len(encoded_ids[i]), default=None)
+    if limit is not None and longest is not None and len(encoded_ids[longest]) > limit:
+        raise ValueError(f"Sentence {longest} has {len(encoded_ids[longest])} tokens, more than the model's "
+                         f"max_position_embeddings ({limit})")
+
+
+def budget_batches(costs: List[int], token_budget: int) -> List[List[int]]:
+    """Group item indices (kept in order) into batches whose summed cost stays within `token_budget`."""
+    batches, current, used = [], [], 0
+    for index, cost in enumerate(costs):
+        if current and used + cost > token_budget:
+            batches.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += cost
+    return batches + ([current] if current else [])
+
+
+class MaskedLMScorer:
+    """Pseudo-log-likelihood of sentences under a masked LM (see the module docstring for `metric`)."""
+
+    def __init__(self, model, tokenizer, metric: str = "pll", token_budget: int = 8192):
+        if metric not in ("pll", "pll_word_l2r"):
+            raise ValueError(f"metric must be 'pll' or 'pll_word_l2r', got {metric!r}")
+        if tokenizer.mask_token_id is None:
+            raise ValueError("Pseudo-log-likelihood needs a tokenizer with a mask token")
+        self.model, self.tokenizer, self.metric, self.token_budget = model.eval(), tokenizer, metric, token_budget
+
+    def _encode(self, sentences):
+        encoded = self.tokenizer(list(sentences), return_special_tokens_mask=True)
+        check_encoded(self.model, self.tokenizer, encoded["input_ids"])
+        units = []  # one unit per sentence: ids, scorable positions, word id per position
+        for row, ids in enumerate(encoded["input_ids"]):
+            special = encoded["special_tokens_mask"][row]
+            words = encoded.word_ids(row) if self.metric == "pll_word_l2r" else [None] * len(ids)
+            positions = [p for p in range(len(ids)) if not special[p]]
+            units.append((ids, positions, [-1 if w is None else w for w in words]))
+        return units
+
+    @torch.no_grad()
+    def score(self, sentences: List[str]) -> List[float]:
+        units = self._encode(sentences)
+        # Sort by length so batches pad little; each sentence costs (#copies x length) tokens.
+        order = sorted(range(len(units)), key=lambda i: len(units[i][0]))
+        costs = [max(1, len(units[i][1])) * len(units[i][0]) for i in order]
+        totals = torch.zeros(len(units), dtype=torch.float64)
+        for batch in budget_batches(costs, self.token_budget):
+            indices = [order[i] for i in batch]
+            totals.index_add_(0, torch.tensor(indices), self._score_batch([units[i] for i in indices]))
+        return totals.tolist()
+
+    def _score_batch(self, units) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        length = max(len(ids) for ids, _, _ in units)
+        ids = torch.full((len(units), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        words = torch.full((len(units), length), -1, dtype=torch.long)
+        attention = torch.zeros((len(units), length), dtype=torch.long)
+        for row, (unit_ids, _, unit_words) in enumerate(units):
+            ids[row, :len(unit_ids)] = torch.tensor(unit_ids)
+            words[row, :len(unit_ids)] = torch.tensor(unit_words)
+            attention[row, :len(unit_ids)] = 1
+        counts = torch.tensor([len(positions) for _, positions, _ in units])
+        sentence = torch.repeat_interleave(torch.arange(len(units)), counts)  # (C,) sentence of each masked copy
+        position = torch.cat([torch.tensor(positions, dtype=torch.long) for _, positions, _ in units])  # (C,)
+        copies = torch.arange(len(sentence))
+        targets = ids[sentence, position]
+        to_mask = torch.zeros((len(sentence), length), dtype=torch.bool)
+        to_mask[copies, position] = True
+        if self.metric == "pll_word_l2r":  # also hide the rest of the word, to the right of the target
+            same_word = words[sentence] == words[sentence, position][:, None]
+            to_mask |= same_word & (torch.arange(length)[None, :] > position[:, None]) & (words[sentence] >= 0)
+        masked = torch.where(to_mask, self.tokenizer.mask_token_id, ids[sentence])
+        logits = self.model(input_ids=masked.to(device), attention_mask=attention[sentence].to(device)).logits
+        log_probs = logits[copies.to(device), position.to(device)].float().log_softmax(-1)  # (C, V)
+        token_scores = log_probs.gather(1, targets.to(device)[:, None])[:, 0].double().cpu()
+        return torch.zeros(len(units), dtype=torch.float64).index_add_(0, sentence, token_scores)
+
+
+class CausalLMScorer:
+    """Sum of next-token log-probabilities under a causal LM."""
+
+    def __init__(self, model, tokenizer, token_budget: int = 8192):
+        self.model, self.tokenizer, self.token_budget = model.eval(), tokenizer, token_budget
+        self.prefix = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        self.prefix = [i for i in self.prefix if i is not None]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @torch.no_grad()
+    def score(self, sentences: List[str]) -> List[float]:
+        encoded = [self.prefix + ids for ids in self.tokenizer(list(sentences), add_special_tokens=False)["input_ids"]]
+        check_encoded(self.model, self.tokenizer, encoded)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        totals = torch.zeros(len(encoded), dtype=torch.float64)
+        for batch in budget_batches([len(encoded[i]) for i in order], self.token_budget):
+            indices = [order[i] for i in batch]
+            totals[torch.tensor(indices)] = self._score_batch([encoded[i] for i in indices])
+        return totals.tolist()
+
+    def _score_batch(self, sequences) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        length = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for row, sequence in enumerate(sequences):  # right padding: earlier positions never see the pads
+            ids[row, :len(sequence)] = torch.tensor(sequence)
+            attention[row, :len(sequence)] = 1
+        logits = self.model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+        log_probs = logits[:, :-1].float().log_softmax(-1).gather(2, ids[:, 1:, None].to(device))[..., 0]
+        return (log_probs.double().cpu() * attention[:, 1:]).sum(1)
+
+
+register_scorer("pll", lambda model, tokenizer, **kw: MaskedLMScorer(model, tokenizer, metric="pll", **kw))
+register_scorer("pll_word_l2r",
+                lambda model, tokenizer, **kw: MaskedLMScorer(model, tokenizer, metric="pll_word_l2r", **kw))
+register_scorer("causal", lambda model, tokenizer, **kw: CausalLMScorer(model, tokenizer, **kw))
