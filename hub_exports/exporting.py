@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -184,13 +185,41 @@ def main_output(outputs) -> torch.Tensor:
     return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
 
 
+@contextmanager
+def full_fp32_matmuls():
+    """Training may enable TF32 (10-bit mantissa matmuls), which moves logits by ~1e-2; fingerprints need fp32.
+
+    torch >= 2.9 has a new per-backend switch and refuses to read the legacy flag once the new one was used (as
+    Trainer does for `tf32=True`), so the new switch is used where it exists."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        saved = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
+    else:
+        saved = matmul.allow_tf32
+        matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = saved
+        else:
+            matmul.allow_tf32 = saved
+
+
 def probe_outputs(model, probe: dict) -> torch.Tensor:
-    """The model's main output on `probe` in eval mode without autograd (as users run it), on CPU."""
+    """The model's main output on `probe` in eval mode, without autograd and in full fp32 (as a user on CPU would
+    get them), returned on CPU.
+
+    The class's own `forward` is called, not the instance's: `accelerate.prepare` (hence Trainer with bf16/fp16)
+    replaces `model.forward` with one that enters autocast, which an outer `autocast(enabled=False)` cannot undo.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    with torch.no_grad():
-        outputs = main_output(model(**{key: value.to(device) for key, value in probe.items()}))
+    inputs = {key: value.to(device) for key, value in probe.items()}
+    with torch.no_grad(), torch.autocast(device.type, enabled=False), full_fp32_matmuls():
+        outputs = main_output(type(model).forward(model, **inputs))
     model.train(was_training)
     return outputs.float().cpu()
 

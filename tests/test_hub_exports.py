@@ -160,6 +160,25 @@ def test_verify_detects_a_class_that_forgot_its_tie(exported):
     assert not check.ok and "untied head" in check.detail
 
 
+def test_a_model_prepared_for_mixed_precision_exports_its_fp32_outputs(tmp_path):
+    """Trainer(bf16=True) leaves the model with accelerate's autocast forward; the fingerprint must not use it."""
+    from accelerate import Accelerator
+
+    model = tiny_model()
+    probe = {"input_ids": torch.randint(5, 64, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    with torch.no_grad():
+        fp32 = model(**probe).logits
+    prepared = Accelerator(mixed_precision="bf16", cpu=True).prepare(model)
+    with torch.no_grad():
+        assert (prepared(**probe).logits - fp32).abs().max() > 1e-3  # the patched forward really runs in bf16
+    folder = export(prepared, tiny_tokenizer(64), tmp_path / "out")  # verified at the CPU tolerance of 1e-5
+    manifest = json.loads((folder / "hubzoo_export.json").read_text())
+    recorded = torch.tensor(manifest["probe_output_sample"])
+    with torch.no_grad():
+        expected = type(model).forward(model, **{k: torch.tensor(v) for k, v in manifest["probe"].items()}).logits
+    assert torch.allclose(recorded, expected[..., :recorded.shape[-1]], atol=1e-6)
+
+
 def test_export_refuses_a_tokenizer_that_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match="do not fit vocab_size 64"):
         export(tiny_model(), tiny_tokenizer(65), tmp_path / "out")
