@@ -20,6 +20,7 @@ Deliberate deviations from the original wrapper:
   * relative-position bucket indices are derived from the config at run time instead of being stored in checkpoints.
 """
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -37,13 +38,17 @@ from transformers.modeling_outputs import (
 from .configuration_ltg_bert import LtgBertConfig
 
 
-def relative_position_buckets(seq_len: int, bucket_size: int, max_position: int, device=None) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def relative_position_buckets(seq_len: int, bucket_size: int, max_position: int) -> torch.Tensor:
     """Index into the relative-embedding table for every (query i, key j) pair: `bucket_size - 1 + bucket(i - j)`.
 
     Offsets with |i - j| <= bucket_size // 2 keep their exact value; longer ones are mapped logarithmically onto the
     remaining buckets, reaching the last bucket at `max_position - 1`.
+
+    Always computed on CPU in float32, as the original did when it built its `position_indices` buffer: the `ceil`
+    of a logarithm sits exactly on an integer for some offsets, where an accelerator's `log` may round the other way.
     """
-    positions = torch.arange(seq_len, dtype=torch.long, device=device)
+    positions = torch.arange(seq_len, dtype=torch.long)
     relative = positions[:, None] - positions[None, :]  # (T, T), query minus key
     mid = bucket_size // 2
     sign = torch.sign(relative)
@@ -267,8 +272,8 @@ class LtgBertModel(LtgBertPreTrainedModel):
         hidden, relative = self.embeddings(input_ids)
         seq_len = input_ids.shape[1]
         buckets = relative_position_buckets(
-            seq_len, self.config.position_bucket_size, self.config.max_position_embeddings, device=input_ids.device
-        )
+            seq_len, self.config.position_bucket_size, self.config.max_position_embeddings
+        ).to(input_ids.device, non_blocking=True)
         key_padding_bias = None
         if attention_mask is not None:
             key_padding_bias = torch.zeros(attention_mask.shape, dtype=hidden.dtype, device=hidden.device)
@@ -326,9 +331,9 @@ class LtgBertClassificationHead(nn.Module):
         return self.out_proj(self.dropout(hidden))
 
 
-def _check_class_labels(labels: torch.Tensor, logits: torch.Tensor, num_classes: int) -> None:
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match inputs shape {tuple(logits.shape[:-1])}")
+def _check_class_labels(labels: torch.Tensor, expected_shape, num_classes: int) -> None:
+    if labels.shape != expected_shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match inputs shape {tuple(expected_shape)}")
     valid = labels[labels != -100]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
         raise ValueError(f"labels must be -100 (ignored) or in [0, {num_classes}), got {valid.min()}..{valid.max()}")
@@ -363,15 +368,31 @@ class LtgBertForMaskedLM(LtgBertPreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        sparse_prediction: bool = False,
     ):
         """`labels`: original ids at the positions to predict, -100 elsewhere (padding included). The loss is the mean
-        cross-entropy over labelled positions; no shift."""
+        cross-entropy over labelled positions; no shift.
+
+        `sparse_prediction=True` (needs `labels`) runs the head on the labelled positions only, as the original
+        LTG-BERT training did, and returns their logits flattened to `(num_labelled, vocab_size)` in row-major order
+        of `labels`; the loss is unchanged. With 15% of tokens labelled this skips most of the vocabulary projection.
+        """
         outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True)
-        logits = self.lm_head(outputs.last_hidden_state)
+        hidden = outputs.last_hidden_state
         loss = None
         if labels is not None:
-            _check_class_labels(labels, logits, self.config.vocab_size)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            _check_class_labels(labels, hidden.shape[:-1], self.config.vocab_size)
+        if sparse_prediction:
+            if labels is None:
+                raise ValueError("sparse_prediction=True needs labels: they say which positions to predict")
+            labelled = labels.flatten() != -100
+            logits = self.lm_head(hidden.flatten(0, 1)[labelled])
+            loss = F.cross_entropy(logits.float(), labels.flatten()[labelled], reduction="sum") / labelled.sum().clamp(
+                min=1)
+        else:
+            logits = self.lm_head(hidden)
+            if labels is not None:
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -426,7 +447,7 @@ class LtgBertForSequenceClassification(LtgBertPreTrainedModel):
         if self.config.problem_type == "single_label_classification":
             if labels.shape != logits.shape[:1]:
                 raise ValueError(f"labels shape {tuple(labels.shape)} must be (batch,) = {tuple(logits.shape[:1])}")
-            _check_class_labels(labels, logits, self.num_labels)
+            _check_class_labels(labels, logits.shape[:-1], self.num_labels)
             return F.cross_entropy(logits.float(), labels)
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
@@ -459,7 +480,7 @@ class LtgBertForTokenClassification(LtgBertPreTrainedModel):
         logits = self.classifier(outputs.last_hidden_state)  # (B, T, num_labels)
         loss = None
         if labels is not None:
-            _check_class_labels(labels, logits, self.num_labels)
+            _check_class_labels(labels, logits.shape[:-1], self.num_labels)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

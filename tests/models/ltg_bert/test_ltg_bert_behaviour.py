@@ -77,3 +77,20 @@ def test_hidden_states_are_cumulative():
     torch.testing.assert_close(outputs.hidden_states[-1], outputs.last_hidden_state, atol=0, rtol=0)
     model.layers = model.layers[:1]  # the same model cut after its first layer
     torch.testing.assert_close(model(**inputs()).last_hidden_state, outputs.hidden_states[1], atol=0, rtol=0)
+
+
+def test_sparse_prediction_gives_the_dense_logits_and_loss_at_labelled_positions():
+    torch.manual_seed(0)
+    model = LtgBertForMaskedLM(config()).eval()
+    batch = inputs()
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, [1, 4]], labels[2, 8] = batch["input_ids"][0, [1, 4]], batch["input_ids"][2, 8]
+    dense = model(**batch, labels=labels)
+    sparse = model(**batch, labels=labels, sparse_prediction=True)
+    assert sparse.logits.shape == (3, 99)
+    assert torch.allclose(sparse.logits, dense.logits[labels != -100], atol=1e-6)
+    assert torch.allclose(sparse.loss, dense.loss, atol=1e-6)
+    with pytest.raises(ValueError, match="needs labels"):
+        model(**batch, sparse_prediction=True)
+    with pytest.raises(ValueError, match="labels shape"):
+        model(**batch, labels=labels[:, :5], sparse_prediction=True)
