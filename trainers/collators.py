@@ -1,0 +1,119 @@
+"""Masked-LM collators: which tokens to predict, and what the model sees in their place.
+
+Both strategies choose positions among real, non-special tokens only (never padding, [CLS], [SEP], ...), put the
+original ids in `labels` there and -100 everywhere else, and replace the chosen inputs 80/10/10 by [MASK] / a random
+non-special token / the token itself. They differ in how positions are chosen:
+
+* `token`: each maskable token independently with probability `mask_probability` (BERT).
+* `span`: whole spans until `mask_probability` of the maskable tokens are covered (LTG-BERT). Span lengths follow a
+  geometric distribution (mean `1 / span_geometric_p`) clipped to `[1, max_span_length]`.
+
+The masking of an example is a pure function of (`seed`, `epoch`, the example's token ids): every row draws from its
+own generator seeded with a hash of the three (padding excluded). So a resumed run masks every batch exactly as the
+uninterrupted run did, whatever the dataloader prefetched, however many workers or processes collate, and whichever
+RNG state was restored when (Trainer + accelerate collate a batch ahead of the RNG restore of a mid-epoch resume).
+A new epoch masks differently: `MaskingEpochCallback` sets `epoch` before each epoch's dataloader is iterated.
+Identical examples within an epoch are masked identically.
+"""
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+
+@dataclass
+class MaskedLMCollator:
+    tokenizer: object
+    mask_probability: float = 0.15
+    strategy: str = "span"  # "span" or "token"
+    max_span_length: int = 10
+    span_geometric_p: float = 1 / 3
+    random_replace_probability: float = 0.1
+    keep_probability: float = 0.1
+    seed: int = 0
+    epoch: int = 0
+
+    def __post_init__(self):
+        if self.strategy not in ("span", "token"):
+            raise ValueError(f"strategy must be 'span' or 'token', got {self.strategy!r}")
+        if self.tokenizer.mask_token_id is None or self.tokenizer.pad_token_id is None:
+            raise ValueError("masked-LM collation needs a tokenizer with [MASK] and [PAD] tokens")
+        self.special_ids = np.array(sorted(set(self.tokenizer.all_special_ids)))
+        vocab_ids = np.arange(len(self.tokenizer))
+        self.replacement_ids = vocab_ids[~np.isin(vocab_ids, self.special_ids)]  # random replacements
+
+    def __call__(self, examples):
+        # Right padding by hand: per row numpy work is far cheaper than tokenizer.pad on the data-loading hot path.
+        width = max(len(example["input_ids"]) for example in examples)
+        input_ids = np.full((len(examples), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        labels = np.full((len(examples), width), -100, dtype=np.int64)
+        attention_mask = np.zeros((len(examples), width), dtype=np.int64)
+        for row, example in enumerate(examples):
+            ids = np.asarray(example["input_ids"], dtype=np.int64)
+            real = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
+            # Only real tokens are drawn over, so a row is masked alike whatever the padding of its batch.
+            corrupted, row_labels = ids.copy(), np.full(len(ids), -100, dtype=np.int64)
+            corrupted[real], row_labels[real] = self._mask_row(ids[real], self.row_generator(ids[real]))
+            input_ids[row, :len(ids)], labels[row, :len(ids)], attention_mask[row, :len(ids)] = \
+                corrupted, row_labels, real
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+                "labels": torch.from_numpy(labels)}
+
+    def row_generator(self, input_ids: np.ndarray) -> np.random.Generator:
+        """The random stream of one example: seeded by its ids (without padding), the seed and the epoch."""
+        key = hashlib.blake2b(input_ids.astype(np.int64).tobytes(), digest_size=8,
+                              key=f"{self.seed}:{self.epoch}".encode())
+        return np.random.default_rng(int.from_bytes(key.digest(), "little"))
+
+    def _mask_row(self, input_ids: np.ndarray, rng: np.random.Generator):
+        maskable = ~np.isin(input_ids, self.special_ids)
+        if self.strategy == "span":
+            chosen = self._span_positions(maskable, rng)
+        else:
+            chosen = maskable & (rng.random(len(input_ids)) < self.mask_probability)
+        labels = np.where(chosen, input_ids, -100)
+        return self._corrupt(input_ids, chosen, rng), labels
+
+    def _span_positions(self, maskable: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        chosen = np.zeros_like(maskable)
+        candidates = maskable.nonzero()[0]
+        budget = int(round(self.mask_probability * len(candidates)))
+        covered = 0
+        # Spans are laid over the maskable positions (in order), so a span never covers padding or specials and the
+        # row gets exactly its budget: the last span is cut to fit.
+        while covered < budget:
+            length = min(self.max_span_length, int(rng.geometric(self.span_geometric_p)))  # trials to a success
+            start = int(rng.integers(len(candidates)))
+            span = candidates[start:start + min(length, budget - covered)]
+            covered += int((~chosen[span]).sum())
+            chosen[span] = True
+        return chosen
+
+    def _corrupt(self, input_ids: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        draw = rng.random(len(input_ids))
+        mask_below = 1 - self.random_replace_probability - self.keep_probability
+        random_tokens = self.replacement_ids[rng.integers(len(self.replacement_ids), size=len(input_ids))]
+        corrupted = np.where(chosen & (draw < mask_below), self.tokenizer.mask_token_id, input_ids)
+        return np.where(chosen & (draw >= mask_below) & (draw < 1 - self.keep_probability), random_tokens, corrupted)
+
+
+class MaskingEpochCallback(TrainerCallback):
+    """Gives the collator Trainer's seed and the epoch about to start, so every epoch masks afresh and a resumed run
+    (which re-enters the interrupted epoch) masks as the uninterrupted one did."""
+
+    def __init__(self, collator: MaskedLMCollator):
+        self.collator = collator
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+            # Persistent workers keep the collator copy of the first epoch: every epoch would be masked alike.
+            raise ValueError("MaskingEpochCallback needs dataloader_persistent_workers=False")
+        self.collator.seed = args.data_seed if args.data_seed is not None else args.seed
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is fractional when resuming inside an epoch (e.g. 2.6 during epoch 2); the epsilon guards the
+        # float sum that ends an epoch (steps / steps_in_epoch) against landing just below the integer.
+        self.collator.epoch = int(state.epoch + 1e-6)
