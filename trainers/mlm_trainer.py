@@ -1,0 +1,73 @@
+"""`Trainer` whose masked-LM loss is exact under gradient accumulation and multi-process data parallelism.
+
+The quantity optimized per optimizer step is (sum of token cross-entropies over every labelled position of the step)
+/ (number of labelled positions of the step), over all micro-batches of the accumulation window and all processes.
+A per-micro-batch mean (what the model's own `loss` is) weights tokens of sparsely masked micro-batches more heavily,
+so the result would depend on how a step is split into micro-batches and ranks.
+"""
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+
+class MaskedLMTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.label_smoothing_factor or self.compute_loss_func is not None:
+            raise ValueError("MaskedLMTrainer computes its own loss: no label_smoothing_factor or compute_loss_func")
+        # Why: LtgBertForMaskedLM.forward has no **kwargs, so Trainer sets this to False, and then
+        # `_get_num_items_in_batch` does not count labels at all (num_items_in_batch stays None). Setting it to True
+        # makes Trainer count the labelled tokens of the whole step (gathered across ranks when
+        # `average_tokens_across_devices`), and `training_step` (`loss_is_scaled_for_ga` left at None; 4.57 has the
+        # same rule) then skips its division by the GA steps exactly when that count is given, i.e. exactly when we
+        # normalize by it ourselves. Forcing `loss_is_scaled_for_ga = True` instead would neither enable the count
+        # nor divide the per-batch-mean fallback below by GA. Side effect: base `compute_loss` would now pass
+        # `num_items_in_batch` into `forward` (TypeError); we never call it.
+        self.model_accepts_loss_kwargs = True
+        # Models that can run their MLM head on the labelled positions only (LTG-BERT) do so in training.
+        forward = self.accelerator.unwrap_model(self.model).forward
+        self._sparse_prediction = "sparse_prediction" in inspect.signature(forward).parameters
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)  # a copy: prediction_step still reads the labels from its own dict for metrics
+        labels = inputs.pop("labels")
+        if model.training and self._sparse_prediction:
+            # The head runs on labelled positions only; logits come back as (num_labelled, vocab).
+            outputs = model(**inputs, labels=labels, sparse_prediction=True)
+            logits, targets = outputs.logits, labels.flatten()[labels.flatten() != -100]
+        else:
+            outputs = model(**inputs)  # without labels: the model's own (per-batch mean) loss is not needed
+            logits, targets = outputs.logits.flatten(0, 1), labels.flatten()
+        # float(): the loss of reduced-precision logits is summed in fp32; padding and unchosen positions are -100.
+        token_losses = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+        if num_items_in_batch is None or not model.training:
+            # Evaluation, or a step Trainer did not count: the plain mean over this batch's labelled tokens (and Trainer
+            # divides by GA itself in training). Why `not model.training`: 5.23's `prediction_step` passes a count too
+            # once `model_accepts_loss_kwargs` is True. clamp: a batch without labels gives 0, not 0/0 = NaN.
+            loss = token_losses / labels.ne(-100).sum().clamp(min=1)
+        else:
+            # The count covers every micro-batch of this optimizer step; with `average_tokens_across_devices` it is
+            # summed over all processes, while DDP *averages* gradients over them: multiply by the number of
+            # processes so that the averaged gradient is that of (global sum) / (global count). Without that option
+            # the count is per process (each rank's own mean, then averaged), as Trainer itself does.
+            loss = token_losses / torch.as_tensor(num_items_in_batch, device=token_losses.device).clamp(min=1)
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        # A micro-batch without labelled tokens gives an exact zero that still has a grad_fn (sum over nothing of the
+        # logits graph), so backward and DDP's gradient all-reduce run on every rank.
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, *args, **kwargs):
+        # A collator that masks per epoch (MaskedLMCollator) masks the evaluation set as in epoch 0 every time, so
+        # evaluation losses along the run are measured on the same masked tokens and stay comparable.
+        collator = self.data_collator
+        if not hasattr(collator, "epoch"):
+            return super().evaluate(*args, **kwargs)
+        training_epoch, collator.epoch = collator.epoch, 0
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            collator.epoch = training_epoch
