@@ -13,7 +13,7 @@ from hub_exports import export, verify
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from tests.modeling_common import tiny_tokenizer
 from trainers.embedded_corpus import generate_corpus, write_minimal_pairs
-from trainers.tokenization import train_wordpiece_tokenizer
+from trainers.tokenization import train_tokenizer
 
 SENTENCES = ["The cat sees the dogs.", "Many clever teachers sleep.", "A bird with the keys is happy today."]
 
@@ -21,7 +21,7 @@ SENTENCES = ["The cat sees the dogs.", "Many clever teachers sleep.", "A bird wi
 @pytest.fixture(scope="module")
 def subword_tokenizer():
     # A small vocabulary forces multi-token words, which is what separates pll from pll_word_l2r.
-    return train_wordpiece_tokenizer(generate_corpus(300, seed=3), vocab_size=90, min_frequency=1)
+    return train_tokenizer(generate_corpus(300, seed=3), vocab_size=90, min_frequency=1)
 
 
 def tiny_mlm(tokenizer):
@@ -102,7 +102,7 @@ def test_all_real_paradigms_parse_and_score(shared_dir):
     assert len(pairs) == 67_000 and len({p.paradigm for p in pairs}) == 67
     assert all(p.good and p.bad for p in pairs)
     assert sum(p.good == p.bad for p in pairs) == 7  # a known quirk of BLiMP (passive_1, principle_A_case_2, ...)
-    tokenizer = train_wordpiece_tokenizer(generate_corpus(2000, seed=3), vocab_size=400, min_frequency=1)
+    tokenizer = train_tokenizer(generate_corpus(2000, seed=3), vocab_size=400, min_frequency=1)
     sample = [pair for pair in load_pairs(shared_dir / "data" / "blimp", limit_per_paradigm=2)]
     result = evaluate_blimp(tiny_mlm(tokenizer), tokenizer, sample)
     assert result["num_paradigms"] == 67 and result["num_pairs"] == 134

@@ -44,7 +44,7 @@ class SentenceGenerator:
         if self.rng.random() < 0.35:
             words.append(self.rng.choice(ADJECTIVES))
         words.append(noun)
-        if allow_modifier and self.rng.random() < 0.3:  # an agreement distractor of the other number, half the time
+        if allow_modifier and self.rng.random() < 0.5:  # an agreement distractor of the other number, half the time
             other = self.rng.choice(["sg", "pl"])
             words += [self.rng.choice(PREPOSITIONS), self.noun_phrase(other, allow_modifier=False)]
         return " ".join(words)
@@ -65,7 +65,7 @@ class SentenceGenerator:
     def clause(self) -> str:
         number = self.rng.choice(["sg", "pl"])
         subject = self.noun_phrase(number, animate=True)
-        if self.rng.random() < 0.15:  # subject relative clause: its verb agrees with the head noun too
+        if self.rng.random() < 0.3:  # subject relative clause: its verb agrees with the head noun too
             subject += " that " + self.verb_phrase(number)
         return f"{subject} {self.verb_phrase(number)}"
 

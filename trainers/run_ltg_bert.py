@@ -1,23 +1,32 @@
-"""Train LTG-BERT with masked-LM, export it as a verified `trust_remote_code` Hub folder.
+"""Train LTG-BERT with masked-LM, export it as a verified `trust_remote_code` Hub folder, and score it on BLiMP.
 
     accelerate launch trainers/run_ltg_bert.py trainers/configs/ltg_bert_tiny.yaml
-    accelerate launch trainers/run_ltg_bert.py trainers/configs/ltg_bert_tiny.yaml --max_steps 10 --output_dir out
+    accelerate launch trainers/run_ltg_bert.py trainers/configs/ltg_bert_small.yaml --train_file corpus.txt
 
-Without `train_file` it trains on the embedded default corpus (generated, no downloads). The tokenizer is trained on
-the training text unless `tokenizer_name` is given; `vocab_size` and the special ids are read from it.
+Without `train_file`/`dataset_name` it trains on the embedded corpus (generated, no downloads) and scores its own
+minimal pairs. The tokenizer is trained on the training text unless `tokenizer_name` is given; `vocab_size` and the
+special ids are read from it. Outputs in `output_dir`: Trainer checkpoints (each with a verified `export/`), the
+final `export/`, `loss_curve.png`, `blimp.json` and `blimp.md`.
 """
 
+import json
 import logging
+from pathlib import Path
 
-import numpy as np
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
+from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
 from hub_exports import CardInfo, Metric, export
+from hub_exports.exporting import add_results_to_card, full_fp32_matmuls, load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
-from trainers.arguments import DataArguments, ModelArguments, parse_args
-from trainers.mlm_data import load_texts, pack_into_blocks
-from trainers.tokenization import train_wordpiece_tokenizer
+from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
+from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, plot_loss_curve
+from trainers.collators import MaskedLMCollator, MaskingEpochCallback
+from trainers.embedded_corpus import write_minimal_pairs
+from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
+from trainers.mlm_trainer import MaskedLMTrainer
+from trainers.tokenization import train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -33,56 +42,94 @@ def build_model(model_args, tokenizer, max_seq_length: int) -> LtgBertForMaskedL
     return LtgBertForMaskedLM(config)
 
 
-def masked_accuracy(eval_prediction) -> dict:
-    predictions, labels = eval_prediction
-    scored = labels != -100
-    return {"masked_accuracy": float((predictions[scored] == labels[scored]).mean()) if scored.any() else 0.0}
+def obtain_tokenizer(model_args, training_args, train_texts):
+    """The named tokenizer; on resume, the checkpoint's; else one trained on the data by the main process, saved in
+    `output_dir/tokenizer` and loaded from there by the other processes, so every rank holds the very same vocab."""
+    if model_args.tokenizer_name:
+        return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+    if training_args.resume_from_checkpoint:
+        return AutoTokenizer.from_pretrained(training_args.resume_from_checkpoint)
+    saved = Path(training_args.output_dir) / "tokenizer"
+    with training_args.main_process_first(desc="train the tokenizer"):
+        if training_args.process_index == 0:
+            tokenizer = train_tokenizer(train_texts, model_args.tokenizer_vocab_size, kind=model_args.tokenizer_type)
+            tokenizer.save_pretrained(saved)
+            return tokenizer
+        return AutoTokenizer.from_pretrained(saved)
+
+
+def model_card(model, data_args, training_args, num_lines: int) -> CardInfo:
+    source = data_args.train_file or data_args.dataset_name
+    return CardInfo(
+        description=f"LTG-BERT ({model.num_parameters():,} parameters) trained with masked-LM by hubzoo.",
+        training_data=(f"{num_lines:,} lines from {source}" if source else
+                       f"The hubzoo embedded corpus: {num_lines:,} generated English-like sentences "
+                       f"(seed {training_args.seed}) with number agreement across distractors."),
+        training_procedure=(f"Masked-LM ({training_args.mask_strategy} masking of {training_args.mask_probability:.0%}"
+                            f" of tokens, 80/10/10), examples of {data_args.max_seq_length} tokens "
+                            f"({'packed' if data_args.packing else 'sentence-aware chunks'}), learning rate "
+                            f"{training_args.learning_rate}."),
+        limitations="A small research model; its training data is synthetic unless stated above.",
+    )
+
+
+def score_blimp(data_args, training_args, folder: Path) -> dict:
+    """Score the export as a user would load it (fp32, from its files), not the in-memory training model, which may
+    still carry the mixed-precision forward that Trainer installed."""
+    model = load_checkpoint(folder).to(training_args.device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    pairs_dir = data_args.blimp_dir or write_minimal_pairs(Path(training_args.output_dir) / "blimp_pairs")
+    with full_fp32_matmuls():  # training may have switched TF32 on; scores should match a CPU run
+        result = evaluate_blimp(model, tokenizer, load_pairs(pairs_dir), scorer=training_args.blimp_scorer,
+                                token_budget=training_args.blimp_token_budget)
+    name = Path(pairs_dir).name
+    report = markdown_report(result, title=f"BLiMP ({name})")
+    (Path(training_args.output_dir) / "blimp.json").write_text(json.dumps(result, indent=2) + "\n")
+    (Path(training_args.output_dir) / "blimp.md").write_text(report)
+    add_results_to_card(folder, [Metric("text-scoring", name, "blimp", "accuracy", round(result["accuracy"], 4),
+                                        metric_name=f"BLiMP ({training_args.blimp_scorer})")], report)
+    return result
 
 
 def main(model_args, data_args, training_args) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     train_texts, eval_texts = load_texts(data_args, seed=training_args.seed)
-    if model_args.tokenizer_name:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name)
-    else:
-        tokenizer = train_wordpiece_tokenizer(train_texts, model_args.tokenizer_vocab_size)
-    with training_args.main_process_first(desc="tokenize and pack"):
-        train_set = pack_into_blocks(train_texts, tokenizer, data_args.max_seq_length)
-        eval_set = pack_into_blocks(eval_texts, tokenizer, data_args.max_seq_length)
+    tokenizer = obtain_tokenizer(model_args, training_args, train_texts)
+    to_examples = pack_into_blocks if data_args.packing else chunk_sentences
+    with training_args.main_process_first(desc="tokenize"):
+        train_set = to_examples(train_texts, tokenizer, data_args.max_seq_length)
+        eval_set = to_examples(eval_texts, tokenizer, data_args.max_seq_length)
     model = build_model(model_args, tokenizer, data_args.max_seq_length)
-    logger.info("%s: %s parameters, %d train / %d eval blocks", type(model).__name__,
-                f"{model.num_parameters():,}", len(train_set), len(eval_set))
-
-    trainer = Trainer(
-        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
-        processing_class=tokenizer, compute_metrics=masked_accuracy,
-        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
-    )
-    train_result = trainer.train()
+    global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                    * training_args.world_size)
+    logger.info("%s: %s parameters, %d train / %d eval examples; %d process(es), %d examples per optimizer step",
+                type(model).__name__, f"{model.num_parameters():,}", len(train_set), len(eval_set),
+                training_args.world_size, global_batch)
+    card = model_card(model, data_args, training_args, len(train_texts))
+    collator = MaskedLMCollator(tokenizer, mask_probability=training_args.mask_probability,
+                                strategy=training_args.mask_strategy)
+    callbacks = [MaskingEpochCallback(collator)]
+    if training_args.export_checkpoints:
+        callbacks.append(ExportCheckpointCallback(tokenizer, card))
+    if training_args.max_train_minutes:
+        callbacks.append(TimeBudgetCallback(training_args.max_train_minutes))
+    trainer = MaskedLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+                              processing_class=tokenizer, data_collator=collator, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     if not trainer.is_world_process_zero():
         return
-
-    card = CardInfo(
-        description=f"LTG-BERT ({model.num_parameters():,} parameters) trained with masked-LM by hubzoo.",
-        training_data=(f"{len(train_texts):,} lines from {data_args.train_file}" if data_args.train_file else
-                       f"The hubzoo embedded corpus: {len(train_texts):,} generated English-like sentences "
-                       f"(seed {training_args.seed}) with number agreement across distractors."),
-        training_procedure=(f"{train_result.global_step} steps of masked-LM (15% of tokens, 80/10/10), blocks of "
-                            f"{data_args.max_seq_length} tokens, learning rate {training_args.learning_rate}, "
-                            f"final training loss {train_result.training_loss:.4f}."),
-        limitations="A small research model; its training data is synthetic unless stated above.",
-        metrics=[Metric("fill-mask", "held-out split", "hubzoo-embedded", "accuracy",
-                        round(metrics["eval_masked_accuracy"], 4), metric_name="masked-token accuracy"),
-                 Metric("fill-mask", "held-out split", "hubzoo-embedded", "loss", round(metrics["eval_loss"], 4),
-                        metric_name="masked-LM loss")],
-    )
-    folder = export(model, tokenizer, f"{training_args.output_dir}/export", card=card)  # verifies, logs the report
+    plot_loss_curve(trainer.state.log_history, Path(training_args.output_dir) / "loss_curve.png")
+    card.metrics = [Metric("fill-mask", "held-out split", "hubzoo-embedded" if not data_args.train_file else "local",
+                           "loss", round(metrics["eval_loss"], 4), metric_name="masked-LM loss")]
+    folder = export(model, tokenizer, Path(training_args.output_dir) / "export", card=card)  # verified
+    result = score_blimp(data_args, training_args, folder)
+    print(f"BLiMP accuracy {result['accuracy']:.4f} ({result['num_pairs']} pairs, {result['num_paradigms']} "
+          f"paradigms; per paradigm: {', '.join(f'{k} {v:.3f}' for k, v in result['per_paradigm'].items())})")
     print(f"Exported and verified: {folder}")
 
 
 if __name__ == "__main__":
-    main(*parse_args((ModelArguments, DataArguments, TrainingArguments)))
+    main(*parse_args((ModelArguments, DataArguments, MaskedLMTrainingArguments)))

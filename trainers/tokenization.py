@@ -1,4 +1,4 @@
-"""Train a fast WordPiece tokenizer on a corpus, so that `vocab_size` and special ids come from it, never by hand."""
+"""Train a fast tokenizer on a corpus, so that `vocab_size` and special ids come from it, never by hand."""
 
 from typing import Iterable
 
@@ -8,25 +8,36 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
-    """A `PreTrainedTokenizerFast` with `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0-4 and `[CLS] text [SEP]` framing."""
+def _backend(kind: str, vocab_size: int, min_frequency: int):
     specials = list(SPECIAL_TOKENS.values())
-    backend = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##"))
+    if kind == "wordpiece":
+        backend = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+        backend.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=specials, continuing_subword_prefix="##")
+    elif kind == "bpe":
+        backend = Tokenizer(models.BPE(unk_token="[UNK]", end_of_word_suffix="</w>"))
+        backend.decoder = decoders.BPEDecoder(suffix="</w>")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                      end_of_word_suffix="</w>")
+    else:
+        raise ValueError(f"tokenizer kind must be 'wordpiece' or 'bpe', got {kind!r}")
     backend.normalizer = normalizers.NFKC()
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, continuing_subword_prefix="##"
-    )
+    return backend, trainer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiece", min_frequency: int = 2):
+    """A `PreTrainedTokenizerFast` with `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0-4 and `[CLS] text [SEP]` framing."""
+    backend, trainer = _backend(kind, vocab_size, min_frequency)
     backend.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = backend.token_to_id(SPECIAL_TOKENS["cls"]), backend.token_to_id(SPECIAL_TOKENS["sep"])
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         **{f"{name}_token": token for name, token in SPECIAL_TOKENS.items()},
         model_input_names=["input_ids", "attention_mask"],
     )
+

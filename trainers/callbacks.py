@@ -1,0 +1,67 @@
+"""Trainer callbacks: a verified Hub export of every checkpoint, and a loss-curve plot at the end of training."""
+
+import logging
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from hub_exports import CardInfo, export
+
+logger = logging.getLogger(__name__)
+
+
+class ExportCheckpointCallback(TrainerCallback):
+    """After each checkpoint save, write a verified Hub-ready export of it to `<checkpoint>/export`.
+
+    Trainer's own checkpoint folder also holds optimizer and RNG state (for resuming), so it is not itself a Hub
+    repo; the export beside that state is, and a failing verification stops training at the step that broke.
+    """
+
+    def __init__(self, tokenizer, card: CardInfo):
+        self.tokenizer, self.card = tokenizer, card
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            export(model, self.tokenizer, checkpoint / "export", card=self.card)
+            logger.info("checkpoint %d exported and verified: %s", state.global_step, checkpoint / "export")
+
+
+def plot_loss_curve(log_history: list, path) -> Path:
+    """Training (and evaluation, if logged) loss against optimizer step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    evaluation = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for points, label in ((train, "training loss"), (evaluation, "evaluation loss")):
+        if points:
+            axis.plot(*zip(*points), label=label, marker="o" if len(points) < 20 else None)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("masked-LM loss (nats per masked token)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training (cleanly: the final save, export and evaluation still run) once a wall-clock budget is spent."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.start > self.seconds:
+            logger.info("time budget of %.1f minutes spent at step %d; stopping", self.seconds / 60, state.global_step)
+            control.should_training_stop = True
