@@ -12,6 +12,7 @@ puts this file's folder, not the repository root, on `sys.path`).
 """
 
 import argparse
+import os
 import sys
 
 import torch
@@ -93,9 +94,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     trainer, params = one_step(args.out + ".trainer", args.batch_size)
     world_size, processes = trainer.args.world_size, trainer.accelerator.num_processes
-    print(f"rank={trainer.args.process_index} world_size={world_size} num_processes={processes} "
-          f"distributed_type={trainer.accelerator.distributed_type} num_items_in_batch={trainer.seen_counts}",
-          flush=True)
+    report = (f"rank={trainer.args.process_index} world_size={world_size} num_processes={processes} "
+              f"distributed_type={trainer.accelerator.distributed_type} num_items_in_batch={trainer.seen_counts}\n")
+    # One write per line: both ranks share the launcher's stdout pipe, and print() may split text and newline into
+    # two writes, which interleaved the two reports into one line in CI.
+    os.write(sys.stdout.fileno(), report.encode())
     assert world_size == processes == args.world_size, (world_size, processes, args.world_size)
     if trainer.is_world_process_zero():
         save_file(params, args.out)
