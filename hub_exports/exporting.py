@@ -7,6 +7,7 @@ them). Everything is written into a staging folder next to the target and verifi
 replaces the target, and an existing export survives any failure.
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -208,20 +209,23 @@ def full_fp32_matmuls():
 
 
 def probe_outputs(model, probe: dict) -> torch.Tensor:
-    """The model's main output on `probe` in eval mode, without autograd and in full fp32 (as a user on CPU would
-    get them), returned on CPU.
+    """The model's main output on `probe` in eval mode, without autograd, in full fp32 and on CPU (as a user on CPU
+    would get them).
 
+    CPU is the reference device of every fingerprint: a model trained on a GPU is probed through a CPU copy, because
+    GPU fp32 kernels sum in another order (a trained LTG-BERT's logits moved by 3e-4 on an H100), and a fingerprint
+    must not depend on where the export was written. The copy leaves the training model and its optimizer alone.
     The class's own `forward` is called, not the instance's: `accelerate.prepare` (hence Trainer with bf16/fp16)
     replaces `model.forward` with one that enters autocast, which an outer `autocast(enabled=False)` cannot undo.
     """
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    inputs = {key: value.to(device) for key, value in probe.items()}
-    with torch.no_grad(), torch.autocast(device.type, enabled=False), full_fp32_matmuls():
-        outputs = main_output(type(model).forward(model, **inputs))
+    with torch.no_grad(), torch.autocast("cpu", enabled=False), full_fp32_matmuls():
+        outputs = main_output(type(model).forward(model, **probe))
     model.train(was_training)
-    return outputs.float().cpu()
+    return outputs.float()
 
 
 def file_digest(path: Path) -> str:
@@ -239,7 +243,7 @@ def write_manifest(folder: Path, model, tokenizer) -> None:
     manifest = {
         "hubzoo_version": metadata.version("hubzoo"),
         "transformers_version": transformers.__version__,
-        "device": next(model.parameters()).device.type,
+        "device": "cpu",  # where the probe outputs were computed (see probe_outputs)
         "files": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.name != "README.md"},
         "probe": {key: value.tolist() for key, value in probe.items()},
         "probe_output_sample": sample.tolist(),

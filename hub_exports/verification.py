@@ -56,8 +56,8 @@ def verify(folder, reference_model=None, python: Optional[str] = None, atol: Opt
     """Run every check on `folder`; return the checks or raise `VerificationError`.
 
     `reference_model`: the in-memory model the export came from, compared on the probe as well. `python`:
-    interpreter for the fresh-process load (default: this one). `atol`: output tolerance (default 1e-5 when the
-    export was recorded on CPU, 1e-4 when on an accelerator).
+    interpreter for the fresh-process load (default: this one). `atol`: output tolerance (default 1e-5; 1e-4 for
+    manifests of older hubzoo versions, whose probe ran on the training accelerator).
     """
     folder = Path(folder).resolve()
     if not folder.is_dir():
