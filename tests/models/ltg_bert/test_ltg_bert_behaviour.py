@@ -61,6 +61,26 @@ def test_eager_and_sdpa_attention_agree():
     torch.testing.assert_close(eager(**inputs()).logits, sdpa(**inputs()).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_training_and_eval_formulations_of_the_position_terms_agree():
+    """Training picks the relative-position vectors by one-hot matmuls, eval gathers them (the original's order);
+    without dropout both must give the same logits and the same gradients, padding and log-spaced buckets included."""
+    torch.manual_seed(0)
+    model = LtgBertForMaskedLM(config(max_position_embeddings=24, position_bucket_size=4))
+    batch = inputs()
+    labels = torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100)
+    results = {}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        model.zero_grad()
+        out = model(**batch, labels=labels)
+        out.loss.backward()
+        results[mode] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(results["train"][0], results["eval"][0], atol=1e-5, rtol=1e-5)
+    for name, grad in results["train"][1].items():
+        torch.testing.assert_close(grad, results["eval"][1][name], atol=1e-6, rtol=1e-4, msg=name)
+    assert results["train"][1]["ltg_bert.embeddings.relative_embeddings"].abs().sum() > 0
+
+
 def test_attention_probabilities_ignore_padding():
     model = LtgBertModel(config()).eval()
     probs = model(**inputs(), output_attentions=True).attentions
@@ -94,3 +114,19 @@ def test_sparse_prediction_gives_the_dense_logits_and_loss_at_labelled_positions
         model(**batch, sparse_prediction=True)
     with pytest.raises(ValueError, match="labels shape"):
         model(**batch, labels=labels[:, :5], sparse_prediction=True)
+
+
+def test_value_checks_always_run_on_cpu_tensors():
+    """`check_values_on_device=False` (set by MaskedLMTrainer, whose collator checks batches) only skips the checks
+    that would be host-device syncs; on the CPU they are free and stay on, for ids and labels alike."""
+    model = LtgBertForMaskedLM(config())
+    for module in model.modules():
+        module.check_values_on_device = False
+    batch = inputs()
+    with pytest.raises(ValueError, match="outside"):
+        model(input_ids=torch.full_like(batch["input_ids"], 99))
+    with pytest.raises(ValueError, match="labels must be -100"):
+        model(**batch, labels=torch.full_like(batch["input_ids"], 99))
+    with pytest.raises(ValueError, match="labels must be -100"):
+        model(**batch, labels=torch.full_like(batch["input_ids"], -5))
+    assert model(**batch, labels=torch.full_like(batch["input_ids"], -100)).loss is not None
