@@ -85,3 +85,16 @@ def test_packing_and_sentence_chunking():
     flattened = [t for ids in chunks["input_ids"] for t in ids if t not in (2, 3)]
     assert flattened == [t for text in texts for t in TOKENIZER(text, add_special_tokens=False)["input_ids"]]
     assert len(chunks["input_ids"][0]) == 2 + 5 + 9  # whole sentences joined while they fit
+
+
+def test_ids_outside_the_tokenizer_are_rejected_on_the_cpu():
+    """The collator range-checks every batch (MaskedLMTrainer relies on it to turn the model's device-side checks,
+    each a host-device sync, off)."""
+    collator = MaskedLMCollator(TOKENIZER, seed=0)
+    rows = examples(4)
+    rows[2] = {"input_ids": rows[2]["input_ids"][:-1] + [len(TOKENIZER)]}
+    with pytest.raises(ValueError, match=r"Example 2 .* outside \[0, 300\)"):
+        collator(rows)
+    rows[2] = {"input_ids": [-1, 7]}
+    with pytest.raises(ValueError, match="outside"):
+        collator(rows)

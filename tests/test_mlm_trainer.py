@@ -4,6 +4,7 @@ a resumed run reproduces the uninterrupted one."""
 
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from tests.mlm_trainer_driver import LEARNING_RATE, one_step, premasked_dataset, tiny_model
+from tests.mlm_trainer_driver import LEARNING_RATE, one_step, one_step_args, premasked_dataset, tiny_model
 from tests.modeling_common import tiny_tokenizer
 from trainers.collators import MaskedLMCollator, MaskingEpochCallback
 from trainers.mlm_trainer import MaskedLMTrainer
@@ -95,6 +96,19 @@ def test_eval_loss_is_the_plain_mean_and_an_unlabelled_batch_gives_zero(tmp_path
         assert all(torch.isfinite(p.grad).all() and not p.grad.any() for p in model.parameters() if p.grad is not None)
 
 
+def test_device_checks_are_off_only_behind_a_checking_collator(tmp_path):
+    args = one_step_args(tmp_path, batch_size=2)
+
+    def flags(collator):
+        trainer = MaskedLMTrainer(model=tiny_model(), args=args, data_collator=collator)
+        return [m.check_values_on_device for m in trainer.model.modules() if hasattr(m, "check_values_on_device")]
+
+    assert flags(MaskedLMCollator(tiny_tokenizer(64))) == [False, False]  # LtgBertForMaskedLM and its LtgBertModel
+    assert flags(default_data_collator) == [True, True]
+    # A tokenizer larger than the model's vocabulary checks nothing the model needs: the model keeps its checks.
+    assert flags(MaskedLMCollator(tiny_tokenizer(80))) == [True, True]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,7 +127,7 @@ def test_two_processes_match_one(tmp_path):
     out = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
-    ranks = sorted(line for line in out.stdout.splitlines() if line.startswith("rank="))
+    ranks = sorted(re.findall(r"rank=\d+ .*?num_items_in_batch=\[[^\]]*\]", out.stdout))
     print(f"\n2 processes: {time.perf_counter() - start:.1f} s", *ranks, sep="\n  ")
     # Both ranks ran, in one DDP group, and each normalized by the count gathered over both (15), not its own.
     assert [line.split()[0] for line in ranks] == ["rank=0", "rank=1"]

@@ -42,7 +42,8 @@ class MaskedLMCollator:
         if self.tokenizer.mask_token_id is None or self.tokenizer.pad_token_id is None:
             raise ValueError("masked-LM collation needs a tokenizer with [MASK] and [PAD] tokens")
         self.special_ids = np.array(sorted(set(self.tokenizer.all_special_ids)))
-        vocab_ids = np.arange(len(self.tokenizer))
+        self.vocabulary_size = len(self.tokenizer)  # every batch's ids are checked to lie below it
+        vocab_ids = np.arange(self.vocabulary_size)
         self.replacement_ids = vocab_ids[~np.isin(vocab_ids, self.special_ids)]  # random replacements
 
     def __call__(self, examples):
@@ -53,6 +54,9 @@ class MaskedLMCollator:
         attention_mask = np.zeros((len(examples), width), dtype=np.int64)
         for row, example in enumerate(examples):
             ids = np.asarray(example["input_ids"], dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+                raise ValueError(f"Example {row} of the batch holds token ids outside [0, {self.vocabulary_size}) "
+                                 f"(min {ids.min()}, max {ids.max()}): it was not tokenized with this tokenizer")
             real = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
             # Only real tokens are drawn over, so a row is masked alike whatever the padding of its batch.
             corrupted, row_labels = ids.copy(), np.full(len(ids), -100, dtype=np.int64)
