@@ -12,8 +12,10 @@ Other objectives plug in through `register_scorer(name, factory)` (e.g. a diffus
 `(model, tokenizer, **options)` and returns an object with `score(sentences) -> list[float]`.
 """
 
+import inspect
 from typing import Callable, Dict, List
 
+import numpy as np
 import torch
 
 SCORERS: Dict[str, Callable] = {}
@@ -66,6 +68,9 @@ class MaskedLMScorer:
         if tokenizer.mask_token_id is None:
             raise ValueError("Pseudo-log-likelihood needs a tokenizer with a mask token")
         self.model, self.tokenizer, self.metric, self.token_budget = model.eval(), tokenizer, metric, token_budget
+        # Each masked copy needs the vocabulary distribution at one position only; models that can run their head on
+        # the labelled positions alone (hubzoo's `sparse_prediction`) skip the (copies x length x vocab) logits.
+        self.sparse_head = "sparse_prediction" in inspect.signature(model.forward).parameters
 
     def _encode(self, sentences):
         encoded = self.tokenizer(list(sentences), return_special_tokens_mask=True)
@@ -84,37 +89,48 @@ class MaskedLMScorer:
         # Sort by length so batches pad little; each sentence costs (#copies x length) tokens.
         order = sorted(range(len(units)), key=lambda i: len(units[i][0]))
         costs = [max(1, len(units[i][1])) * len(units[i][0]) for i in order]
-        totals = torch.zeros(len(units), dtype=torch.float64)
+        device = next(self.model.parameters()).device
+        # Totals stay on the device until the end: no sync per batch, so the next batch is built while this one runs.
+        totals = torch.zeros(len(units), dtype=torch.float64, device=device)
         for batch in budget_batches(costs, self.token_budget):
             indices = [order[i] for i in batch]
-            totals.index_add_(0, torch.tensor(indices), self._score_batch([units[i] for i in indices]))
+            totals.index_add_(0, torch.tensor(indices, device=device), self._score_batch([units[i] for i in indices]))
         return totals.tolist()
 
     def _score_batch(self, units) -> torch.Tensor:
+        """Summed log-probabilities of `units` (on the model's device). Index arithmetic is vectorised: no Python
+        loop over masked copies, one over sentences only to concatenate their token lists."""
         device = next(self.model.parameters()).device
-        length = max(len(ids) for ids, _, _ in units)
-        ids = torch.full((len(units), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        words = torch.full((len(units), length), -1, dtype=torch.long)
-        attention = torch.zeros((len(units), length), dtype=torch.long)
-        for row, (unit_ids, _, unit_words) in enumerate(units):
-            ids[row, :len(unit_ids)] = torch.tensor(unit_ids)
-            words[row, :len(unit_ids)] = torch.tensor(unit_words)
-            attention[row, :len(unit_ids)] = 1
+        lengths = np.array([len(ids) for ids, _, _ in units])
+        rows, columns = np.repeat(np.arange(len(units)), lengths), np.arange(lengths.sum()) - np.repeat(
+            np.cumsum(lengths) - lengths, lengths)
+        ids = np.full((len(units), lengths.max()), self.tokenizer.pad_token_id, dtype=np.int64)
+        words = np.full(ids.shape, -1, dtype=np.int64)
+        ids[rows, columns] = np.concatenate([unit_ids for unit_ids, _, _ in units])
+        words[rows, columns] = np.concatenate([unit_words for _, _, unit_words in units])
+        ids, words = torch.from_numpy(ids), torch.from_numpy(words)
+        attention = (torch.arange(ids.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]).long()
         counts = torch.tensor([len(positions) for _, positions, _ in units])
         sentence = torch.repeat_interleave(torch.arange(len(units)), counts)  # (C,) sentence of each masked copy
-        position = torch.cat([torch.tensor(positions, dtype=torch.long) for _, positions, _ in units])  # (C,)
+        position = torch.from_numpy(np.concatenate([positions for _, positions, _ in units]).astype(np.int64))
         copies = torch.arange(len(sentence))
         targets = ids[sentence, position]
-        to_mask = torch.zeros((len(sentence), length), dtype=torch.bool)
+        to_mask = torch.zeros((len(sentence), ids.shape[1]), dtype=torch.bool)
         to_mask[copies, position] = True
         if self.metric == "pll_word_l2r":  # also hide the rest of the word, to the right of the target
             same_word = words[sentence] == words[sentence, position][:, None]
-            to_mask |= same_word & (torch.arange(length)[None, :] > position[:, None]) & (words[sentence] >= 0)
+            to_mask |= same_word & (torch.arange(ids.shape[1])[None, :] > position[:, None]) & (words[sentence] >= 0)
         masked = torch.where(to_mask, self.tokenizer.mask_token_id, ids[sentence])
-        logits = self.model(input_ids=masked.to(device), attention_mask=attention[sentence].to(device)).logits
-        log_probs = logits[copies.to(device), position.to(device)].float().log_softmax(-1)  # (C, V)
-        token_scores = log_probs.gather(1, targets.to(device)[:, None])[:, 0].double().cpu()
-        return torch.zeros(len(units), dtype=torch.float64).index_add_(0, sentence, token_scores)
+        inputs = {"input_ids": masked.to(device), "attention_mask": attention[sentence].to(device)}
+        if self.sparse_head:  # one label per copy, so the (C, V) rows come back in copy order
+            labels = torch.full_like(masked, -100)
+            labels[copies, position] = targets
+            logits = self.model(**inputs, labels=labels.to(device), sparse_prediction=True).logits
+        else:
+            logits = self.model(**inputs).logits[copies.to(device), position.to(device)]
+        token_scores = logits.float().log_softmax(-1).gather(1, targets.to(device)[:, None])[:, 0].double()
+        return torch.zeros(len(units), dtype=torch.float64, device=device).index_add_(0, sentence.to(device),
+                                                                                      token_scores)
 
 
 class CausalLMScorer:

@@ -51,12 +51,16 @@ def brute_force_pll(model, tokenizer, sentence, word_l2r=False):
     return total
 
 
+@pytest.mark.parametrize("sparse_head", [True, False], ids=["sparse_head", "full_logits"])
 @pytest.mark.parametrize("metric", ["pll", "pll_word_l2r"])
-def test_pll_equals_brute_force(subword_tokenizer, metric):
+def test_pll_equals_brute_force(subword_tokenizer, metric, sparse_head):
     model = tiny_mlm(subword_tokenizer)
     assert any(len(set(w for w in subword_tokenizer(s).word_ids() if w is not None)) <
                len(subword_tokenizer(s)["input_ids"]) - 2 for s in SENTENCES), "need multi-token words"
-    scores = MaskedLMScorer(model, subword_tokenizer, metric=metric).score(SENTENCES)
+    scorer = MaskedLMScorer(model, subword_tokenizer, metric=metric)
+    assert scorer.sparse_head  # LTG-BERT takes sparse_prediction; the other path is what any other masked LM gets
+    scorer.sparse_head = sparse_head
+    scores = scorer.score(SENTENCES)
     expected = [brute_force_pll(model, subword_tokenizer, s, word_l2r=metric == "pll_word_l2r") for s in SENTENCES]
     assert scores == pytest.approx(expected, abs=1e-5)
 
