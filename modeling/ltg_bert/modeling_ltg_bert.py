@@ -138,7 +138,8 @@ class LtgBertAttention(nn.Module):
             return content_to_position + position_to_content
         seq_len = query.shape[2]
         # (T * T, R); built by comparison, as F.one_hot validates its indices with a host-device sync
-        selector = (buckets.flatten()[:, None] == torch.arange(key_pos.shape[0], device=buckets.device)).to(key_pos.dtype)
+        bucket_ids = torch.arange(key_pos.shape[0], device=buckets.device)
+        selector = (buckets.flatten()[:, None] == bucket_ids).to(key_pos.dtype)
         table_shape = (seq_len, seq_len, self.num_heads, self.head_dim)
         key_table = (selector @ (key_pos * self.scale).flatten(1)).view(table_shape)
         query_table = (selector @ query_pos.flatten(1)).view(table_shape)
