@@ -6,5 +6,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup_env.sh"
 cd "$root"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# accelerate gives a single GPU-less process one thread unless told otherwise; the tiny model uses up to 8.
+threads=$(( $(nproc) < 8 ? $(nproc) : 8 ))
 exec "$root/.venv/bin/accelerate" launch --num_processes 1 --num_machines 1 --mixed_precision no \
-    --dynamo_backend no trainers/run_ltg_bert.py trainers/configs/ltg_bert_tiny.yaml "$@"
+    --dynamo_backend no --num_cpu_threads_per_process "$threads" \
+    trainers/run_ltg_bert.py trainers/configs/ltg_bert_tiny.yaml "$@"
