@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 
+def set_device_value_checks(model, enabled: bool) -> None:
+    """Turn on or off the range checks hubzoo models run on accelerator tensors (each a host-device sync)."""
+    for module in model.modules():
+        if hasattr(module, "check_values_on_device"):
+            module.check_values_on_device = enabled
+
+
 class MaskedLMTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -38,9 +45,7 @@ class MaskedLMTrainer(Trainer):
         # model's own checks redundant; on an accelerator each of those is a host-device sync, so they are turned off.
         checked_below = getattr(self.data_collator, "vocabulary_size", None)
         if checked_below is not None and checked_below <= unwrapped.config.vocab_size:
-            for module in unwrapped.modules():
-                if hasattr(module, "check_values_on_device"):
-                    module.check_values_on_device = False
+            set_device_value_checks(unwrapped, False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)  # a copy: prediction_step still reads the labels from its own dict for metrics
