@@ -4,6 +4,8 @@ Registration lives here, never in the exported modeling files: on the Hub it wou
 module and collide with a local registration.
 """
 
+from contextlib import contextmanager
+
 import transformers
 
 from . import ltg_bert
@@ -41,7 +43,23 @@ def task_class(model_type: str, class_name: str) -> tuple:
     raise ValueError(f"{class_name!r} is not a registered class of hubzoo model_type {model_type!r}")
 
 
+@contextmanager
+def device_value_checks(model, enabled: bool):
+    """Within the block, turn on or off the range checks of ids and labels that hubzoo models run on accelerator
+    tensors (`check_values_on_device`: each is a host-device sync); for callers that checked the values on the CPU
+    already. The previous settings are restored on exit. Models without the switch are left alone."""
+    switches = [module for module in model.modules() if hasattr(module, "check_values_on_device")]
+    saved = [module.check_values_on_device for module in switches]
+    for module in switches:
+        module.check_values_on_device = enabled
+    try:
+        yield
+    finally:
+        for module, value in zip(switches, saved):
+            module.check_values_on_device = value
+
+
 for _model_type, (_config_class, _auto_classes) in ARCHITECTURES.items():
     _register(_model_type, _config_class, _auto_classes)
 
-__all__ = ["ARCHITECTURES", "auto_map", "task_class"]
+__all__ = ["ARCHITECTURES", "auto_map", "device_value_checks", "task_class"]

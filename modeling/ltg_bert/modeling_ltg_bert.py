@@ -15,7 +15,9 @@ Deliberate deviations from the original wrapper:
   * `hidden_states` are the cumulative layer states `(h_0, h_1, ..., h_L)` like every transformers model; the original
     wrapper returned per-layer deltas `(h_0, h_1 - h_0, ..., h_L - h_{L-1})`.
   * inputs longer than `max_position_embeddings` raise a `ValueError` (the wrapper crashed with an AttributeError);
-    token ids outside the vocabulary raise a `ValueError` instead of an index error or a device-side assert.
+    token ids outside the vocabulary raise a `ValueError` instead of an index error or a device-side assert (on an
+    accelerator unless `check_values_on_device` was turned off, as hubzoo's trainers do while their collator checks
+    every batch on the CPU).
   * attention runs through `scaled_dot_product_attention` with the relative-position terms as an additive bias.
   * relative-position bucket indices are derived from the config at run time instead of being stored in checkpoints.
 """
@@ -38,7 +40,6 @@ from transformers.modeling_outputs import (
 from .configuration_ltg_bert import LtgBertConfig
 
 
-@functools.lru_cache(maxsize=8)
 def relative_position_buckets(seq_len: int, bucket_size: int, max_position: int) -> torch.Tensor:
     """Index into the relative-embedding table for every (query i, key j) pair: `bucket_size - 1 + bucket(i - j)`.
 
@@ -61,11 +62,14 @@ def relative_position_buckets(seq_len: int, bucket_size: int, max_position: int)
     return bucket_size - 1 + bucket
 
 
-@functools.lru_cache(maxsize=16)
-def relative_position_buckets_on(seq_len: int, bucket_size: int, max_position: int, device: torch.device):
-    """`relative_position_buckets` copied to `device` once: a copy from pageable host memory at every forward would
-    synchronise the host with the device each step."""
-    return relative_position_buckets(seq_len, bucket_size, max_position).to(device)
+@functools.lru_cache(maxsize=8)
+def relative_position_table(bucket_size: int, max_position: int, device: torch.device) -> torch.Tensor:
+    """The buckets of every (i, j) up to `max_position`, on `device`, computed once: callers slice `[:T, :T]` (a
+    bucket depends on i - j only, so the slice equals the buckets of length T, as the original's buffer was used).
+    Cached because a copy from pageable host memory at every forward would synchronise host and device each step;
+    built outside inference mode, so that a first call under `torch.inference_mode()` caches a normal tensor."""
+    with torch.inference_mode(False):
+        return relative_position_buckets(max_position, bucket_size, max_position).to(device)
 
 
 class LtgBertEmbeddings(nn.Module):
@@ -127,7 +131,9 @@ class LtgBertAttention(nn.Module):
         order keeps converted checkpoints within float32 rounding of the reference). In training, the position
         vectors of each (i, j) pair are picked by a one-hot matmul and both terms become batched matmuls, whose
         backward is matmuls too; the gather's backward is an atomic scatter-add (small config, compiled, H200:
-        41.6 ms per training step with the gather, 29.0 ms with this).
+        41.6 ms per training step with the gather, 29.0 ms with this). Its cost is memory: two (T, T, D) tables per
+        layer are kept for backward, whatever the batch size; small beside the (B, H, T, T) scores at T = 128, about
+        0.8 GB per layer at T = 512, D = 768 in bf16.
         """
         query_pos, key_pos = self._position_projections(relative)
         if not self.training:
@@ -155,8 +161,8 @@ class LtgBertAttention(nn.Module):
         # which keeps converted checkpoints within float32 rounding of the reference outputs.
         key = key * self.scale
         bias = self._position_bias(query, key, relative, buckets)
-        if padding is not None:  # (B, 1, 1, T), True at padded keys; filled in the scores' own dtype, so that SDPA
-            # keeps its fused kernels (a float32 mask beside bfloat16 queries sends it to the unfused math path)
+        if padding is not None:  # (B, 1, 1, T), True at padded keys; filled in place of adding a float32 mask, which
+            # under bf16 autocast made the (B, H, T, T) bias float32
             bias = bias.masked_fill(padding, torch.finfo(bias.dtype).min)
         dropout_p = self.dropout_prob if self.training else 0.0
         if output_attentions or self.config._attn_implementation == "eager":
@@ -167,7 +173,7 @@ class LtgBertAttention(nn.Module):
             probs = None
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p, scale=1.0)
         batch, _, seq_len, _ = context.shape
-        context = context.transpose(1, 2).reshape(batch, seq_len, -1)  # (B, T, D)
+        context = context.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)  # (B, T, D)
         output = self.output_dropout(self.post_layer_norm(self.out_proj(context)))
         return output, probs
 
@@ -304,9 +310,9 @@ class LtgBertModel(LtgBertPreTrainedModel):
 
         hidden, relative = self.embeddings(input_ids)
         seq_len = input_ids.shape[1]
-        buckets = relative_position_buckets_on(
-            seq_len, self.config.position_bucket_size, self.config.max_position_embeddings, input_ids.device
-        )
+        buckets = relative_position_table(
+            self.config.position_bucket_size, self.config.max_position_embeddings, input_ids.device
+        )[:seq_len, :seq_len]
         padding = None if attention_mask is None else (attention_mask == 0)[:, None, None, :]
 
         all_hidden = (hidden,) if output_hidden_states else None
@@ -365,7 +371,8 @@ def _check_class_labels(labels: torch.Tensor, expected_shape, num_classes: int, 
         raise ValueError(f"labels shape {tuple(labels.shape)} does not match inputs shape {tuple(expected_shape)}")
     if check_values and bool(((labels < 0) & (labels != -100) | (labels >= num_classes)).any()):
         valid = labels[labels != -100]
-        raise ValueError(f"labels must be -100 (ignored) or in [0, {num_classes}), got {valid.min()}..{valid.max()}")
+        raise ValueError(f"labels must be -100 (ignored) or in [0, {num_classes}), got "
+                         f"{valid.min().item()}..{valid.max().item()}")
 
 
 class LtgBertForMaskedLM(LtgBertPreTrainedModel):

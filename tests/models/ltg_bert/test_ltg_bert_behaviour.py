@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
+from modeling import device_value_checks
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM, LtgBertModel
 
 TRUNCATED_STD = 0.8796  # std of a standard normal truncated at +-2 sigma
@@ -120,13 +121,16 @@ def test_value_checks_always_run_on_cpu_tensors():
     """`check_values_on_device=False` (set by MaskedLMTrainer, whose collator checks batches) only skips the checks
     that would be host-device syncs; on the CPU they are free and stay on, for ids and labels alike."""
     model = LtgBertForMaskedLM(config())
-    for module in model.modules():
-        module.check_values_on_device = False
+    on_accelerator = torch.empty(2, 3, dtype=torch.long, device="meta")  # any non-CPU device
+    assert model._values_checked(on_accelerator) and model.ltg_bert._values_checked(on_accelerator)
     batch = inputs()
-    with pytest.raises(ValueError, match="outside"):
-        model(input_ids=torch.full_like(batch["input_ids"], 99))
-    with pytest.raises(ValueError, match="labels must be -100"):
-        model(**batch, labels=torch.full_like(batch["input_ids"], 99))
-    with pytest.raises(ValueError, match="labels must be -100"):
-        model(**batch, labels=torch.full_like(batch["input_ids"], -5))
-    assert model(**batch, labels=torch.full_like(batch["input_ids"], -100)).loss is not None
+    with device_value_checks(model, False):
+        assert not model._values_checked(on_accelerator) and not model.ltg_bert._values_checked(on_accelerator)
+        with pytest.raises(ValueError, match="outside"):
+            model(input_ids=torch.full_like(batch["input_ids"], 99))
+        with pytest.raises(ValueError, match="labels must be -100"):
+            model(**batch, labels=torch.full_like(batch["input_ids"], 99))
+        with pytest.raises(ValueError, match="labels must be -100"):
+            model(**batch, labels=torch.full_like(batch["input_ids"], -5))
+        assert model(**batch, labels=torch.full_like(batch["input_ids"], -100)).loss is not None
+    assert model._values_checked(on_accelerator)  # restored
