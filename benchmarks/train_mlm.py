@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import transformers  # noqa: E402
 from transformers import BertConfig, BertForMaskedLM  # noqa: E402
 
+from modeling import device_value_checks  # noqa: E402
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM  # noqa: E402
-from trainers.mlm_trainer import set_device_value_checks  # noqa: E402
 
 PRESETS = {  # width, depth, heads, LTG-BERT intermediate size
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=320),
@@ -143,8 +143,8 @@ def main(argv=None) -> dict:
         runs = {label: run for label, run in runs.items() if label in args.only.split(",") + ["bert"]}
     results = {}
     for label, (model, options, checked) in runs.items():
-        set_device_value_checks(model, checked)
-        seconds = measure(model, batch, args.steps, args.warmup, device, autocast, args.compile, **options)
+        with device_value_checks(model, checked):
+            seconds = measure(model, batch, args.steps, args.warmup, device, autocast, args.compile, **options)
         if args.compile:
             torch._dynamo.reset()  # each run compiles its own graphs
         labelled_share = (batch["labels"] != -100).float().mean().item()

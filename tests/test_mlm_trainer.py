@@ -96,17 +96,29 @@ def test_eval_loss_is_the_plain_mean_and_an_unlabelled_batch_gives_zero(tmp_path
         assert all(torch.isfinite(p.grad).all() and not p.grad.any() for p in model.parameters() if p.grad is not None)
 
 
-def test_device_checks_are_off_only_behind_a_checking_collator(tmp_path):
-    args = one_step_args(tmp_path, batch_size=2)
+def test_device_checks_are_off_only_while_training_behind_a_checking_collator(tmp_path):
+    tokenizer = tiny_tokenizer(64)
 
-    def flags(collator):
-        trainer = MaskedLMTrainer(model=tiny_model(), args=args, data_collator=collator)
-        return [m.check_values_on_device for m in trainer.model.modules() if hasattr(m, "check_values_on_device")]
+    def flags(model):
+        return [m.check_values_on_device for m in model.modules() if hasattr(m, "check_values_on_device")]
 
-    assert flags(MaskedLMCollator(tiny_tokenizer(64))) == [False, False]  # LtgBertForMaskedLM and its LtgBertModel
-    assert flags(default_data_collator) == [True, True]
+    def train(collator, data):
+        during = []
+
+        class Record(TrainerCallback):
+            def on_step_begin(self, args, state, control, model=None, **kwargs):
+                during.append(flags(model))
+
+        model = tiny_model()
+        MaskedLMTrainer(model=model, args=one_step_args(tmp_path, batch_size=2), train_dataset=data,
+                        data_collator=collator, callbacks=[Record()]).train()
+        return during, flags(model)
+
+    # LtgBertForMaskedLM and its LtgBertModel: off during training, restored afterwards.
+    assert train(MaskedLMCollator(tokenizer), text_dataset(tokenizer, 4)) == ([[False, False]], [True, True])
+    assert train(default_data_collator, premasked_dataset()) == ([[True, True]], [True, True])
     # A tokenizer larger than the model's vocabulary checks nothing the model needs: the model keeps its checks.
-    assert flags(MaskedLMCollator(tiny_tokenizer(80))) == [True, True]
+    assert train(MaskedLMCollator(tiny_tokenizer(80)), text_dataset(tokenizer, 4)) == ([[True, True]], [True, True])
 
 
 def free_port() -> int:

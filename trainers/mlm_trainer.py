@@ -7,17 +7,13 @@ so the result would depend on how a step is split into micro-batches and ranks.
 """
 
 import inspect
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-
-def set_device_value_checks(model, enabled: bool) -> None:
-    """Turn on or off the range checks hubzoo models run on accelerator tensors (each a host-device sync)."""
-    for module in model.modules():
-        if hasattr(module, "check_values_on_device"):
-            module.check_values_on_device = enabled
+from modeling import device_value_checks
 
 
 class MaskedLMTrainer(Trainer):
@@ -42,10 +38,20 @@ class MaskedLMTrainer(Trainer):
         self._sparse_prediction = (self.args.device.type == "cpu"
                                    and "sparse_prediction" in inspect.signature(unwrapped.forward).parameters)
         # A collator that range-checks every batch on the CPU (MaskedLMCollator, against its tokenizer) makes the
-        # model's own checks redundant; on an accelerator each of those is a host-device sync, so they are turned off.
+        # model's own checks redundant; on an accelerator each of those is a host-device sync, so they are turned off
+        # while this trainer trains or evaluates (and restored afterwards).
         checked_below = getattr(self.data_collator, "vocabulary_size", None)
-        if checked_below is not None and checked_below <= unwrapped.config.vocab_size:
-            set_device_value_checks(unwrapped, False)
+        vocab_size = getattr(getattr(unwrapped, "config", None), "vocab_size", None)
+        self._batches_checked = checked_below is not None and vocab_size is not None and checked_below <= vocab_size
+
+    def _device_checks(self):
+        if not self._batches_checked:
+            return nullcontext()
+        return device_value_checks(self.accelerator.unwrap_model(self.model), False)
+
+    def train(self, *args, **kwargs):
+        with self._device_checks():
+            return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)  # a copy: prediction_step still reads the labels from its own dict for metrics
@@ -77,6 +83,10 @@ class MaskedLMTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, *args, **kwargs):
+        with self._device_checks():
+            return self._evaluate_at_epoch_zero(*args, **kwargs)
+
+    def _evaluate_at_epoch_zero(self, *args, **kwargs):
         # A collator that masks per epoch (MaskedLMCollator) masks the evaluation set as in epoch 0 every time, so
         # evaluation losses along the run are measured on the same masked tokens and stay comparable.
         collator = self.data_collator
