@@ -18,6 +18,8 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
+from modeling import device_value_checks
+
 SCORERS: Dict[str, Callable] = {}
 
 
@@ -85,16 +87,21 @@ class MaskedLMScorer:
 
     @torch.no_grad()
     def score(self, sentences: List[str]) -> List[float]:
-        units = self._encode(sentences)
+        if not sentences:
+            return []
+        units = self._encode(sentences)  # ids range-checked here, on the CPU
         # Sort by length so batches pad little; each sentence costs (#copies x length) tokens.
         order = sorted(range(len(units)), key=lambda i: len(units[i][0]))
         costs = [max(1, len(units[i][1])) * len(units[i][0]) for i in order]
         device = next(self.model.parameters()).device
-        # Totals stay on the device until the end: no sync per batch, so the next batch is built while this one runs.
+        # Totals stay on the device until the end, and the model's own range checks (syncs on an accelerator) are off:
+        # the scorer adds no host-device sync per batch (the sparse head's position selection is the model's one).
         totals = torch.zeros(len(units), dtype=torch.float64, device=device)
-        for batch in budget_batches(costs, self.token_budget):
-            indices = [order[i] for i in batch]
-            totals.index_add_(0, torch.tensor(indices, device=device), self._score_batch([units[i] for i in indices]))
+        with device_value_checks(self.model, False):
+            for batch in budget_batches(costs, self.token_budget):
+                indices = [order[i] for i in batch]
+                scores = self._score_batch([units[i] for i in indices])
+                totals.index_add_(0, torch.tensor(indices, device=device), scores)
         return totals.tolist()
 
     def _score_batch(self, units) -> torch.Tensor:
@@ -111,6 +118,8 @@ class MaskedLMScorer:
         ids, words = torch.from_numpy(ids), torch.from_numpy(words)
         attention = (torch.arange(ids.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]).long()
         counts = torch.tensor([len(positions) for _, positions, _ in units])
+        if not counts.any():  # nothing to mask (e.g. empty sentences without special tokens): log-likelihood 0
+            return torch.zeros(len(units), dtype=torch.float64, device=device)
         sentence = torch.repeat_interleave(torch.arange(len(units)), counts)  # (C,) sentence of each masked copy
         position = torch.from_numpy(np.concatenate([positions for _, positions, _ in units]).astype(np.int64))
         copies = torch.arange(len(sentence))
@@ -144,13 +153,16 @@ class CausalLMScorer:
 
     @torch.no_grad()
     def score(self, sentences: List[str]) -> List[float]:
+        if not sentences:
+            return []
         encoded = [self.prefix + ids for ids in self.tokenizer(list(sentences), add_special_tokens=False)["input_ids"]]
         check_encoded(self.model, self.tokenizer, encoded)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         totals = torch.zeros(len(encoded), dtype=torch.float64)
-        for batch in budget_batches([len(encoded[i]) for i in order], self.token_budget):
-            indices = [order[i] for i in batch]
-            totals[torch.tensor(indices)] = self._score_batch([encoded[i] for i in indices])
+        with device_value_checks(self.model, False):  # ids checked above, on the CPU
+            for batch in budget_batches([len(encoded[i]) for i in order], self.token_budget):
+                indices = [order[i] for i in batch]
+                totals[torch.tensor(indices)] = self._score_batch([encoded[i] for i in indices])
         return totals.tolist()
 
     def _score_batch(self, sequences) -> torch.Tensor:

@@ -80,6 +80,14 @@ def test_batched_equals_unbatched(subword_tokenizer):
     assert batched == pytest.approx(one_by_one, abs=1e-5)
 
 
+def test_nothing_to_score_gives_zero(subword_tokenizer):
+    scorer = MaskedLMScorer(tiny_mlm(subword_tokenizer), subword_tokenizer)
+    assert scorer.score([]) == []
+    assert scorer.score([""]) == [0.0]  # [CLS] [SEP] only: no token to mask
+    mixed = scorer.score(["", SENTENCES[0]])
+    assert mixed[0] == 0.0 and mixed[1] == pytest.approx(scorer.score([SENTENCES[0]])[0], abs=1e-6)
+
+
 def test_causal_scorer_equals_brute_force():
     tokenizer = tiny_tokenizer(50, specials=("[PAD]", "[UNK]", "[BOS]"))
     torch.manual_seed(0)
