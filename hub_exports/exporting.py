@@ -9,6 +9,7 @@ replaces the target, and an existing export survives any failure.
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -208,6 +209,17 @@ def full_fp32_matmuls():
             matmul.allow_tf32 = saved
 
 
+def cpu_copy(model):
+    """A copy of `model` with every parameter and buffer on the CPU, made without first duplicating it on its own
+    device (a plain deepcopy would, beside the optimizer state). Tied parameters stay tied: they are one object."""
+    memo = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        host = tensor.detach().to("cpu", copy=True)
+        memo[id(tensor)] = torch.nn.Parameter(host, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) \
+            else host
+    return copy.deepcopy(model, memo)
+
+
 def probe_outputs(model, probe: dict) -> torch.Tensor:
     """The model's main output on `probe` in eval mode, without autograd, in full fp32 and on CPU (as a user on CPU
     would get them).
@@ -219,7 +231,7 @@ def probe_outputs(model, probe: dict) -> torch.Tensor:
     replaces `model.forward` with one that enters autocast, which an outer `autocast(enabled=False)` cannot undo.
     """
     if next(model.parameters()).device.type != "cpu":
-        model = copy.deepcopy(model).cpu()
+        model = cpu_copy(model)
     was_training = model.training
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", enabled=False), full_fp32_matmuls():

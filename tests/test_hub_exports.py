@@ -179,6 +179,23 @@ def test_a_model_prepared_for_mixed_precision_exports_its_fp32_outputs(tmp_path)
     assert torch.allclose(recorded, expected[..., :recorded.shape[-1]], atol=1e-6)
 
 
+def test_cpu_copy_is_a_separate_model_with_the_same_outputs_and_ties():
+    """Probes of a model on an accelerator run on this copy (no GPU machine here: the copy is checked on CPU)."""
+    from hub_exports.exporting import cpu_copy
+
+    model = tiny_model().eval()
+    copied = cpu_copy(model)
+    assert copied is not model and type(copied) is type(model)
+    originals = {id(p) for p in model.parameters()}
+    assert not any(id(p) in originals for p in copied.parameters())
+    assert copied.get_output_embeddings().weight is copied.get_input_embeddings().weight
+    probe = torch.randint(5, 64, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(copied(input_ids=probe).logits, model(input_ids=probe).logits)
+        next(copied.parameters()).add_(1.0)  # the copy owns its storage
+        assert not torch.equal(copied(input_ids=probe).logits, model(input_ids=probe).logits)
+
+
 def test_export_refuses_a_tokenizer_that_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match="do not fit vocab_size 64"):
         export(tiny_model(), tiny_tokenizer(65), tmp_path / "out")
