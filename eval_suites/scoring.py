@@ -12,13 +12,12 @@ Other objectives plug in through `register_scorer(name, factory)` (e.g. a diffus
 `(model, tokenizer, **options)` and returns an object with `score(sentences) -> list[float]`.
 """
 
-import inspect
 from typing import Callable, Dict, List
 
 import numpy as np
 import torch
 
-from modeling import device_value_checks
+from modeling import device_value_checks, supports_sparse_prediction
 
 SCORERS: Dict[str, Callable] = {}
 
@@ -72,7 +71,7 @@ class MaskedLMScorer:
         self.model, self.tokenizer, self.metric, self.token_budget = model.eval(), tokenizer, metric, token_budget
         # Each masked copy needs the vocabulary distribution at one position only; models that can run their head on
         # the labelled positions alone (hubzoo's `sparse_prediction`) skip the (copies x length x vocab) logits.
-        self.sparse_head = "sparse_prediction" in inspect.signature(model.forward).parameters
+        self.sparse_head = supports_sparse_prediction(model)
 
     def _encode(self, sentences):
         encoded = self.tokenizer(list(sentences), return_special_tokens_mask=True)

@@ -4,6 +4,7 @@ Registration lives here, never in the exported modeling files: on the Hub it wou
 module and collide with a local registration.
 """
 
+import inspect
 from contextlib import contextmanager
 
 import transformers
@@ -43,6 +44,11 @@ def task_class(model_type: str, class_name: str) -> tuple:
     raise ValueError(f"{class_name!r} is not a registered class of hubzoo model_type {model_type!r}")
 
 
+def supports_sparse_prediction(model) -> bool:
+    """Whether `model.forward` takes `sparse_prediction` (its MLM head can run on the labelled positions only)."""
+    return "sparse_prediction" in inspect.signature(model.forward).parameters
+
+
 @contextmanager
 def device_value_checks(model, enabled: bool):
     """Within the block, turn on or off the range checks of ids and labels that hubzoo models run on accelerator
@@ -62,4 +68,4 @@ def device_value_checks(model, enabled: bool):
 for _model_type, (_config_class, _auto_classes) in ARCHITECTURES.items():
     _register(_model_type, _config_class, _auto_classes)
 
-__all__ = ["ARCHITECTURES", "auto_map", "device_value_checks", "task_class"]
+__all__ = ["ARCHITECTURES", "auto_map", "device_value_checks", "supports_sparse_prediction", "task_class"]

@@ -6,14 +6,13 @@ A per-micro-batch mean (what the model's own `loss` is) weights tokens of sparse
 so the result would depend on how a step is split into micro-batches and ranks.
 """
 
-import inspect
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from modeling import device_value_checks
+from modeling import device_value_checks, supports_sparse_prediction
 
 
 class MaskedLMTrainer(Trainer):
@@ -35,8 +34,7 @@ class MaskedLMTrainer(Trainer):
         # sync and a graph break under torch.compile (small LTG-BERT, compiled, H200: 43.8 ms per step with it,
         # 33.4 ms without; eager, the two are within 2%).
         unwrapped = self.accelerator.unwrap_model(self.model)
-        self._sparse_prediction = (self.args.device.type == "cpu"
-                                   and "sparse_prediction" in inspect.signature(unwrapped.forward).parameters)
+        self._sparse_prediction = self.args.device.type == "cpu" and supports_sparse_prediction(unwrapped)
         # A collator that range-checks every batch on the CPU (MaskedLMCollator, against its tokenizer) makes the
         # model's own checks redundant; on an accelerator each of those is a host-device sync, so they are turned off
         # while this trainer trains or evaluates (and restored afterwards).
