@@ -71,10 +71,27 @@ def cmd_push(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from hub_exports.convert_ltg_bert import convert_ltg_bert
-
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.source)
-    model = convert_ltg_bert(args.source, args.position_qk_split, tokenizer=tokenizer, pad_token_id=args.pad_token_id)
+    if args.source_format == "ltg_bert":
+        from hub_exports.convert_ltg_bert import convert_ltg_bert
+
+        if args.position_qk_split is None:
+            raise SystemExit("convert ltg_bert needs --position-qk-split (it is not visible in the checkpoint's keys)")
+        model = convert_ltg_bert(args.source, args.position_qk_split, tokenizer=tokenizer,
+                                 pad_token_id=args.pad_token_id)
+    else:
+        from hub_exports.convert_diffusion import convert_diffusion
+
+        model = convert_diffusion(args.source, tokenizer=tokenizer, mask_token_id=args.mask_token_id,
+                                  weights=args.weights)
+        if model.config.model_type != args.source_format:
+            raise SystemExit(f"{args.source} holds a {model.config.model_type} checkpoint, not {args.source_format}")
+        if tokenizer.mask_token_id is None:  # the original appended the mask id after the tokenizer's vocabulary
+            tokenizer.add_special_tokens({"mask_token": "[MASK]"})
+            if tokenizer.mask_token_id != model.config.mask_token_id:
+                raise SystemExit(f"could not give the tokenizer the mask id {model.config.mask_token_id}")
+        print(f"Converted {model.config.model_type} ({args.weights} weights): {model.num_parameters():,} parameters, "
+              f"mask id {model.config.mask_token_id}")
     return _export_and_verify(model, tokenizer, args.out, _card(args))
 
 
@@ -103,13 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_push)
 
     p = commands.add_parser("convert", help="original checkpoint -> verified hubzoo export")
-    p.add_argument("source_format", choices=["ltg_bert"])
-    p.add_argument("source", help="folder with the original config.json and pytorch_model.bin")
+    p.add_argument("source_format", choices=["ltg_bert", "mdlm", "bd3lm"])
+    p.add_argument("source", help="ltg_bert: folder with config.json + pytorch_model.bin; mdlm/bd3lm: Hub folder "
+                                  "(config.json + model.safetensors) or Lightning .ckpt file")
     p.add_argument("out")
-    p.add_argument("--position-qk-split", required=True, choices=["chunk_first", "per_head_interleaved"],
-                   help="relative-position split the checkpoint was trained with (not visible in its keys)")
+    p.add_argument("--position-qk-split", choices=["chunk_first", "per_head_interleaved"],
+                   help="ltg_bert (required): relative-position split the checkpoint was trained with")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the source folder)")
-    p.add_argument("--pad-token-id", type=int, help="checked against the tokenizer's pad id (the tokenizer decides)")
+    p.add_argument("--pad-token-id", type=int, help="ltg_bert: checked against the tokenizer's pad id")
+    p.add_argument("--mask-token-id", type=int, help="mdlm/bd3lm: checked against the tokenizer's (or its size)")
+    p.add_argument("--weights", choices=["ema", "live"], default="ema",
+                   help="mdlm/bd3lm Lightning checkpoints: the EMA (default) or the live weights")
     _add_card_arguments(p)
     p.set_defaults(run=cmd_convert)
     return parser

@@ -55,6 +55,13 @@ TASKS = {
 }
 
 
+# Classes whose card shows another usage than their Auto class's task (diffusion LMs sample rather than fill masks).
+USAGE_BY_CLASS = {
+    name: "samples = model.sample(num_samples=2, seed=0)\nprint(tokenizer.batch_decode(samples))"
+    for name in ("MdlmForMaskedDiffusionLM", "Bd3lmForMaskedDiffusionLM")
+}
+
+
 @dataclass
 class Metric:
     """One evaluation result for the card's `model-index` (e.g. task "fill-mask", metric "accuracy")."""
@@ -97,6 +104,9 @@ def tokenizer_problems(config, tokenizer, class_name: str) -> list:
         problems.append("no pad token, so batches cannot be padded")
     if class_name.endswith("ForMaskedLM") and tokenizer.mask_token_id is None:
         problems.append("no mask token for a masked LM")
+    mask_id = getattr(config, "mask_token_id", None)
+    if mask_id is not None and tokenizer.mask_token_id is not None and mask_id != tokenizer.mask_token_id:
+        problems.append(f"config.mask_token_id={mask_id} but tokenizer mask_token_id={tokenizer.mask_token_id}")
     return problems
 
 
@@ -126,6 +136,7 @@ def build_model_card(model, card: CardInfo) -> ModelCard:
     model_type = model.config.model_type
     auto_class, _ = modeling.task_class(model_type, type(model).__name__)
     pipeline_tag, usage = TASKS[auto_class]
+    usage = USAGE_BY_CLASS.get(type(model).__name__, usage)
     eval_results = [
         EvalResult(task_type=m.task_type, dataset_name=m.dataset_name, dataset_type=m.dataset_type,
                    metric_type=m.metric_type, metric_value=m.metric_value, metric_name=m.metric_name,

@@ -126,7 +126,7 @@ class ModelTesterMixin:
 
     def expected_shape(self, model_class, config, batch, seq_len):
         name = model_class.__name__
-        if name.endswith(("ForMaskedLM", "ForCausalLM")):
+        if name.endswith(("ForMaskedLM", "ForCausalLM", "ForMaskedDiffusionLM")):
             return (batch, seq_len, config.vocab_size)
         if name.endswith("ForSequenceClassification"):
             return (batch, config.num_labels)

@@ -1,0 +1,244 @@
+"""Convert original MDLM (kuleshov-group/mdlm) and BD3-LM (kuleshov-group/bd3lms) checkpoints into hubzoo's `mdlm` and
+`bd3lm` models, strictly.
+
+Two layouts are read, both with `torch.load(..., weights_only=True)` or safetensors (no pickled code ever runs):
+
+* the Hub layout: a folder with the original `config.json` (`hidden_dim`, `n_blocks`, `n_heads`, `cond_dim`,
+  `model_length`, ...) and `model.safetensors` (or `pytorch_model.bin`) with `backbone.*` keys. These files hold the
+  EMA weights (the original export script copies the EMA shadow parameters in before saving).
+* the Lightning `.ckpt` of the training code: `state_dict` holds the live weights, `ema.shadow_params` the EMA weights
+  as a list in `backbone.parameters()` order, `hyper_parameters.config` the Hydra config. `weights="ema"` (the
+  default, what the originals evaluate and export) or `"live"` picks one.
+
+Every key is mapped by an explicit table; unknown keys and keys the model needs but the checkpoint lacks stop the
+conversion with the full list. The stored rotary `inv_freq` is checked against the config and dropped (hubzoo computes
+it). The mask id cannot be read from the weights: it comes from the tokenizer (its mask token, else its size, which is
+the original's rule) or is stated. For BD3-LM the checkpoint's `sampling_eps_min`/`sampling_eps_max` buffers are the
+trained values and win over the config's fields; a disagreement is logged.
+"""
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file
+
+from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
+from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
+
+logger = logging.getLogger(__name__)
+
+# (original key regex, hubzoo key template without the trunk prefix). `None` = consumed by a check, not copied.
+KEY_MAP = [
+    (r"backbone\.vocab_embed\.embedding", r"{trunk}.embed_tokens.weight"),
+    (r"backbone\.sigma_map\.mlp\.([02])\.(weight|bias)", r"{trunk}.time_embedder.mlp.\1.\2"),
+    (r"backbone\.blocks\.(\d+)\.norm1\.weight", r"{trunk}.layers.\1.attn_norm.weight"),
+    (r"backbone\.blocks\.(\d+)\.attn_qkv\.weight", r"{trunk}.layers.\1.qkv_proj.weight"),
+    (r"backbone\.blocks\.(\d+)\.attn_out\.weight", r"{trunk}.layers.\1.out_proj.weight"),
+    (r"backbone\.blocks\.(\d+)\.norm2\.weight", r"{trunk}.layers.\1.mlp_norm.weight"),
+    (r"backbone\.blocks\.(\d+)\.mlp\.([02])\.(weight|bias)", r"{trunk}.layers.\1.mlp.\2.\3"),
+    (r"backbone\.blocks\.(\d+)\.adaLN_modulation\.(weight|bias)", r"{trunk}.layers.\1.modulation.\2"),
+    (r"backbone\.output_layer\.norm_final\.weight", r"output_layer.norm.weight"),
+    (r"backbone\.output_layer\.linear\.(weight|bias)", r"output_layer.lm_head.\1"),
+    (r"backbone\.output_layer\.adaLN_modulation\.(weight|bias)", r"output_layer.modulation.\1"),
+    (r"sampling_eps_(min|max)", r"sampling_eps_\1"),
+    (r"backbone\.rotary_emb\.inv_freq", None),
+]
+BUFFER_KEYS = re.compile(r"backbone\.rotary_emb\.inv_freq|sampling_eps_(min|max)")
+# Original Hub config field -> hubzoo field; all required.
+HUB_CONFIG_FIELDS = {"vocab_size": "vocab_size", "hidden_dim": "hidden_size", "n_blocks": "num_hidden_layers",
+                     "n_heads": "num_attention_heads", "cond_dim": "cond_dim", "model_length": "max_position_embeddings",
+                     "dropout": "dropout", "time_conditioning": "time_conditioning"}
+BD3LM_HUB_FIELDS = {"block_size": "block_size", "sampling_eps_min": "sampling_eps_min",
+                    "sampling_eps_max": "sampling_eps_max", "adaln": "adaln"}
+
+
+def convert_diffusion(source, tokenizer=None, mask_token_id: Optional[int] = None, weights: str = "ema"):
+    """Original checkpoint (a Hub folder or a Lightning `.ckpt` file) -> `MdlmForMaskedDiffusionLM` or
+    `Bd3lmForMaskedDiffusionLM` in eval mode. The architecture is read from the checkpoint's config."""
+    source = Path(source)
+    if weights not in ("ema", "live"):
+        raise ValueError(f"weights must be 'ema' or 'live', got {weights!r}")
+    if source.is_file():
+        model_type, fields, state = _read_lightning(source, weights)
+    else:
+        if weights != "ema":
+            raise ValueError(f"{source} is a Hub export, which holds the EMA weights only; the live weights are in "
+                             "the training run's Lightning .ckpt")
+        model_type, fields, state = _read_hub_folder(source)
+    fields["vocab_size"] = _vocab_size(state, fields)
+    fields["mask_token_id"] = _mask_token_id(fields["vocab_size"], tokenizer, mask_token_id)
+    if tokenizer is not None:
+        fields["pad_token_id"] = tokenizer.pad_token_id
+    if model_type == "bd3lm":
+        _take_buffer_interval(fields, state)
+    config_class, model_class = ((Bd3lmConfig, Bd3lmForMaskedDiffusionLM) if model_type == "bd3lm"
+                                 else (MdlmConfig, MdlmForMaskedDiffusionLM))
+    model = model_class(config_class(**fields))
+    mapped = _map_keys(state, model_type, model.config)
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if missing or unexpected:  # strict, with the names in the message
+        raise RuntimeError(f"Checkpoint does not fit {model_class.__name__}: missing keys {sorted(missing)}, "
+                           f"unexpected keys {sorted(unexpected)}")
+    if model_type == "bd3lm":
+        model.sampling_interval  # validates the loaded buffers
+    return model.eval()
+
+
+def _read_hub_folder(folder: Path):
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json")
+    original = json.loads(config_path.read_text())
+    model_type = original.get("model_type")
+    if model_type not in ("mdlm", "bd3lm"):
+        raise ValueError(f"{config_path}: model_type {model_type!r} is neither 'mdlm' nor 'bd3lm'")
+    table = {**HUB_CONFIG_FIELDS, **(BD3LM_HUB_FIELDS if model_type == "bd3lm" else {})}
+    missing = sorted(name for name in table if name not in original)
+    if missing:
+        raise ValueError(f"{config_path} lacks required fields {missing}")
+    fields = {ours: original[theirs] for theirs, ours in table.items()}
+    if model_type == "bd3lm":
+        _check_block_attention(original.get("cross_attn"), original.get("causal"), config_path)
+    if (folder / "model.safetensors").is_file():
+        state = load_file(folder / "model.safetensors")
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+    return model_type, fields, state
+
+
+def _read_lightning(path: Path, weights: str):
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a pickled object (e.g. an omegaconf config) is refused, never executed
+        raise ValueError(f"{path} cannot be read with weights_only=True ({error}). Real Lightning checkpoints may "
+                         "pickle their Hydra config; re-save `state_dict`, `ema` and the config as plain "
+                         "dicts/tensors in the original environment.") from error
+    for key in ("state_dict", "hyper_parameters"):
+        if key not in checkpoint:
+            raise ValueError(f"{path} is not a Lightning checkpoint of the original code: no {key!r}")
+    config = checkpoint["hyper_parameters"].get("config")
+    if not isinstance(config, dict) or "model" not in config:
+        raise ValueError(f"{path}: hyper_parameters.config is missing or not a plain dict")
+    algo = config.get("algo") or {}
+    model_type = "bd3lm" if algo.get("name") == "bd3lm" else "mdlm"
+    if algo.get("name") not in (None, "mdlm", "bd3lm") or config.get("parameterization", algo.get("parameterization")) \
+            != "subs":
+        raise ValueError(f"{path}: only the SUBS masked-diffusion models (mdlm, bd3lm) convert, got algo "
+                         f"{algo.get('name')!r}, parameterization {config.get('parameterization')!r}")
+    model = config["model"]
+    missing = sorted(name for name in ("hidden_size", "n_blocks", "n_heads", "cond_dim", "length", "dropout")
+                     if name not in model)
+    if missing:
+        raise ValueError(f"{path}: hyper_parameters.config.model lacks {missing}")
+    fields = {"hidden_size": model["hidden_size"], "num_hidden_layers": model["n_blocks"],
+              "num_attention_heads": model["n_heads"], "cond_dim": model["cond_dim"],
+              "max_position_embeddings": model["length"], "dropout": model["dropout"],
+              "time_conditioning": bool(algo.get("time_conditioning", config.get("time_conditioning", False)))}
+    if model_type == "bd3lm":
+        _check_block_attention(algo.get("cross_attn"), algo.get("causal_attention"), path)
+        # The Lightning DIT always has adaLN for its bidirectional denoiser, whatever model.adaln says.
+        fields.update(block_size=config["block_size"], adaln=True)
+    state = dict(checkpoint["state_dict"])
+    if weights == "ema":
+        state = _with_ema_weights(state, checkpoint.get("ema"), path)
+    for name in ("sampling_eps_min", "sampling_eps_max"):  # on_save_checkpoint's top-level copies
+        if name in checkpoint and name in state and not torch.equal(checkpoint[name], state[name]):
+            raise ValueError(f"{path}: top-level {name} {checkpoint[name].item()} disagrees with the state_dict's "
+                             f"{state[name].item()}")
+    return model_type, fields, state
+
+
+def _with_ema_weights(state: dict, ema, path: Path) -> dict:
+    """Replace the parameters by the EMA shadow parameters. The shadow list follows `backbone.parameters()`, which is
+    the order of the state dict's parameter keys (buffers left out); shapes are checked one by one."""
+    if not ema or "shadow_params" not in ema:
+        raise ValueError(f"{path} has no EMA weights (ckpt['ema']['shadow_params']); convert with weights='live'")
+    names = [key for key in state if key.startswith("backbone.") and not BUFFER_KEYS.fullmatch(key)]
+    shadow = ema["shadow_params"]
+    if len(shadow) != len(names):
+        raise ValueError(f"{path}: {len(shadow)} EMA shadow parameters for {len(names)} backbone parameters")
+    for name, tensor in zip(names, shadow):
+        if tuple(tensor.shape) != tuple(state[name].shape):
+            raise ValueError(f"{path}: EMA shadow parameter for {name} has shape {tuple(tensor.shape)}, the weight "
+                             f"{tuple(state[name].shape)}: the shadow list is not in parameter order")
+    return {**state, **dict(zip(names, shadow))}
+
+
+def _check_block_attention(cross_attn, causal, where) -> None:
+    if cross_attn is not True or causal:
+        raise ValueError(f"{where}: only block-diffusion checkpoints with cross_attn=True and causal=False convert "
+                         f"(got cross_attn={cross_attn!r}, causal={causal!r})")
+
+
+def _vocab_size(state: dict, fields: dict) -> int:
+    embedding = state.get("backbone.vocab_embed.embedding")
+    if embedding is None:
+        raise ValueError("Checkpoint lacks backbone.vocab_embed.embedding")
+    if "vocab_size" in fields and fields["vocab_size"] != embedding.shape[0]:
+        raise ValueError(f"config vocab_size {fields['vocab_size']} != embedding rows {embedding.shape[0]}")
+    return embedding.shape[0]
+
+
+def _mask_token_id(vocab_size: int, tokenizer, mask_token_id: Optional[int]) -> int:
+    """The original's rule: the tokenizer's mask token if it has one, else the id right after its vocabulary."""
+    from_tokenizer = None
+    if tokenizer is not None:
+        from_tokenizer = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else len(tokenizer)
+    if mask_token_id is not None and from_tokenizer is not None and mask_token_id != from_tokenizer:
+        raise ValueError(f"mask_token_id={mask_token_id} contradicts the tokenizer's mask id {from_tokenizer}")
+    chosen = mask_token_id if mask_token_id is not None else from_tokenizer
+    if chosen is None:
+        raise ValueError("The mask id is not stored in the weights: pass the tokenizer the model was trained with, "
+                         f"or mask_token_id (for GPT-2-based originals it is {vocab_size - 1})")
+    if not 0 <= chosen < vocab_size:
+        raise ValueError(f"mask id {chosen} does not fit the checkpoint's vocabulary of {vocab_size}")
+    return chosen
+
+
+def _take_buffer_interval(fields: dict, state: dict) -> None:
+    """The checkpoint's sampling-interval buffers are the trained values; the config's fields are often the class
+    defaults (the original export script never updates them)."""
+    buffers = {name: state[name].item() for name in ("sampling_eps_min", "sampling_eps_max") if name in state}
+    if len(buffers) != 2:
+        raise ValueError(f"BD3-LM checkpoint lacks the sampling_eps_min/sampling_eps_max buffers (found {buffers})")
+    configured = (fields.get("sampling_eps_min"), fields.get("sampling_eps_max"))
+    if configured != (None, None) and configured != (buffers["sampling_eps_min"], buffers["sampling_eps_max"]):
+        logger.warning("BD3-LM sampling interval: the checkpoint's buffers (%.6g, %.6g) differ from its config "
+                       "(%s, %s); the buffers are the trained values and are used (config updated to match)",
+                       buffers["sampling_eps_min"], buffers["sampling_eps_max"], *configured)
+    fields.update(buffers)
+
+
+def _map_keys(state: dict, model_type: str, config) -> dict:
+    trunk = model_type
+    mapped, unknown = {}, []
+    for key, tensor in state.items():
+        for pattern, template in KEY_MAP:
+            match = re.fullmatch(pattern, key)
+            if match:
+                if template is None:
+                    _check_inv_freq(tensor, config)
+                else:
+                    mapped[match.expand(template.replace("{trunk}", trunk))] = tensor
+                break
+        else:
+            unknown.append(key)
+    if model_type == "mdlm":
+        unknown += [key for key in mapped if key.startswith("sampling_eps_")]
+    if unknown:
+        raise ValueError(f"Unknown keys in the {model_type} checkpoint: {sorted(unknown)}")
+    return mapped
+
+
+def _check_inv_freq(stored: torch.Tensor, config) -> None:
+    head_dim = config.hidden_size // config.num_attention_heads
+    expected = 1.0 / (config.rotary_base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    if stored.shape != expected.shape or not torch.allclose(stored.float(), expected, rtol=1e-6, atol=0):
+        raise ValueError("backbone.rotary_emb.inv_freq does not match rotary base "
+                         f"{config.rotary_base} and head size {head_dim}")

@@ -1,0 +1,130 @@
+"""Configuration of BD3-LM (Arriola et al., 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+Language Models").
+
+Reference implementation: kuleshov-group/bd3lms@1c3e8f43 (`models/dit.py`, `models/hf/configuration_bd3lm.py`,
+`diffusion.py`, `noise_schedule.py`).
+"""
+
+from transformers import PretrainedConfig
+
+NOISE_SCHEDULES = ("loglinear",)
+
+
+class Bd3lmConfig(PretrainedConfig):
+    r"""
+    Configuration for [`Bd3lmModel`] and [`Bd3lmForMaskedDiffusionLM`]: the MDLM DiT denoiser applied block by block.
+    A sequence is cut into blocks of `block_size` tokens; each block is a masked-diffusion problem conditioned on the
+    clean blocks before it, so `log p(x) = sum_b log p(x^b | x^{<b})`, each term bounded by its NELBO.
+
+    Every field is written to `config.json`. `sampling_eps_min`/`sampling_eps_max` are also persistent buffers of
+    [`Bd3lmForMaskedDiffusionLM`]: the buffers in a checkpoint are the trained values (the original's clipped-
+    schedule search writes them) and win over these fields, which hubzoo keeps equal to them.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 50258):
+            Number of token ids, the mask token included.
+        mask_token_id (`int`, *optional*):
+            Id of the absorbing [MASK] state; defaults to `vocab_size - 1` (the original appends it to GPT-2).
+        block_size (`int`, *optional*, defaults to 4):
+            Tokens per diffusion block; `max_position_embeddings` must be a multiple of it. `block_size ==
+            max_position_embeddings` is MDLM-like; 1 is autoregressive.
+        sampling_eps_min (`float`, *optional*, defaults to 1e-3):
+        sampling_eps_max (`float`, *optional*, defaults to 1.0):
+            Training draws each block's mask rate t from [sampling_eps_min, sampling_eps_max] (0 < min < max <= 1).
+            The likelihood bound is always reported on (1e-3, 1): clipped intervals give a biased bound.
+        ignore_bos (`bool`, *optional*, defaults to `True`):
+            The first token of every sequence (BOS) is never masked and, in evaluation, not scored.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, cond_dim, max_position_embeddings,
+        adaln, time_conditioning, noise_schedule, noise_eps, dropout, rotary_base, timestep_embedding_size,
+        layer_norm_eps, initializer_range, zero_init_modulation, tie_word_embeddings:
+            As in [`MdlmConfig`]. `noise_eps` only caps the conditioning: sigma = min(-log(1 - t), -log(noise_eps)).
+    """
+
+    model_type = "bd3lm"
+
+    def __init__(
+        self,
+        vocab_size=50258,
+        mask_token_id=None,
+        block_size=4,
+        sampling_eps_min=1e-3,
+        sampling_eps_max=1.0,
+        ignore_bos=True,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=None,
+        cond_dim=128,
+        max_position_embeddings=1024,
+        adaln=True,
+        time_conditioning=False,
+        noise_schedule="loglinear",
+        noise_eps=1e-3,
+        dropout=0.1,
+        rotary_base=10000.0,
+        timestep_embedding_size=256,
+        layer_norm_eps=1e-5,
+        initializer_range=0.02,
+        zero_init_modulation=True,
+        tie_word_embeddings=False,
+        **kwargs,
+    ):
+        mask_token_id = vocab_size - 1 if mask_token_id is None else mask_token_id
+        validate_dit_fields(vocab_size, mask_token_id, hidden_size, num_attention_heads, timestep_embedding_size,
+                            adaln, time_conditioning)
+        validate_sampling_interval(sampling_eps_min, sampling_eps_max)
+        if block_size < 1 or max_position_embeddings % block_size:
+            raise ValueError(f"block_size ({block_size}) must be positive and divide max_position_embeddings "
+                             f"({max_position_embeddings})")
+        if noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {noise_schedule!r}")
+        if not 0.0 < noise_eps < 1.0:
+            raise ValueError(f"noise_eps must lie in (0, 1), got {noise_eps}")
+        self.vocab_size = vocab_size
+        self.mask_token_id = mask_token_id
+        self.block_size = block_size
+        self.sampling_eps_min = float(sampling_eps_min)
+        self.sampling_eps_max = float(sampling_eps_max)
+        self.ignore_bos = ignore_bos
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.cond_dim = cond_dim
+        self.max_position_embeddings = max_position_embeddings
+        self.adaln = adaln
+        self.time_conditioning = time_conditioning
+        self.noise_schedule = noise_schedule
+        self.noise_eps = noise_eps
+        self.dropout = dropout
+        self.rotary_base = rotary_base
+        self.timestep_embedding_size = timestep_embedding_size
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.zero_init_modulation = zero_init_modulation
+        self.tie_word_embeddings = tie_word_embeddings
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+def validate_sampling_interval(eps_min, eps_max):
+    if not 0.0 < eps_min < eps_max <= 1.0:
+        raise ValueError(f"sampling_eps_min/sampling_eps_max must satisfy 0 < min < max <= 1, got ({eps_min}, "
+                         f"{eps_max})")
+
+
+def validate_dit_fields(vocab_size, mask_token_id, hidden_size, num_attention_heads, timestep_embedding_size, adaln,
+                        time_conditioning):
+    """Checks shared by the diffusion configs (MDLM, BD3-LM)."""
+    if not 0 <= mask_token_id < vocab_size:
+        raise ValueError(f"mask_token_id ({mask_token_id}) must lie in [0, vocab_size={vocab_size})")
+    if hidden_size % num_attention_heads != 0:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})")
+    if (hidden_size // num_attention_heads) % 2:
+        raise ValueError(f"the head size ({hidden_size // num_attention_heads}) must be even for rotary embeddings")
+    if timestep_embedding_size % 2:
+        raise ValueError(f"timestep_embedding_size must be even, got {timestep_embedding_size}")
+    if time_conditioning and not adaln:
+        raise ValueError("time_conditioning needs adaln: the noise level reaches the blocks through the modulation")
+
+
+__all__ = ["Bd3lmConfig"]

@@ -1,0 +1,614 @@
+"""BD3-LM: block diffusion language models, masked diffusion within blocks and autoregression across them.
+
+Paper: Arriola, Gokaslan, Chiu, Yang, Qi, Han, Sahoo, Kuleshov (2025), "Block Diffusion: Interpolating Between
+Autoregressive and Diffusion Language Models", arXiv:2503.09573. Reference implementation: kuleshov-group/bd3lms@1c3e8f43
+(`models/dit.py`, `models/hf/modeling_bd3lm.py`, `diffusion.py`); with the same weights the logits match it to float32
+rounding.
+
+What the model is:
+  * the MDLM DiT (rotary attention, adaLN, SUBS) with attention restricted by blocks of `block_size` tokens;
+  * training is vectorised over blocks: the input is x_t (+) x_0 (length 2L, both halves at positions 0..L-1) under
+    the union of three masks: block-diagonal (each half within its block), offset block-causal (x_t block b sees the
+    clean x_0 blocks before b) and block-causal (x_0 block b sees x_0 blocks <= b); only the x_t half's logits are
+    kept. Each block has its own t, mask rate t and NELBO weight 1/t;
+  * generation is block by block: a block is denoised while attending to the clean blocks before it, whose keys and
+    values are cached (exact: clean blocks never attend to later ones).
+  * `sampling_eps_min` / `sampling_eps_max` are persistent buffers: trained values travel with the weights.
+
+Deliberate deviations from the original:
+  * `forward` is deterministic; the caller draws t and the masked positions. `forward(input_ids=x_t,
+    clean_ids=x_0)` is the training pass; `forward(input_ids=...)` alone is the generation pass (block-causal over the
+    given blocks, optionally after cached ones).
+  * `attention_mask` hides padded keys (the original attends to padding and only its loss ignores it).
+  * SDPA with a boolean mask everywhere (FlexAttention is a speed option of the original, with the same math); the
+    KV cache is a plain object passed in and returned, instead of tensors stored on the modules with a hard-coded
+    CUDA device and bfloat16 dtype.
+  * ids outside the vocabulary, sequences longer than `max_position_embeddings` and invalid sampling intervals raise
+    a `ValueError`.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput, ModelOutput
+from transformers.utils.logging import tqdm
+
+from .configuration_bd3lm import Bd3lmConfig, validate_sampling_interval
+
+
+# ---- shared DiT (begin): kept identical in modeling_mdlm.py and modeling_bd3lm.py (tests/models/test_dit_shared.py);
+# each exported modeling file must stand alone, so the two architectures carry the same copy. ----
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(T, head_dim) float32 tables of rotate-half (NeoX) rotary embeddings, frequencies repeated in both halves.
+    Computed at every call in float32 (no buffer that a `.to(bfloat16)` could round)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = torch.cat((positions.float()[:, None] * inv_freq[None, :],) * 2, dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, head_dim) queries or keys; the original casts the tables to the activations' dtype."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTLayerNorm(nn.Module):
+    """LayerNorm with a weight and no bias, normalised in float32 even under autocast (as the original)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            normed = F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return normed * self.weight
+
+
+class DiTTimestepEmbedder(nn.Module):
+    """sigma -> sinusoidal features (cos half, then sin half) -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.frequency_size = config.timestep_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(config.timestep_embedding_size, config.cond_dim), nn.SiLU(),
+            nn.Linear(config.cond_dim, config.cond_dim),
+        )
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        half = self.frequency_size // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half)
+        angles = sigma.float()[:, None] * freqs[None, :]
+        features = torch.cat((angles.cos(), angles.sin()), dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-modulated pre-norm block: rotary self-attention (no biases), then a GELU(tanh) MLP; both residual
+    branches are dropped out and scaled by their gate before being added."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // config.num_attention_heads
+        self.dropout = config.dropout
+        self.attn_norm = DiTLayerNorm(hidden, config.layer_norm_eps)
+        self.qkv_proj = nn.Linear(hidden, 3 * hidden, bias=False)  # q | k | v, each (heads x head_dim)
+        self.out_proj = nn.Linear(hidden, hidden, bias=False)
+        self.mlp_norm = DiTLayerNorm(hidden, config.layer_norm_eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, config.intermediate_size), nn.GELU(approximate="tanh"),
+            nn.Linear(config.intermediate_size, hidden),
+        )
+        # shift, scale, gate for the attention branch, then for the MLP branch
+        self.modulation = DiTModulation(config.cond_dim, 6 * hidden) if config.adaln else None
+
+    def forward(self, hidden, cos, sin, conditioning, attn_mask=None, past_key_value=None):
+        """`attn_mask`: bool, True = may attend, broadcastable to (B, H, T, T_keys). `past_key_value`: rotated keys
+        and values of earlier positions, (B, H, T_past, head_dim) each, placed before this call's keys. Returns the new
+        hidden states and this call's full (keys, values)."""
+        if self.modulation is not None:
+            shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = \
+                self.modulation(conditioning)[:, None].chunk(6, dim=-1)
+        batch, length, _ = hidden.shape
+        normed = self.attn_norm(hidden)
+        if self.modulation is not None:
+            normed = modulate(normed, shift_attn, scale_attn)
+        qkv = self.qkv_proj(normed).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = apply_rotary(qkv[0], cos, sin), apply_rotary(qkv[1], cos, sin), qkv[2]
+        if past_key_value is not None:
+            key, value = torch.cat((past_key_value[0], key), dim=2), torch.cat((past_key_value[1], value), dim=2)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+        branch = F.dropout(self.out_proj(context.transpose(1, 2).reshape(batch, length, -1)), self.dropout,
+                           self.training)
+        hidden = hidden + (branch if self.modulation is None else gate_attn * branch)
+        normed = self.mlp_norm(hidden)
+        if self.modulation is not None:
+            normed = modulate(normed, shift_mlp, scale_mlp)
+        branch = F.dropout(self.mlp(normed), self.dropout, self.training)
+        hidden = hidden + (branch if self.modulation is None else gate_mlp * branch)
+        return hidden, (key, value)
+
+
+class DiTModulation(nn.Linear):
+    """An adaLN projection (its own type, so that `_init_weights` can zero it: transformers initialises remote-code
+    modules that own parameters directly, never a parent that only holds them)."""
+
+
+class DiTVocabProjection(nn.Linear):
+    """The output projection onto the vocabulary (its own type for the same reason as `DiTModulation`)."""
+
+
+class DiTOutputLayer(nn.Module):
+    """Final bias-free LayerNorm, adaLN shift/scale, and the vocabulary projection (with bias)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.norm = DiTLayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.modulation = DiTModulation(config.cond_dim, 2 * config.hidden_size) if config.adaln else None
+        self.lm_head = DiTVocabProjection(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm(hidden)
+        if self.modulation is not None:
+            shift, scale = self.modulation(conditioning)[:, None].chunk(2, dim=-1)
+            hidden = modulate(hidden, shift, scale)
+        return self.lm_head(hidden)
+
+
+def init_dit_weights(module: nn.Module, config) -> None:
+    """The `_init_weights` of both diffusion architectures: normal(0, initializer_range) weights, zero biases, unit
+    norms; with `zero_init_modulation` (adaLN-Zero, as the original) the adaLN projections and the untied output
+    projection start at zero, so every block starts as the identity and the logits at zero."""
+    std = config.initializer_range
+    if isinstance(module, (DiTModulation, DiTVocabProjection)):
+        zeroed = config.zero_init_modulation and not (isinstance(module, DiTVocabProjection)
+                                                      and config.tie_word_embeddings)
+        nn.init.zeros_(module.weight) if zeroed else nn.init.normal_(module.weight, std=std)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+    elif isinstance(module, DiTLayerNorm):
+        nn.init.ones_(module.weight)
+
+
+def masked_diffusion_nelbo(logits, noisy_ids, clean_ids, weights, mask_token_id: int) -> torch.Tensor:
+    """Per-token NELBO terms of a masked diffusion LM under SUBS, float32 (B, T):
+    `weights * -log p(x_0 | x_t)` where x_t holds the mask, 0 where it does not (SUBS copies unmasked tokens, so their
+    log-probability is exactly 0) and where `clean_ids` is -100 (positions excluded, e.g. padding).
+
+    SUBS never predicts the mask: its logit is removed before the softmax. `weights` broadcasts to (B, T) (MDLM: one
+    per sequence; BD3-LM: one per block)."""
+    scores = logits.float()
+    if scores is logits:  # the caller's fp32 logits are not edited in place
+        scores = scores.clone()
+    scores[..., mask_token_id] = float("-inf")
+    targets = torch.where(noisy_ids == mask_token_id, clean_ids, torch.full_like(clean_ids, -100))
+    nll = F.cross_entropy(scores.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    return nll.view_as(clean_ids) * weights
+
+
+def subs_log_probs(logits: torch.Tensor, noisy_ids: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """log p(x_0 | x_t) under SUBS, float32 (B, T, V): a softmax without the mask token at masked positions, a one-hot
+    copy (0 at the observed token, -inf elsewhere) at the others. Never edits `logits`."""
+    scores = logits.float().clone()
+    scores[..., mask_token_id] = float("-inf")
+    log_probs = scores.log_softmax(-1)
+    copied = torch.full_like(log_probs, float("-inf")).scatter_(-1, noisy_ids[..., None], 0.0)
+    return torch.where((noisy_ids == mask_token_id)[..., None], log_probs, copied)
+
+
+def sample_categorical(probs: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One draw per row of non-negative, possibly unnormalised `probs` (N, V): the exponential race argmax p / E,
+    E ~ Exp(1), in float64 (float32 noise under-samples rare tokens, which moves diffusion LMs' generative perplexity
+    materially). Rows go in chunks to bound the float64 memory."""
+    draws = []
+    for rows in probs.split(max(1, (1 << 24) // max(1, probs.shape[-1]))):
+        uniform = torch.rand(rows.shape, device=rows.device, generator=generator, dtype=torch.float64)
+        exponential = (-torch.log1p(-uniform)).clamp_min(1e-300)
+        draws.append((rows.double() / exponential).argmax(-1))
+    return torch.cat(draws) if draws else torch.zeros(0, dtype=torch.long, device=probs.device)
+
+
+def nucleus_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the most probable tokens until their mass reaches `top_p` (at least one), renormalised."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the token that crosses top_p is kept
+    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top_p: float = 1.0) -> torch.Tensor:
+    """One ancestral step of absorbing-state diffusion from time t to s < t. A masked position stays masked with
+    probability `stay_masked` = move_chance(s) / move_chance(t) (broadcast over (B, T)), else it takes a token drawn
+    from the SUBS distribution p(x_0 | x_t) (softmax of `logits` without the mask, optionally nucleus-filtered).
+    Unmasked positions are kept (SUBS carry-over). This is the original's q(x_s | x_t) = p(x_0)(m_t - m_s) + m_s [MASK]
+    normalised by m_t, drawn in two stages so that only revealed rows need a softmax."""
+    masked = noisy == mask_token_id
+    uniform = torch.rand(noisy.shape, device=noisy.device, generator=generator)
+    rows = (masked & (uniform >= stay_masked)).nonzero(as_tuple=True)
+    scores = logits[rows].float()
+    scores[:, mask_token_id] = float("-inf")
+    revealed = noisy.clone()
+    revealed[rows] = sample_categorical(nucleus_filter(scores.softmax(-1), top_p), generator)
+    return revealed
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, max_length: int, check_values: bool, name: str):
+    if input_ids is None:
+        raise ValueError(f"{name} is required")
+    if input_ids.dim() != 2:
+        raise ValueError(f"{name} must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.shape[1] > max_length:
+        raise ValueError(f"Sequence length {input_ids.shape[1]} of {name} exceeds max_position_embeddings "
+                         f"({max_length}); truncate the input or sample semi-autoregressively.")
+    if input_ids.numel() > 0 and check_values:
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} contain ids outside [0, {vocab_size}) (min {low}, max {high}); the tokenizer "
+                             "does not match this model's vocabulary.")
+
+
+# ---- shared DiT (end) ----
+
+
+def block_diffusion_mask(length: int, block_size: int, device=None) -> torch.Tensor:
+    """The (2L, 2L) training mask over x_t (+) x_0, True = may attend: block-diagonal within each half, plus x_t block
+    b -> x_0 blocks < b, plus x_0 block b -> x_0 blocks <= b."""
+    position = torch.arange(2 * length, device=device)
+    clean = position >= length
+    block = (position - length * clean) // block_size
+    clean_q, clean_k, block_q, block_k = clean[:, None], clean[None, :], block[:, None], block[None, :]
+    block_diagonal = (block_q == block_k) & (clean_q == clean_k)
+    offset_block_causal = (block_q > block_k) & clean_k & ~clean_q
+    block_causal = (block_q >= block_k) & clean_k & clean_q
+    return block_diagonal | offset_block_causal | block_causal
+
+
+class Bd3lmKVCache:
+    """Rotated keys and values of the clean blocks generated so far, one (keys, values) pair per layer, each
+    (B, heads, cached length, head_dim). Filled by `forward(..., update_cache=True)`."""
+
+    def __init__(self):
+        self.layers: List[Tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].shape[2] if self.layers else 0
+
+
+@dataclass
+class Bd3lmModelOutput(ModelOutput):
+    """`last_hidden_state` of the x_t positions before the output layer; `conditioning` is the adaLN input."""
+
+    last_hidden_state: Optional[torch.FloatTensor] = None
+    conditioning: Optional[torch.FloatTensor] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+    kv_cache: Optional[Bd3lmKVCache] = None
+
+
+@dataclass
+class Bd3lmMaskedDiffusionLMOutput(MaskedLMOutput):
+    kv_cache: Optional[Bd3lmKVCache] = None
+
+
+class Bd3lmPreTrainedModel(PreTrainedModel):
+    config_class = Bd3lmConfig
+    base_model_prefix = "bd3lm"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DiTBlock"]
+    _supports_sdpa = True
+    # Range checks of ids read tensor values: on an accelerator each is a host-device sync. hubzoo's trainer checks
+    # every batch on the CPU before it moves and turns this off while it trains; CPU tensors are always checked.
+    check_values_on_device = True
+
+    def _values_checked(self, tensor: torch.Tensor) -> bool:
+        return tensor.device.type == "cpu" or self.check_values_on_device
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        init_dit_weights(module, self.config)
+        if isinstance(module, Bd3lmForMaskedDiffusionLM):
+            nn.init.constant_(module.sampling_eps_min, self.config.sampling_eps_min)
+            nn.init.constant_(module.sampling_eps_max, self.config.sampling_eps_max)
+
+
+class Bd3lmModel(Bd3lmPreTrainedModel):
+    """The DiT trunk with block-structured attention."""
+
+    def __init__(self, config: Bd3lmConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.time_embedder = DiTTimestepEmbedder(config)
+        self.layers = nn.ModuleList(DiTBlock(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def conditioning_sigma(self, batch_size: int, device, timesteps=None, sigma=None) -> torch.Tensor:
+        """The (B,) noise level the blocks see: zeros unless `time_conditioning`; then `sigma`, or min(-log(1 - t),
+        -log(noise_eps)) of the first block's t (the original's `_sigma_from_p`)."""
+        if not self.config.time_conditioning:
+            return torch.zeros(batch_size, device=device)
+        if sigma is None:
+            if timesteps is None:
+                raise ValueError("This model is time-conditioned (config.time_conditioning): pass timesteps or sigma")
+            first = timesteps.reshape(batch_size, -1)[:, 0].float()
+            sigma = torch.clamp(-torch.log1p(-first), max=-math.log(self.config.noise_eps))
+        if sigma.numel() != batch_size:
+            raise ValueError(f"sigma must hold one value per sequence ({batch_size}), got {tuple(sigma.shape)}")
+        return sigma.reshape(batch_size)
+
+    def _attention_layout(self, input_ids, clean_ids, attention_mask, kv_cache):
+        """Token ids fed to the blocks, their positions, and the boolean attention mask (B or 1, 1, T, T_keys)."""
+        length, device = input_ids.shape[1], input_ids.device
+        block_size = self.config.block_size
+        if clean_ids is not None:  # training pass over x_t (+) x_0
+            positions = torch.arange(length, device=device).repeat(2)
+            mask = block_diffusion_mask(length, block_size, device)[None, None]
+            ids = torch.cat((input_ids, clean_ids), dim=1)
+            keys_real = None if attention_mask is None else attention_mask.bool().repeat(1, 2)
+        else:  # generation pass: the given blocks attend to themselves block-causally and to every cached position
+            offset = kv_cache.length if kv_cache is not None else 0
+            positions = offset + torch.arange(length, device=device)
+            key_positions = torch.arange(offset + length, device=device)
+            mask = (key_positions[None, :] // block_size <= positions[:, None] // block_size)[None, None]
+            ids = input_ids
+            keys_real = None if attention_mask is None else F.pad(attention_mask.bool(), (offset, 0), value=True)
+        if keys_real is not None:
+            mask = mask & keys_real[:, None, None, :]
+        return ids, positions, mask
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        clean_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        timesteps: Optional[torch.Tensor] = None,
+        sigma: Optional[torch.Tensor] = None,
+        kv_cache: Optional[Bd3lmKVCache] = None,
+        update_cache: bool = False,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """Training pass: `input_ids` = x_t and `clean_ids` = x_0, same shape. Generation pass (no `clean_ids`):
+        `input_ids` are whole blocks, the last one possibly noisy, continuing after `kv_cache` if given; with
+        `update_cache=True` their keys and values are appended to it (do this once a block is clean).
+        `attention_mask`: 1 = real token, 0 = padding (never attended); it covers `input_ids` only."""
+        config = self.config
+        offset = kv_cache.length if kv_cache is not None else 0
+        check_token_ids(input_ids, config.vocab_size, config.max_position_embeddings - offset,
+                        self._values_checked(input_ids), "input_ids")
+        if clean_ids is not None:
+            if clean_ids.shape != input_ids.shape:
+                raise ValueError(f"clean_ids shape {tuple(clean_ids.shape)} does not match input_ids shape "
+                                 f"{tuple(input_ids.shape)}")
+            if kv_cache is not None or update_cache:
+                raise ValueError("the training pass (clean_ids given) takes no KV cache")
+            check_token_ids(clean_ids, config.vocab_size, config.max_position_embeddings,
+                            self._values_checked(clean_ids), "clean_ids")
+        if update_cache and kv_cache is None:
+            raise ValueError("update_cache=True needs a Bd3lmKVCache in kv_cache")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        batch, length = input_ids.shape
+        ids, positions, mask = self._attention_layout(input_ids, clean_ids, attention_mask, kv_cache)
+        conditioning = F.silu(self.time_embedder(self.conditioning_sigma(batch, input_ids.device, timesteps, sigma)))
+        hidden = self.embed_tokens(ids)
+        cos, sin = rotary_cos_sin(positions, config.hidden_size // config.num_attention_heads, config.rotary_base)
+        all_hidden = (hidden[:, :length],) if output_hidden_states else None
+        new_cache = []
+        for index, layer in enumerate(self.layers):
+            past = kv_cache.layers[index] if kv_cache is not None and kv_cache.layers else None
+            if self.gradient_checkpointing and self.training:
+                hidden, key_value = self._gradient_checkpointing_func(layer.__call__, hidden, cos, sin, conditioning,
+                                                                      mask, past)
+            else:
+                hidden, key_value = layer(hidden, cos, sin, conditioning, mask, past)
+            new_cache.append(key_value)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden[:, :length],)
+        if update_cache:
+            kv_cache.layers = new_cache
+        output = Bd3lmModelOutput(last_hidden_state=hidden[:, :length], conditioning=conditioning,
+                                  hidden_states=all_hidden, kv_cache=kv_cache)
+        return output if return_dict in (None, True) else output.to_tuple()
+
+
+class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
+    """The BD3-LM denoiser with its output layer: logits of x_0 given x_t, the block NELBO for a given noise draw, the
+    trained sampling interval (buffers), and a KV-cached block sampler (`sample`)."""
+
+    _tied_weights_keys = {"output_layer.lm_head.weight": "bd3lm.embed_tokens.weight"}
+
+    def __init__(self, config: Bd3lmConfig):
+        super().__init__(config)
+        self.bd3lm = Bd3lmModel(config)
+        self.output_layer = DiTOutputLayer(config)
+        # Persistent: a fine-tune from a checkpoint continues with the interval it was trained with, and an export
+        # carries it. Values come from the checkpoint when it has them (see `sampling_interval`).
+        self.register_buffer("sampling_eps_min", torch.tensor(float(config.sampling_eps_min)))
+        self.register_buffer("sampling_eps_max", torch.tensor(float(config.sampling_eps_max)))
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.bd3lm.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.bd3lm.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.output_layer.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.output_layer.lm_head = new_embeddings
+
+    @property
+    def sampling_interval(self) -> Tuple[float, float]:
+        """The trained (sampling_eps_min, sampling_eps_max) from the buffers, validated (0 < min < max <= 1)."""
+        interval = (float(self.sampling_eps_min), float(self.sampling_eps_max))
+        validate_sampling_interval(*interval)
+        return interval
+
+    def set_sampling_interval(self, eps_min: float, eps_max: float) -> None:
+        """Set the buffers and the config together (what the clipped-schedule search of the original writes)."""
+        validate_sampling_interval(eps_min, eps_max)
+        self.sampling_eps_min.fill_(eps_min)
+        self.sampling_eps_max.fill_(eps_max)
+        self.config.sampling_eps_min, self.config.sampling_eps_max = float(eps_min), float(eps_max)
+
+    def noise_schedule(self, timesteps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(move_chance, NELBO weight) of the log-linear block schedule: a token of a block with time t is masked with
+        probability exactly t, and its NELBO weight is 1/t."""
+        timesteps = timesteps.float()
+        return timesteps, 1.0 / timesteps
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        clean_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        timesteps: Optional[torch.Tensor] = None,
+        sigma: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        kv_cache: Optional[Bd3lmKVCache] = None,
+        update_cache: bool = False,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """See `Bd3lmModel.forward`. `labels`: x_0 with -100 at positions left out (padding; BOS in evaluation when
+        `ignore_bos`); with `timesteps` (per token (B, L), or per sequence (B,)) the loss is this draw's block NELBO:
+        sum over masked positions of (1/t) * -log p(x_0 | x_t, x_0 of earlier blocks), divided by the number of
+        labelled positions. Without `clean_ids`, labels supply x_0 for the training pass (input ids at -100)."""
+        if labels is not None and clean_ids is None:
+            clean_ids = torch.where(labels == -100, input_ids, labels)
+        outputs = self.bd3lm(input_ids, clean_ids, attention_mask, timesteps, sigma, kv_cache, update_cache,
+                             output_hidden_states, return_dict=True)
+        logits = self.output_layer(outputs.last_hidden_state, outputs.conditioning)
+        loss = None
+        if labels is not None:
+            loss = self._nelbo(logits, input_ids, labels, timesteps)
+        output = Bd3lmMaskedDiffusionLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                              kv_cache=outputs.kv_cache)
+        return output if return_dict in (None, True) else output.to_tuple()
+
+    def _nelbo(self, logits, noisy_ids, labels, timesteps) -> torch.Tensor:
+        if labels.shape != noisy_ids.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(noisy_ids.shape)}")
+        if timesteps is None or timesteps.numel() not in (labels.shape[0], labels.numel()):
+            raise ValueError("the NELBO needs timesteps: the t of each token's block, shape (batch, seq_len) (or one "
+                             "per sequence, (batch,))")
+        if self._values_checked(labels) and bool(((labels < 0) & (labels != -100) | (labels >= self.config.vocab_size)
+                                                  | (labels == self.config.mask_token_id)).any()):
+            raise ValueError(f"labels must be clean ids in [0, {self.config.vocab_size}) other than the mask id "
+                             f"{self.config.mask_token_id}, or -100")
+        weights = self.noise_schedule(timesteps.reshape(labels.shape[0], -1))[1]
+        terms = masked_diffusion_nelbo(logits, noisy_ids, labels, weights, self.config.mask_token_id)
+        return terms.sum() / (labels != -100).sum().clamp(min=1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int = 1,
+        length: Optional[int] = None,
+        num_steps: Optional[int] = None,
+        top_p: float = 1.0,
+        use_cache: bool = True,
+        prefix_ids: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        progress: bool = False,
+    ) -> torch.LongTensor:
+        """Generate `length` tokens (a multiple of `block_size`; default `max_position_embeddings`) block by block.
+        Each block starts fully masked and is denoised by ancestral steps from t = 1 to t = 0 (`num_steps` per block,
+        default `block_size`; the denoiser is re-run only when a token changed, unless time-conditioned), with
+        nucleus filtering `top_p` of p(x_0 | x_t). `use_cache`: clean blocks' keys and values are cached (exact); off,
+        every step re-reads the whole prefix. `prefix_ids` (whole blocks) are kept as the start. Reproducible through
+        `generator` (on the model's device) or `seed`; the result never contains the mask id."""
+        block_size = self.config.block_size
+        length = self.config.max_position_embeddings if length is None else length
+        num_steps = block_size if num_steps is None else num_steps
+        if length % block_size or num_steps < 1 or not 0.0 < top_p <= 1.0:
+            raise ValueError(f"need length a multiple of block_size ({block_size}), num_steps >= 1, 0 < top_p <= 1")
+        device = next(self.parameters()).device
+        if generator is None:
+            generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
+        sequence = torch.zeros((num_samples, 0), dtype=torch.long, device=device)
+        if prefix_ids is not None:
+            if prefix_ids.shape[1] % block_size or prefix_ids.shape[1] > length:
+                raise ValueError(f"prefix_ids must hold whole blocks of {block_size} tokens, at most {length}")
+            sequence = prefix_ids.to(device).expand(num_samples, -1)
+        was_training = self.training
+        self.eval()
+        cache = Bd3lmKVCache() if use_cache else None
+        if use_cache and sequence.shape[1]:
+            self(input_ids=sequence, kv_cache=cache, update_cache=True)
+        blocks = range(sequence.shape[1] // block_size, length // block_size)
+        for _ in tqdm(blocks, disable=not progress, desc="BD3-LM blocks"):
+            block = self._denoise_block(sequence, cache, num_steps, top_p, generator)
+            if use_cache:
+                self(input_ids=block, kv_cache=cache, update_cache=True)
+            sequence = torch.cat((sequence, block), dim=1)
+        self.train(was_training)
+        return sequence
+
+    def _denoise_block(self, sequence, cache, num_steps, top_p, generator) -> torch.Tensor:
+        mask_id, block_size = self.config.mask_token_id, self.config.block_size
+        noisy = torch.full((sequence.shape[0], block_size), mask_id, dtype=torch.long, device=sequence.device)
+        times = torch.linspace(1.0, 0.0, num_steps + 1, device=sequence.device)
+        logits = None
+        for step in range(num_steps):
+            if logits is None:
+                timesteps = times[step].expand(sequence.shape[0])
+                if cache is not None:
+                    logits = self(input_ids=noisy, kv_cache=cache, timesteps=timesteps).logits
+                else:
+                    logits = self(input_ids=torch.cat((sequence, noisy), dim=1), timesteps=timesteps).logits
+                    logits = logits[:, -block_size:]
+            updated = reveal_tokens(noisy, logits, times[step + 1] / times[step], mask_id, generator, top_p)
+            if self.config.time_conditioning or not torch.equal(updated, noisy):
+                logits = None
+            noisy = updated
+        return noisy
+
+
+__all__ = [
+    "Bd3lmPreTrainedModel",
+    "Bd3lmModel",
+    "Bd3lmForMaskedDiffusionLM",
+    "Bd3lmKVCache",
+    "block_diffusion_mask",
+]

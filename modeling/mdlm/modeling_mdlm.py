@@ -1,0 +1,516 @@
+"""MDLM: a masked diffusion language model with a DiT denoiser and the SUBS parameterisation.
+
+Paper: Sahoo, Arriola, Schiff, Gokaslan, Marroquin, Chiu, Rush, Kuleshov (2024), "Simple and Effective Masked
+Diffusion Language Models", arXiv:2406.07524. Reference implementation: kuleshov-group/mdlm@c112c526 (`models/dit.py`,
+`diffusion.py`, `noise_schedule.py`); with the same weights the logits match it to float32 rounding.
+
+What the model is:
+  * x_0 is corrupted by masking each token independently with probability move_chance(t) (absorbing state
+    `mask_token_id`); the DiT sees x_t and predicts x_0 at every position, bidirectionally.
+  * SUBS: the mask is never predicted and unmasked tokens are copied, so log p(x_0 | x_t) is 0 at unmasked
+    positions; the continuous-time NELBO is E_t [ w(t) * sum over masked positions of -log p(x_0 | x_t) ] with
+    w(t) = sigma'(t) / expm1(sigma(t)) (= 1/t for the log-linear schedule).
+  * adaLN conditioning: with `time_conditioning=False` (the default, as the released models) sigma is replaced by
+    zeros, so the modulation is a learned constant.
+
+Deliberate deviations from the original:
+  * `forward` is deterministic: noise (t and the masked positions) is drawn by the caller (hubzoo's trainer, the
+    likelihood suites) and passed in as `input_ids` = x_t and `timesteps` = t.
+  * `attention_mask` hides padded keys; the original attends to padding (only its loss ignores it). Without an
+    attention mask the two agree exactly.
+  * attention runs through `scaled_dot_product_attention` (no flash-attn dependency); rotary tables are computed
+    at each call instead of being stored, so checkpoints carry no `inv_freq` buffer.
+  * the logits are returned raw; SUBS is applied by `subs_log_probs` / `masked_diffusion_nelbo`, never in place.
+  * sampling (`sample`) ends at t = 0, where every remaining mask is revealed by a draw, instead of stopping at
+    t = 1e-5 and taking an argmax; token ids never include the mask in the output.
+  * token ids outside the vocabulary and sequences longer than `max_position_embeddings` raise a `ValueError`.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput, ModelOutput
+from transformers.utils.logging import tqdm
+
+from .configuration_mdlm import MdlmConfig
+
+
+# ---- shared DiT (begin): kept identical in modeling_mdlm.py and modeling_bd3lm.py (tests/models/test_dit_shared.py);
+# each exported modeling file must stand alone, so the two architectures carry the same copy. ----
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(T, head_dim) float32 tables of rotate-half (NeoX) rotary embeddings, frequencies repeated in both halves.
+    Computed at every call in float32 (no buffer that a `.to(bfloat16)` could round)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = torch.cat((positions.float()[:, None] * inv_freq[None, :],) * 2, dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, head_dim) queries or keys; the original casts the tables to the activations' dtype."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTLayerNorm(nn.Module):
+    """LayerNorm with a weight and no bias, normalised in float32 even under autocast (as the original)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            normed = F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return normed * self.weight
+
+
+class DiTTimestepEmbedder(nn.Module):
+    """sigma -> sinusoidal features (cos half, then sin half) -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.frequency_size = config.timestep_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(config.timestep_embedding_size, config.cond_dim), nn.SiLU(),
+            nn.Linear(config.cond_dim, config.cond_dim),
+        )
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        half = self.frequency_size // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half)
+        angles = sigma.float()[:, None] * freqs[None, :]
+        features = torch.cat((angles.cos(), angles.sin()), dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-modulated pre-norm block: rotary self-attention (no biases), then a GELU(tanh) MLP; both residual
+    branches are dropped out and scaled by their gate before being added."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // config.num_attention_heads
+        self.dropout = config.dropout
+        self.attn_norm = DiTLayerNorm(hidden, config.layer_norm_eps)
+        self.qkv_proj = nn.Linear(hidden, 3 * hidden, bias=False)  # q | k | v, each (heads x head_dim)
+        self.out_proj = nn.Linear(hidden, hidden, bias=False)
+        self.mlp_norm = DiTLayerNorm(hidden, config.layer_norm_eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, config.intermediate_size), nn.GELU(approximate="tanh"),
+            nn.Linear(config.intermediate_size, hidden),
+        )
+        # shift, scale, gate for the attention branch, then for the MLP branch
+        self.modulation = DiTModulation(config.cond_dim, 6 * hidden) if config.adaln else None
+
+    def forward(self, hidden, cos, sin, conditioning, attn_mask=None, past_key_value=None):
+        """`attn_mask`: bool, True = may attend, broadcastable to (B, H, T, T_keys). `past_key_value`: rotated keys
+        and values of earlier positions, (B, H, T_past, head_dim) each, placed before this call's keys. Returns the new
+        hidden states and this call's full (keys, values)."""
+        if self.modulation is not None:
+            shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = \
+                self.modulation(conditioning)[:, None].chunk(6, dim=-1)
+        batch, length, _ = hidden.shape
+        normed = self.attn_norm(hidden)
+        if self.modulation is not None:
+            normed = modulate(normed, shift_attn, scale_attn)
+        qkv = self.qkv_proj(normed).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = apply_rotary(qkv[0], cos, sin), apply_rotary(qkv[1], cos, sin), qkv[2]
+        if past_key_value is not None:
+            key, value = torch.cat((past_key_value[0], key), dim=2), torch.cat((past_key_value[1], value), dim=2)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+        branch = F.dropout(self.out_proj(context.transpose(1, 2).reshape(batch, length, -1)), self.dropout,
+                           self.training)
+        hidden = hidden + (branch if self.modulation is None else gate_attn * branch)
+        normed = self.mlp_norm(hidden)
+        if self.modulation is not None:
+            normed = modulate(normed, shift_mlp, scale_mlp)
+        branch = F.dropout(self.mlp(normed), self.dropout, self.training)
+        hidden = hidden + (branch if self.modulation is None else gate_mlp * branch)
+        return hidden, (key, value)
+
+
+class DiTModulation(nn.Linear):
+    """An adaLN projection (its own type, so that `_init_weights` can zero it: transformers initialises remote-code
+    modules that own parameters directly, never a parent that only holds them)."""
+
+
+class DiTVocabProjection(nn.Linear):
+    """The output projection onto the vocabulary (its own type for the same reason as `DiTModulation`)."""
+
+
+class DiTOutputLayer(nn.Module):
+    """Final bias-free LayerNorm, adaLN shift/scale, and the vocabulary projection (with bias)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.norm = DiTLayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.modulation = DiTModulation(config.cond_dim, 2 * config.hidden_size) if config.adaln else None
+        self.lm_head = DiTVocabProjection(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm(hidden)
+        if self.modulation is not None:
+            shift, scale = self.modulation(conditioning)[:, None].chunk(2, dim=-1)
+            hidden = modulate(hidden, shift, scale)
+        return self.lm_head(hidden)
+
+
+def init_dit_weights(module: nn.Module, config) -> None:
+    """The `_init_weights` of both diffusion architectures: normal(0, initializer_range) weights, zero biases, unit
+    norms; with `zero_init_modulation` (adaLN-Zero, as the original) the adaLN projections and the untied output
+    projection start at zero, so every block starts as the identity and the logits at zero."""
+    std = config.initializer_range
+    if isinstance(module, (DiTModulation, DiTVocabProjection)):
+        zeroed = config.zero_init_modulation and not (isinstance(module, DiTVocabProjection)
+                                                      and config.tie_word_embeddings)
+        nn.init.zeros_(module.weight) if zeroed else nn.init.normal_(module.weight, std=std)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+    elif isinstance(module, DiTLayerNorm):
+        nn.init.ones_(module.weight)
+
+
+def masked_diffusion_nelbo(logits, noisy_ids, clean_ids, weights, mask_token_id: int) -> torch.Tensor:
+    """Per-token NELBO terms of a masked diffusion LM under SUBS, float32 (B, T):
+    `weights * -log p(x_0 | x_t)` where x_t holds the mask, 0 where it does not (SUBS copies unmasked tokens, so their
+    log-probability is exactly 0) and where `clean_ids` is -100 (positions excluded, e.g. padding).
+
+    SUBS never predicts the mask: its logit is removed before the softmax. `weights` broadcasts to (B, T) (MDLM: one
+    per sequence; BD3-LM: one per block)."""
+    scores = logits.float()
+    if scores is logits:  # the caller's fp32 logits are not edited in place
+        scores = scores.clone()
+    scores[..., mask_token_id] = float("-inf")
+    targets = torch.where(noisy_ids == mask_token_id, clean_ids, torch.full_like(clean_ids, -100))
+    nll = F.cross_entropy(scores.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    return nll.view_as(clean_ids) * weights
+
+
+def subs_log_probs(logits: torch.Tensor, noisy_ids: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """log p(x_0 | x_t) under SUBS, float32 (B, T, V): a softmax without the mask token at masked positions, a one-hot
+    copy (0 at the observed token, -inf elsewhere) at the others. Never edits `logits`."""
+    scores = logits.float().clone()
+    scores[..., mask_token_id] = float("-inf")
+    log_probs = scores.log_softmax(-1)
+    copied = torch.full_like(log_probs, float("-inf")).scatter_(-1, noisy_ids[..., None], 0.0)
+    return torch.where((noisy_ids == mask_token_id)[..., None], log_probs, copied)
+
+
+def sample_categorical(probs: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One draw per row of non-negative, possibly unnormalised `probs` (N, V): the exponential race argmax p / E,
+    E ~ Exp(1), in float64 (float32 noise under-samples rare tokens, which moves diffusion LMs' generative perplexity
+    materially). Rows go in chunks to bound the float64 memory."""
+    draws = []
+    for rows in probs.split(max(1, (1 << 24) // max(1, probs.shape[-1]))):
+        uniform = torch.rand(rows.shape, device=rows.device, generator=generator, dtype=torch.float64)
+        exponential = (-torch.log1p(-uniform)).clamp_min(1e-300)
+        draws.append((rows.double() / exponential).argmax(-1))
+    return torch.cat(draws) if draws else torch.zeros(0, dtype=torch.long, device=probs.device)
+
+
+def nucleus_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the most probable tokens until their mass reaches `top_p` (at least one), renormalised."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the token that crosses top_p is kept
+    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top_p: float = 1.0) -> torch.Tensor:
+    """One ancestral step of absorbing-state diffusion from time t to s < t. A masked position stays masked with
+    probability `stay_masked` = move_chance(s) / move_chance(t) (broadcast over (B, T)), else it takes a token drawn
+    from the SUBS distribution p(x_0 | x_t) (softmax of `logits` without the mask, optionally nucleus-filtered).
+    Unmasked positions are kept (SUBS carry-over). This is the original's q(x_s | x_t) = p(x_0)(m_t - m_s) + m_s [MASK]
+    normalised by m_t, drawn in two stages so that only revealed rows need a softmax."""
+    masked = noisy == mask_token_id
+    uniform = torch.rand(noisy.shape, device=noisy.device, generator=generator)
+    rows = (masked & (uniform >= stay_masked)).nonzero(as_tuple=True)
+    scores = logits[rows].float()
+    scores[:, mask_token_id] = float("-inf")
+    revealed = noisy.clone()
+    revealed[rows] = sample_categorical(nucleus_filter(scores.softmax(-1), top_p), generator)
+    return revealed
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, max_length: int, check_values: bool, name: str):
+    if input_ids is None:
+        raise ValueError(f"{name} is required")
+    if input_ids.dim() != 2:
+        raise ValueError(f"{name} must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.shape[1] > max_length:
+        raise ValueError(f"Sequence length {input_ids.shape[1]} of {name} exceeds max_position_embeddings "
+                         f"({max_length}); truncate the input or sample semi-autoregressively.")
+    if input_ids.numel() > 0 and check_values:
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} contain ids outside [0, {vocab_size}) (min {low}, max {high}); the tokenizer "
+                             "does not match this model's vocabulary.")
+
+
+# ---- shared DiT (end) ----
+
+
+def loglinear_sigma(t: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """sigma(t) = -log(1 - (1 - eps) t) and its derivative, in float32 (the original's `LogLinearNoise`)."""
+    t = t.float()
+    return -torch.log1p(-(1 - eps) * t), (1 - eps) / (1 - (1 - eps) * t)
+
+
+@dataclass
+class MdlmModelOutput(ModelOutput):
+    """`last_hidden_state` before the output layer; `conditioning` is the adaLN input c = SiLU(embed(sigma))."""
+
+    last_hidden_state: Optional[torch.FloatTensor] = None
+    conditioning: Optional[torch.FloatTensor] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+class MdlmPreTrainedModel(PreTrainedModel):
+    config_class = MdlmConfig
+    base_model_prefix = "mdlm"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DiTBlock"]
+    _supports_sdpa = True
+    # Range checks of ids read tensor values: on an accelerator each is a host-device sync. hubzoo's trainer checks
+    # every batch on the CPU before it moves and turns this off while it trains; CPU tensors are always checked.
+    check_values_on_device = True
+
+    def _values_checked(self, tensor: torch.Tensor) -> bool:
+        return tensor.device.type == "cpu" or self.check_values_on_device
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        init_dit_weights(module, self.config)
+
+
+class MdlmModel(MdlmPreTrainedModel):
+    """The DiT trunk: token embedding, the conditioning vector, and the rotary adaLN blocks."""
+
+    def __init__(self, config: MdlmConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.time_embedder = DiTTimestepEmbedder(config)
+        self.layers = nn.ModuleList(DiTBlock(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def conditioning_sigma(self, batch_size: int, device, timesteps=None, sigma=None) -> torch.Tensor:
+        """The (B,) noise level the blocks see: zeros unless `time_conditioning`; then `sigma`, or sigma(timesteps)."""
+        if not self.config.time_conditioning:
+            return torch.zeros(batch_size, device=device)
+        if sigma is None:
+            if timesteps is None:
+                raise ValueError("This model is time-conditioned (config.time_conditioning): pass timesteps or sigma")
+            sigma = loglinear_sigma(timesteps, self.config.noise_eps)[0]
+        if sigma.numel() != batch_size:
+            raise ValueError(f"sigma/timesteps must hold one value per sequence ({batch_size}), got "
+                             f"{tuple(sigma.shape)}")
+        return sigma.reshape(batch_size)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        timesteps: Optional[torch.Tensor] = None,
+        sigma: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`input_ids`: x_t (the mask id where masked). `attention_mask`: 1 for real tokens, 0 for padding, which no
+        position attends to. `timesteps` (t in (0, 1], one per sequence) or `sigma`: used only by time-conditioned
+        models."""
+        config = self.config
+        check_token_ids(input_ids, config.vocab_size, config.max_position_embeddings,
+                        self._values_checked(input_ids), "input_ids")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        batch, length = input_ids.shape
+        conditioning = F.silu(self.time_embedder(self.conditioning_sigma(batch, input_ids.device, timesteps, sigma)))
+        hidden = self.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(torch.arange(length, device=input_ids.device),
+                                  config.hidden_size // config.num_attention_heads, config.rotary_base)
+        attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        all_hidden = (hidden,) if output_hidden_states else None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden, _ = self._gradient_checkpointing_func(layer.__call__, hidden, cos, sin, conditioning, attn_mask)
+            else:
+                hidden, _ = layer(hidden, cos, sin, conditioning, attn_mask)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden,)
+        output = MdlmModelOutput(last_hidden_state=hidden, conditioning=conditioning, hidden_states=all_hidden)
+        return output if return_dict in (None, True) else output.to_tuple()
+
+
+class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
+    """The MDLM denoiser with its output layer: logits of x_0 given x_t, the NELBO for a given noise draw, and
+    ancestral samplers (`sample`)."""
+
+    _tied_weights_keys = {"output_layer.lm_head.weight": "mdlm.embed_tokens.weight"}
+
+    def __init__(self, config: MdlmConfig):
+        super().__init__(config)
+        self.mdlm = MdlmModel(config)
+        self.output_layer = DiTOutputLayer(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.mdlm.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.mdlm.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.output_layer.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.output_layer.lm_head = new_embeddings
+
+    def noise_schedule(self, timesteps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(move_chance, NELBO weight) at `timesteps`: a token is masked with probability move_chance(t) = 1 - exp(-
+        sigma(t)); the weight is sigma'(t) / expm1(sigma(t)). Float32, in the original's operation order."""
+        sigma, dsigma = loglinear_sigma(timesteps, self.config.noise_eps)
+        return 1 - torch.exp(-sigma), dsigma / torch.expm1(sigma)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        timesteps: Optional[torch.Tensor] = None,
+        sigma: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`input_ids`: x_t. `labels`: x_0, with -100 at positions left out (padding); with them (and `timesteps`,
+        one t per sequence) the loss is this draw's NELBO estimate: sum over masked positions of w(t) * -log p(x_0 |
+        x_t), divided by the number of positions with a label (all real tokens, masked or not, as the original).
+        Returns raw logits; apply `subs_log_probs` for the SUBS distribution."""
+        outputs = self.mdlm(input_ids, attention_mask, timesteps, sigma, output_hidden_states, return_dict=True)
+        logits = self.output_layer(outputs.last_hidden_state, outputs.conditioning)
+        loss = None
+        if labels is not None:
+            loss = self._nelbo(logits, input_ids, labels, timesteps)
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict in (None, True) else output.to_tuple()
+
+    def _nelbo(self, logits, noisy_ids, labels, timesteps) -> torch.Tensor:
+        if labels.shape != noisy_ids.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(noisy_ids.shape)}")
+        if timesteps is None or timesteps.numel() != labels.shape[0]:
+            raise ValueError("the NELBO needs timesteps: the t of each sequence's noise draw, shape (batch,)")
+        if self._values_checked(labels) and bool(((labels < 0) & (labels != -100) | (labels >= self.config.vocab_size)
+                                                  | (labels == self.config.mask_token_id)).any()):
+            raise ValueError(f"labels must be clean ids in [0, {self.config.vocab_size}) other than the mask id "
+                             f"{self.config.mask_token_id}, or -100")
+        weights = self.noise_schedule(timesteps.reshape(-1))[1][:, None]
+        terms = masked_diffusion_nelbo(logits, noisy_ids, labels, weights, self.config.mask_token_id)
+        return terms.sum() / (labels != -100).sum().clamp(min=1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int = 1,
+        length: Optional[int] = None,
+        num_steps: int = 1000,
+        sampler: str = "ddpm_cache",
+        num_strides: int = 0,
+        stride_length: Optional[int] = None,
+        top_p: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        progress: bool = False,
+    ) -> torch.LongTensor:
+        """Draw sequences by ancestral sampling from all-mask at t = 1 to t = 0 in `num_steps` uniform steps.
+
+        `sampler`: `"ddpm"` calls the denoiser at every step; `"ddpm_cache"` reuses its output while no token changed
+        (exact because SUBS is time-independent; needs `time_conditioning=False`). Semi-autoregressive: with
+        `num_strides` > 0, each further window keeps the last `length - stride_length` tokens as context and samples
+        `stride_length` new ones, giving `length + num_strides * stride_length` tokens. Reproducible through
+        `generator` (on the model's device) or `seed`. The result never contains the mask id."""
+        if sampler not in ("ddpm", "ddpm_cache"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddpm_cache', got {sampler!r}")
+        if sampler == "ddpm_cache" and self.config.time_conditioning:
+            raise ValueError("ddpm_cache reuses the denoiser's output across steps: only valid without time "
+                             "conditioning; use sampler='ddpm'")
+        length = self.config.max_position_embeddings if length is None else length
+        stride_length = length if stride_length is None else stride_length
+        if num_steps < 1 or not 0 < stride_length <= length or num_strides < 0:
+            raise ValueError(f"need num_steps >= 1, 0 < stride_length <= length ({length}), num_strides >= 0")
+        device = next(self.parameters()).device
+        if generator is None:
+            generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
+        was_training = self.training
+        self.eval()
+        mask_id = self.config.mask_token_id
+        sequence = torch.full((num_samples, length), mask_id, dtype=torch.long, device=device)
+        bar = tqdm(total=num_steps * (1 + num_strides), disable=not progress, desc=f"MDLM {sampler}")
+        sequence = self._denoise(sequence, num_steps, sampler == "ddpm_cache", top_p, generator, bar)
+        for _ in range(num_strides):
+            window = torch.cat((sequence[:, sequence.shape[1] - (length - stride_length):],
+                                torch.full((num_samples, stride_length), mask_id, dtype=torch.long, device=device)),
+                               dim=1)
+            sequence = torch.cat((sequence, self._denoise(window, num_steps, sampler == "ddpm_cache", top_p,
+                                                          generator, bar)[:, length - stride_length:]), dim=1)
+        bar.close()
+        self.train(was_training)
+        return sequence
+
+    def _denoise(self, noisy, num_steps, reuse_output, top_p, generator, bar) -> torch.Tensor:
+        times = torch.linspace(1.0, 0.0, num_steps + 1, device=noisy.device)
+        move_chance = self.noise_schedule(times)[0]
+        logits = None
+        for step in range(num_steps):
+            if logits is None:
+                logits = self(input_ids=noisy, timesteps=times[step].expand(noisy.shape[0])).logits
+            stay_masked = move_chance[step + 1] / move_chance[step]
+            updated = reveal_tokens(noisy, logits, stay_masked, self.config.mask_token_id, generator, top_p)
+            if not reuse_output or not torch.equal(updated, noisy):
+                logits = None
+            noisy = updated
+            bar.update(1)
+        return noisy
+
+
+__all__ = [
+    "MdlmPreTrainedModel",
+    "MdlmModel",
+    "MdlmForMaskedDiffusionLM",
+    "masked_diffusion_nelbo",
+    "subs_log_probs",
+]
