@@ -24,6 +24,8 @@ SPECIAL_TOKEN_HANDLING = {
            "special tokens never masked or scored",
     "pll_word_l2r": "as pll, plus the later tokens of the scored token's word are masked (Kauf & Ivanova 2023)",
     "causal": "BOS (else EOS) prepended and not scored; every sentence token scored given its prefix",
+    "elbo": "leading special tokens (e.g. [CLS]) kept clean as context; the other tokens scored by minus the NELBO, "
+            "noise shared by both sentences of a pair",
 }
 
 

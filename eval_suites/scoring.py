@@ -5,6 +5,7 @@
   special tokens are never masked nor scored.
 * `pll_word_l2r` (masked LMs; Kauf & Ivanova, 2023): as `pll`, but when scoring a token, the later tokens of the same
   word are masked too, so multi-token words are not inflated. Needs a fast tokenizer (`word_ids`).
+* `elbo` (masked diffusion LMs): minus the NELBO with noise shared across sentences (`eval_suites.likelihood`).
 * `causal` (causal LMs): sum of log p(token_t | tokens_<t). A BOS token is prepended when the tokenizer has one
   (else EOS, as lm-evaluation-harness does), so the first word is scored; with neither, the first token is unscored.
 
@@ -181,3 +182,12 @@ register_scorer("pll", lambda model, tokenizer, **kw: MaskedLMScorer(model, toke
 register_scorer("pll_word_l2r",
                 lambda model, tokenizer, **kw: MaskedLMScorer(model, tokenizer, metric="pll_word_l2r", **kw))
 register_scorer("causal", lambda model, tokenizer, **kw: CausalLMScorer(model, tokenizer, **kw))
+
+
+def _elbo_scorer(model, tokenizer, **options):
+    from eval_suites.likelihood import ElboScorer  # imports modeling's diffusion helpers only when asked for
+
+    return ElboScorer(model, tokenizer, **options)
+
+
+register_scorer("elbo", _elbo_scorer)

@@ -89,3 +89,43 @@ class MaskedLMTrainingArguments(TrainingArguments):
     max_train_minutes: Optional[float] = field(
         default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
     )
+
+
+# Architecture fields a diffusion run must state (in config_overrides) unless it starts from a checkpoint: a model
+# whose size came from constructor defaults would silently be GPT-2-small.
+DIFFUSION_REQUIRED_FIELDS = {"mdlm": ("hidden_size", "num_hidden_layers", "num_attention_heads", "cond_dim"),
+                             "bd3lm": ("hidden_size", "num_hidden_layers", "num_attention_heads", "cond_dim",
+                                       "block_size")}
+
+
+@dataclass
+class DiffusionTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the originals' defaults (AdamW 3e-4, no weight decay, constant LR after 2500 warmup
+    steps, gradient clipping 1.0) plus the masked-diffusion knobs."""
+
+    algorithm: str = field(default="mdlm", metadata={"help": "'mdlm' or 'bd3lm'.", "choices": ["mdlm", "bd3lm"]})
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "Start from this checkpoint: a hubzoo export/checkpoint folder (loaded strictly: a missing "
+                          "or unexpected key, the BD3-LM sampling buffers included, is an error)."},
+    )
+    ema_decay: float = field(default=0.9999, metadata={"help": "EMA decay of the weights used to evaluate and export; "
+                                                              "0 turns the EMA off."})
+    export_checkpoints: bool = field(
+        default=True, metadata={"help": "Write a verified Hub export (EMA weights) into every saved checkpoint."}
+    )
+    max_train_minutes: Optional[float] = field(
+        default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
+    )
+    nelbo_samples: int = field(default=8, metadata={"help": "Monte-Carlo draws per held-out sequence for the final "
+                                                           "NELBO perplexity bound."})
+    nelbo_max_sequences: int = field(default=256, metadata={"help": "Held-out sequences in the final bound."})
+    num_samples_to_print: int = field(default=3, metadata={"help": "Sequences sampled from the export at the end."})
+    sampling_steps: int = field(default=128, metadata={"help": "Denoising steps of those samples (MDLM: in total; "
+                                                            "BD3-LM: per block)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate (the originals': 3e-4)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (the originals': 0)."})
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "LR schedule (the originals': "
+                                                                                   "constant with warmup)."})
+    warmup_steps: float = field(default=2500, metadata={"help": "Warmup steps (the originals': 2500)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (the originals': 1.0)."})

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -18,17 +19,20 @@ class ExportCheckpointCallback(TrainerCallback):
     repo; the export beside that state is, and a failing verification stops training at the step that broke.
     """
 
-    def __init__(self, tokenizer, card: CardInfo):
-        self.tokenizer, self.card = tokenizer, card
+    def __init__(self, tokenizer, card: CardInfo, weights=None):
+        """`weights`: optional callable returning a context in which the model holds the weights to export (e.g.
+        the trainer's EMA); default: the model's own weights."""
+        self.tokenizer, self.card, self.weights = tokenizer, card, weights
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            export(model, self.tokenizer, checkpoint / "export", card=self.card)
+            with self.weights() if self.weights else nullcontext():
+                export(model, self.tokenizer, checkpoint / "export", card=self.card)
             logger.info("checkpoint %d exported and verified: %s", state.global_step, checkpoint / "export")
 
 
-def plot_loss_curve(log_history: list, path) -> Path:
+def plot_loss_curve(log_history: list, path, ylabel: str = "masked-LM loss (nats per masked token)") -> Path:
     """Training (and evaluation, if logged) loss against optimizer step, as a PNG."""
     import matplotlib
 
@@ -42,7 +46,7 @@ def plot_loss_curve(log_history: list, path) -> Path:
         if points:
             axis.plot(*zip(*points), label=label, marker="o" if len(points) < 20 else None)
     axis.set_xlabel("optimizer step")
-    axis.set_ylabel("masked-LM loss (nats per masked token)")
+    axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

@@ -121,3 +121,38 @@ class MaskingEpochCallback(TrainerCallback):
         # state.epoch is fractional when resuming inside an epoch (e.g. 2.6 during epoch 2); the epsilon guards the
         # float sum that ends an epoch (steps / steps_in_epoch) against landing just below the integer.
         self.collator.epoch = int(state.epoch + 1e-6)
+
+
+@dataclass
+class DiffusionCollator:
+    """Batches of clean token ids for masked diffusion training; the trainer draws the noise.
+
+    Returns `input_ids` (x_0, right-padded with the pad id), `labels` (x_0 with -100 at padding: the NELBO's
+    denominator counts exactly these) and `attention_mask` only when some row is padded (packed data never is, and
+    without a mask the attention can take its fastest kernel). Every batch is checked on the CPU: ids must lie in the
+    vocabulary and no real token may be the mask id (SUBS would copy it as an already-masked position)."""
+
+    tokenizer: object
+    mask_token_id: int
+    vocabulary_size: int  # ids must lie below it (the model's vocab_size)
+
+    def __call__(self, examples):
+        width = max(len(example["input_ids"]) for example in examples)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
+        real = np.zeros((len(examples), width), dtype=bool)
+        for row, example in enumerate(examples):
+            ids = np.asarray(example["input_ids"], dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+                raise ValueError(f"Example {row} of the batch holds token ids outside [0, {self.vocabulary_size}) "
+                                 f"(min {ids.min()}, max {ids.max()}): it was not tokenized with this tokenizer")
+            if (ids == self.mask_token_id).any():
+                raise ValueError(f"Example {row} of the batch contains the mask id {self.mask_token_id} as a real "
+                                 "token")
+            input_ids[row, :len(ids)] = ids
+            real[row, :len(ids)] = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
+        batch = {"input_ids": torch.from_numpy(input_ids),
+                 "labels": torch.from_numpy(np.where(real, input_ids, -100))}
+        if not real.all():
+            batch["attention_mask"] = torch.from_numpy(real.astype(np.int64))
+        return batch

@@ -34,18 +34,21 @@ def load_texts(data_args, seed: int):
     return train[held_out:], train[:held_out]
 
 
-def pack_into_blocks(texts, tokenizer, block_size: int) -> Dataset:
+def pack_into_blocks(texts, tokenizer, block_size: int, row_start_id=None) -> Dataset:
     """Tokenize each line as `[CLS] line [SEP]` and cut the concatenation into blocks of `block_size` tokens.
 
     No padding and no token wasted; a block may start mid-sentence, as in BERT pre-training. The incomplete last
-    block is dropped.
+    block is dropped. With `row_start_id`, every block starts with that token followed by `block_size - 1` tokens of
+    the stream (the diffusion LMs' wrapped rows begin with BOS, which BD3-LM never masks).
     """
     ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     stream = [token for line in ids for token in line]
-    usable = len(stream) - len(stream) % block_size
+    span = block_size - (row_start_id is not None)
+    usable = len(stream) - len(stream) % span
     if usable == 0:
         raise ValueError(f"Corpus has {len(stream)} tokens, fewer than one block of {block_size}")
-    blocks = [stream[start:start + block_size] for start in range(0, usable, block_size)]
+    prefix = [] if row_start_id is None else [row_start_id]
+    blocks = [prefix + stream[start:start + span] for start in range(0, usable, span)]
     return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks]})
 
 

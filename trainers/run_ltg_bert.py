@@ -26,7 +26,7 @@ from trainers.collators import MaskedLMCollator, MaskingEpochCallback
 from trainers.embedded_corpus import write_minimal_pairs
 from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
 from trainers.mlm_trainer import MaskedLMTrainer
-from trainers.tokenization import train_tokenizer
+from trainers.tokenization import obtain_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +40,6 @@ def build_model(model_args, tokenizer, max_seq_length: int) -> LtgBertForMaskedL
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
     )
     return LtgBertForMaskedLM(config)
-
-
-def obtain_tokenizer(model_args, training_args, train_texts):
-    """The named tokenizer; on resume, the checkpoint's; else one trained on the data by the main process, saved in
-    `output_dir/tokenizer` and loaded from there by the other processes, so every rank holds the very same vocab."""
-    if model_args.tokenizer_name:
-        return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
-    if training_args.resume_from_checkpoint:
-        return AutoTokenizer.from_pretrained(training_args.resume_from_checkpoint)
-    saved = Path(training_args.output_dir) / "tokenizer"
-    with training_args.main_process_first(desc="train the tokenizer"):
-        if training_args.process_index == 0:
-            tokenizer = train_tokenizer(train_texts, model_args.tokenizer_vocab_size, kind=model_args.tokenizer_type)
-            tokenizer.save_pretrained(saved)
-            return tokenizer
-        return AutoTokenizer.from_pretrained(saved)
 
 
 def model_card(model, data_args, training_args, num_lines: int) -> CardInfo:

@@ -1,9 +1,10 @@
 """Train a fast tokenizer on a corpus, so that `vocab_size` and special ids come from it, never by hand."""
 
+from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
@@ -41,3 +42,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
         model_input_names=["input_ids", "attention_mask"],
     )
 
+
+def obtain_tokenizer(model_args, training_args, train_texts):
+    """The named tokenizer; on resume, the checkpoint's; else one trained on the data by the main process, saved in
+    `output_dir/tokenizer` and loaded from there by the other processes, so every rank holds the very same vocab."""
+    if model_args.tokenizer_name:
+        return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+    if training_args.resume_from_checkpoint:
+        return AutoTokenizer.from_pretrained(training_args.resume_from_checkpoint)
+    saved = Path(training_args.output_dir) / "tokenizer"
+    with training_args.main_process_first(desc="train the tokenizer"):
+        if training_args.process_index == 0:
+            tokenizer = train_tokenizer(train_texts, model_args.tokenizer_vocab_size, kind=model_args.tokenizer_type)
+            tokenizer.save_pretrained(saved)
+            return tokenizer
+        return AutoTokenizer.from_pretrained(saved)

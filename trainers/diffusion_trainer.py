@@ -1,0 +1,155 @@
+"""`Trainer` for masked diffusion LMs (MDLM, BD3-LM): the NELBO of the originals, exact under gradient accumulation and
+multi-process data parallelism, with an EMA of the weights used for evaluation and export.
+
+Per micro-batch (x_0 from the collator, labels = x_0 with -100 at padding):
+* MDLM: one t per sequence, antithetic (stratified over the micro-batch), t = (1 - eps) u + eps with eps =
+  `config.sampling_eps`; a token is masked when a uniform draw is < move_chance(t) = 1 - exp(-sigma(t)); its NELBO
+  weight is sigma'(t) / expm1(sigma(t)) (= 1/t).
+* BD3-LM: one t per block, stratified over batch x blocks, in [sampling_eps_min, sampling_eps_max] (the model's
+  buffers) for training and in (1e-3, 1) for evaluation; masked when the uniform is <= t; weight 1/t; with
+  `ignore_bos` the first token is never masked, and in evaluation it is not scored.
+The quantity optimised per optimizer step is sum over masked tokens of weight * -log p(x_0 | x_t), divided by the
+number of real tokens of the step (masked or not: the original's per-token NELBO), over all micro-batches and ranks.
+
+Noise comes from a generator seeded by (seed, rank, optimizer step, micro-step), not from the global RNG: a resumed run
+draws exactly the noise of the uninterrupted one, and evaluation draws the same noise at every evaluation (seeded by
+the batch index), so evaluation losses along a run are comparable.
+"""
+
+import hashlib
+from contextlib import nullcontext
+
+import torch
+from transformers import Trainer
+
+from modeling import device_value_checks
+from modeling.mdlm import masked_diffusion_nelbo
+from trainers.ema import EMACallback
+
+NELBO_INTERVAL = (1e-3, 1.0)  # BD3-LM: the interval a likelihood bound is reported on
+
+
+def stratified_uniforms(shape, generator, device) -> torch.Tensor:
+    """Uniforms over `shape`, antithetic: the n = numel values are (u_i + i) / n for i in row-major order."""
+    count = 1
+    for size in shape:
+        count *= size
+    uniform = torch.rand(shape, generator=generator, device=device)
+    return (uniform / count + torch.arange(count, device=device).view(shape) / count) % 1
+
+
+class MaskedDiffusionTrainer(Trainer):
+    def __init__(self, *args, ema_decay: float = 0.9999, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.label_smoothing_factor or self.compute_loss_func is not None:
+            raise ValueError("MaskedDiffusionTrainer computes its own loss: no label_smoothing_factor or "
+                             "compute_loss_func")
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.model_type = unwrapped.config.model_type
+        if self.model_type not in ("mdlm", "bd3lm"):
+            raise ValueError(f"MaskedDiffusionTrainer trains mdlm or bd3lm models, got {self.model_type!r}")
+        if self.model_type == "bd3lm":
+            unwrapped.sampling_interval  # validates the buffers before any step
+        # As in MaskedLMTrainer: makes Trainer count the labelled (real) tokens of the whole optimizer step, which is
+        # exactly our denominator, and skip its own division by the accumulation steps.
+        self.model_accepts_loss_kwargs = True
+        self.ema_callback = EMACallback(ema_decay) if ema_decay else None
+        if self.ema_callback:
+            self.add_callback(self.ema_callback)
+        checked_below = getattr(self.data_collator, "vocabulary_size", None)
+        self._batches_checked = checked_below is not None and checked_below <= unwrapped.config.vocab_size
+        self._micro_step = (-1, 0)  # (optimizer step, micro-batches drawn at it)
+        self._eval_batch = 0
+
+    # ---- noise ----
+    def _generator(self, *key) -> torch.Generator:
+        digest = hashlib.blake2b(repr((self.args.seed, self.args.process_index) + key).encode(), digest_size=8)
+        return torch.Generator(device=self.args.device).manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+
+    def _training_generator(self) -> torch.Generator:
+        step, drawn = self._micro_step
+        drawn = drawn + 1 if step == self.state.global_step else 0
+        self._micro_step = (self.state.global_step, drawn)
+        return self._generator("train", self.state.global_step, drawn)
+
+    def draw_noise(self, model, clean, generator, training: bool):
+        """(x_t, t) for a batch of clean ids: t is (B,) for MDLM, (B, L) per token for BD3-LM."""
+        batch, length = clean.shape
+        config, mask_id = model.config, model.config.mask_token_id
+        uniforms = torch.rand(clean.shape, generator=generator, device=clean.device)
+        if self.model_type == "mdlm":
+            eps = config.sampling_eps
+            timesteps = (1 - eps) * stratified_uniforms((batch,), generator, clean.device) + eps
+            masked = uniforms < model.noise_schedule(timesteps)[0][:, None]
+        else:
+            low, high = model.sampling_interval if training else NELBO_INTERVAL
+            blocks = -(-length // config.block_size)
+            per_block = stratified_uniforms((batch, blocks), generator, clean.device) * (high - low) + low
+            timesteps = per_block.repeat_interleave(config.block_size, dim=1)[:, :length]
+            masked = uniforms <= model.noise_schedule(timesteps)[0]
+            if config.ignore_bos:
+                masked[:, 0] = False
+        return clean.masked_fill(masked, mask_id), timesteps
+
+    # ---- loss ----
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unwrapped = self.accelerator.unwrap_model(model)
+        clean, labels = inputs["input_ids"], inputs["labels"]
+        attention_mask = inputs.get("attention_mask")
+        training = model.training
+        generator = self._training_generator() if training else self._generator("eval", self._eval_batch)
+        noisy, timesteps = self.draw_noise(unwrapped, clean, generator, training)
+        extra = {"clean_ids": clean} if self.model_type == "bd3lm" else {}
+        outputs = model(input_ids=noisy, attention_mask=attention_mask, timesteps=timesteps, **extra)
+        if self.model_type == "bd3lm" and unwrapped.config.ignore_bos and not training:
+            labels = labels.clone()
+            labels[:, 0] = -100  # the original's evaluation does not score BOS
+        weights = unwrapped.noise_schedule(timesteps)[1]
+        weights = weights[:, None] if weights.dim() == 1 else weights
+        total = masked_diffusion_nelbo(outputs.logits, noisy, labels, weights, unwrapped.config.mask_token_id).sum()
+        if num_items_in_batch is None or not training:
+            loss = total / labels.ne(-100).sum().clamp(min=1)
+        else:
+            # num_items_in_batch: real tokens of the whole optimizer step (all processes when
+            # `average_tokens_across_devices`); DDP averages gradients over processes, hence the factor.
+            loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        self._eval_batch += 1
+        with torch.no_grad():
+            loss = self.compute_loss(model, self._prepare_inputs(inputs))
+        return loss.detach(), None, None
+
+    # ---- EMA and device checks ----
+    def _device_checks(self):
+        if not self._batches_checked:
+            return nullcontext()
+        return device_value_checks(self.accelerator.unwrap_model(self.model), False)
+
+    def averaged_weights(self):
+        """Context in which the model holds its EMA weights (or its own ones, without EMA)."""
+        if self.ema_callback is None or self.ema_callback.ema is None:
+            return nullcontext()
+        return self.ema_callback.ema.swapped_in(self.accelerator.unwrap_model(self.model))
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if self.ema_callback is not None:
+            self.ema_callback.resume_from = self._resolve_checkpoint(resume_from_checkpoint)
+        with self._device_checks():
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _resolve_checkpoint(self, resume_from_checkpoint):
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            return get_last_checkpoint(self.args.output_dir)
+        return resume_from_checkpoint or None
+
+    def evaluate(self, *args, **kwargs):
+        """Evaluation loss (the NELBO per real token) of the EMA weights, under the same noise at every call."""
+        self._eval_batch = 0
+        with self._device_checks(), self.averaged_weights():
+            return super().evaluate(*args, **kwargs)

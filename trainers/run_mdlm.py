@@ -1,0 +1,182 @@
+"""Train a masked diffusion LM (MDLM, or BD3-LM with `--algorithm bd3lm`), export its EMA weights as a verified
+`trust_remote_code` Hub folder, report the NELBO perplexity bound on held-out text and BLiMP accuracy by ELBO, and print a few samples.
+
+    accelerate launch trainers/run_mdlm.py                                   # tiny MDLM on the embedded corpus
+    accelerate launch trainers/run_mdlm.py trainers/configs/bd3lm_small.yaml --train_file corpus.txt
+
+Without a config file it runs `trainers/configs/mdlm_tiny.yaml` (and says so). A config must state the architecture
+(`config_overrides`: hidden_size, num_hidden_layers, num_attention_heads, cond_dim, and block_size for BD3-LM) unless
+`init_from` names a checkpoint, which is then loaded strictly. Outputs in `output_dir`: Trainer checkpoints (each with
+`ema.safetensors` and a verified `export/`), the final `export/`, `loss_curve.png`, `results.json` and `samples.txt`.
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from transformers import AutoTokenizer, set_seed
+
+import modeling  # noqa: F401  (registers the architectures with the Auto classes)
+from eval_suites.blimp import evaluate_blimp, load_pairs
+from eval_suites.blimp import markdown_report as blimp_report
+from eval_suites.perplexity import markdown_report, perplexity_report
+from hub_exports import CardInfo, Metric, export
+from hub_exports.exporting import add_results_to_card, full_fp32_matmuls, load_checkpoint
+from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
+from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
+from trainers.arguments import (DIFFUSION_REQUIRED_FIELDS, DataArguments, DiffusionTrainingArguments, ModelArguments,
+                                parse_args)
+from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, plot_loss_curve
+from trainers.collators import DiffusionCollator
+from trainers.diffusion_trainer import MaskedDiffusionTrainer
+from trainers.embedded_corpus import write_minimal_pairs
+from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
+from trainers.tokenization import obtain_tokenizer
+
+logger = logging.getLogger(__name__)
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "mdlm_tiny.yaml"
+CLASSES = {"mdlm": (MdlmConfig, MdlmForMaskedDiffusionLM), "bd3lm": (Bd3lmConfig, Bd3lmForMaskedDiffusionLM)}
+
+
+def build_model(model_args, training_args, tokenizer, max_seq_length: int):
+    """A new model from `config_overrides` (every architecture field stated), or `init_from` loaded strictly."""
+    algorithm, overrides = training_args.algorithm, dict(model_args.config_overrides)
+    fixed = {"vocab_size", "mask_token_id", "pad_token_id", "max_position_embeddings"} & set(overrides)
+    if fixed:
+        raise ValueError(f"config_overrides may not set {sorted(fixed)}: they come from the tokenizer and "
+                         "max_seq_length")
+    if training_args.init_from:
+        model = load_checkpoint(training_args.init_from)  # strict: refuses missing/unexpected keys
+        if model.config.model_type != algorithm:
+            raise ValueError(f"init_from holds a {model.config.model_type} model, the run trains {algorithm}")
+        if model.config.mask_token_id != tokenizer.mask_token_id or model.config.vocab_size < len(tokenizer):
+            raise ValueError("init_from's mask id / vocabulary do not match the tokenizer; pass its tokenizer "
+                             "with tokenizer_name")
+        for name, value in overrides.items():  # e.g. a smaller block_size for BD3-LM fine-tuning
+            setattr(model.config, name, value)
+        return model
+    missing = [name for name in DIFFUSION_REQUIRED_FIELDS[algorithm] if name not in overrides]
+    if missing:
+        raise ValueError(f"config_overrides must state {missing} for a new {algorithm} model (or give init_from)")
+    if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError("masked diffusion needs a tokenizer with [MASK] and [PAD] tokens")
+    config_class, model_class = CLASSES[algorithm]
+    config = config_class(**overrides, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
+                          pad_token_id=tokenizer.pad_token_id, max_position_embeddings=max_seq_length)
+    return model_class(config)
+
+
+def build_datasets(data_args, training_args, tokenizer, train_texts, eval_texts):
+    """Packed rows of max_seq_length tokens, each starting with [CLS] as the originals' wrapped rows start with BOS."""
+    def to_examples(texts):
+        if data_args.packing:
+            return pack_into_blocks(texts, tokenizer, data_args.max_seq_length, row_start_id=tokenizer.cls_token_id)
+        return chunk_sentences(texts, tokenizer, data_args.max_seq_length)
+
+    with training_args.main_process_first(desc="tokenize"):
+        return to_examples(train_texts), to_examples(eval_texts)
+
+
+def model_card(model, data_args, training_args, num_lines: int) -> CardInfo:
+    source = data_args.train_file or data_args.dataset_name
+    name = "BD3-LM" if training_args.algorithm == "bd3lm" else "MDLM"
+    return CardInfo(
+        description=f"{name} ({model.num_parameters():,} parameters) trained by hubzoo; the weights are the EMA "
+                    f"(decay {training_args.ema_decay}) of the trained ones.",
+        training_data=(f"{num_lines:,} lines from {source}" if source else
+                       f"The hubzoo embedded corpus: {num_lines:,} generated English-like sentences "
+                       f"(seed {training_args.seed})."),
+        training_procedure=(f"Continuous-time masked-diffusion NELBO (log-linear schedule, antithetic t, SUBS), rows "
+                            f"of {data_args.max_seq_length} tokens, AdamW lr {training_args.learning_rate}, "
+                            f"{training_args.lr_scheduler_type} schedule."),
+        limitations="A small research model. exp(NELBO) is an upper bound on perplexity, not a perplexity.",
+    )
+
+
+def final_report(model_args, data_args, training_args, folder: Path, eval_set) -> dict:
+    """Score and sample the export as a user loads it (fp32, from its files)."""
+    model = load_checkpoint(folder).to(training_args.device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [list(ids) for ids in eval_set["input_ids"][:training_args.nelbo_max_sequences]]
+    with full_fp32_matmuls():
+        bound = perplexity_report(model, rows, num_samples=training_args.nelbo_samples, seed=training_args.seed)
+        if training_args.algorithm == "bd3lm":
+            samples = model.sample(num_samples=training_args.num_samples_to_print,
+                                   num_steps=training_args.sampling_steps, top_p=0.9, seed=training_args.seed)
+        else:
+            samples = model.sample(num_samples=training_args.num_samples_to_print,
+                                   num_steps=training_args.sampling_steps, seed=training_args.seed)
+        pairs_dir = data_args.blimp_dir or write_minimal_pairs(Path(training_args.output_dir) / "blimp_pairs")
+        blimp = evaluate_blimp(model, tokenizer, load_pairs(pairs_dir), scorer="elbo")
+    texts = tokenizer.batch_decode(samples, skip_special_tokens=True)
+    output = Path(training_args.output_dir)
+    (output / "samples.txt").write_text("\n\n".join(texts) + "\n")
+    name = "held-out split" if not data_args.validation_file else Path(data_args.validation_file).name
+    blimp_name = Path(pairs_dir).name
+    add_results_to_card(folder, [Metric("text-generation", name, "local", "perplexity", round(bound["perplexity"], 3),
+                                        metric_name="NELBO perplexity bound"),
+                                 Metric("text-scoring", blimp_name, "blimp", "accuracy", round(blimp["accuracy"], 4),
+                                        metric_name="BLiMP (ELBO, shared noise)")],
+                        markdown_report(bound, title=f"NELBO perplexity bound ({name})") + "\n"
+                        + blimp_report(blimp, title=f"BLiMP ({blimp_name}, ELBO)"))
+    return {"perplexity_bound": bound, "blimp": blimp, "samples": texts}
+
+
+def main(model_args, data_args, training_args) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+    train_texts, eval_texts = load_texts(data_args, seed=training_args.seed)
+    tokenizer = obtain_tokenizer(model_args, training_args, train_texts)
+    train_set, eval_set = build_datasets(data_args, training_args, tokenizer, train_texts, eval_texts)
+    model = build_model(model_args, training_args, tokenizer, data_args.max_seq_length)
+    logger.info("%s: %s parameters, %d train / %d eval rows of %d tokens; %d process(es)", type(model).__name__,
+                f"{model.num_parameters():,}", len(train_set), len(eval_set), data_args.max_seq_length,
+                training_args.world_size)
+    card = model_card(model, data_args, training_args, len(train_texts))
+    collator = DiffusionCollator(tokenizer, model.config.mask_token_id, model.config.vocab_size)
+    trainer = MaskedDiffusionTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+                                     processing_class=tokenizer, data_collator=collator,
+                                     ema_decay=training_args.ema_decay)
+    if training_args.export_checkpoints:
+        trainer.add_callback(ExportCheckpointCallback(tokenizer, card, weights=trainer.averaged_weights))
+    if training_args.max_train_minutes:
+        trainer.add_callback(TimeBudgetCallback(training_args.max_train_minutes))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    if not trainer.is_world_process_zero():
+        return
+    output = Path(training_args.output_dir)
+    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", ylabel="NELBO (nats per token)")
+    card.metrics = [Metric("fill-mask", "held-out split", "local", "nelbo", round(metrics["eval_loss"], 4),
+                           metric_name="NELBO per token (one draw per row)")]
+    with trainer.averaged_weights():
+        folder = export(model, tokenizer, output / "export", card=card)  # verified
+    report = final_report(model_args, data_args, training_args, folder, eval_set)
+    report.update(eval_loss=metrics["eval_loss"], train_steps=trainer.state.global_step)
+    (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    bound = report["perplexity_bound"]
+    print(f"NELBO perplexity bound {bound['perplexity']:.2f} (NLL {bound['nll_per_token']:.4f} ± "
+          f"{bound['standard_error']:.4f} nats/token, {bound['num_tokens']:,} held-out tokens, "
+          f"{bound['num_samples']} draws)")
+    blimp = report["blimp"]
+    print(f"BLiMP accuracy (ELBO) {blimp['accuracy']:.4f} ({blimp['num_pairs']} pairs, {blimp['num_paradigms']} "
+          f"paradigms; per paradigm: {', '.join(f'{k} {v:.3f}' for k, v in blimp['per_paradigm'].items())})")
+    for index, text in enumerate(report["samples"]):
+        print(f"sample {index}: {text[:300]}")
+    print(f"Exported and verified: {folder}")
+
+
+def parse(argv=None, algorithm=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or not argv[0].endswith((".yaml", ".yml", ".json")):
+        logger.warning("no config file given: using %s", DEFAULT_CONFIG)
+        argv.insert(0, str(DEFAULT_CONFIG))
+    if algorithm:
+        argv += ["--algorithm", algorithm]
+    return parse_args((ModelArguments, DataArguments, DiffusionTrainingArguments), argv)
+
+
+if __name__ == "__main__":
+    main(*parse())
