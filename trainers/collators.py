@@ -132,14 +132,13 @@ class DiffusionCollator:
     without a mask the attention can take its fastest kernel). Every batch is checked on the CPU: ids must lie in the
     vocabulary and no real token may be the mask id (SUBS would copy it as an already-masked position)."""
 
-    tokenizer: object
+    pad_token_id: int
     mask_token_id: int
     vocabulary_size: int  # ids must lie below it (the model's vocab_size)
 
     def __call__(self, examples):
         width = max(len(example["input_ids"]) for example in examples)
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
+        input_ids = np.full((len(examples), width), self.pad_token_id, dtype=np.int64)
         real = np.zeros((len(examples), width), dtype=bool)
         for row, example in enumerate(examples):
             ids = np.asarray(example["input_ids"], dtype=np.int64)

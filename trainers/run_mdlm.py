@@ -134,7 +134,7 @@ def main(model_args, data_args, training_args) -> None:
                 f"{model.num_parameters():,}", len(train_set), len(eval_set), data_args.max_seq_length,
                 training_args.world_size)
     card = model_card(model, data_args, training_args, len(train_texts))
-    collator = DiffusionCollator(tokenizer, model.config.mask_token_id, model.config.vocab_size)
+    collator = DiffusionCollator(tokenizer.pad_token_id, model.config.mask_token_id, model.config.vocab_size)
     trainer = MaskedDiffusionTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                                      processing_class=tokenizer, data_collator=collator,
                                      ema_decay=training_args.ema_decay)
