@@ -1,7 +1,9 @@
 """python -m eval_suites blimp --model <export folder or Hub id> --data <dir of BLiMP-format jsonl[.gz]> ...
+python -m eval_suites classification --model <export folder> --data <tsv/csv/json/jsonl> --labels "0=neg,1=pos" ...
 
-Writes `blimp.json` (all numbers) and `blimp.md` (tables) to --output, prints the headline, and with --write-card adds
-the result to the model card of a local export.
+blimp writes `blimp.json` (all numbers) and `blimp.md` (tables) to --output, prints the headline, and with
+--write-card adds the result to the model card of a local export. classification writes `classification.json` and
+`classification.md`, prints the headline, and exits with status 3 when the classifier collapsed onto one class.
 """
 
 import argparse
@@ -9,10 +11,14 @@ import json
 import sys
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+from eval_suites import classification
 from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
+from eval_suites.likelihood import DIFFUSION_MODEL_TYPES
 from eval_suites.scoring import SCORERS
+
+COLLAPSE_EXIT_CODE = 3  # distinct from 1 (a crash) and 2 (bad arguments), so scripts can tell a collapse apart
 
 
 def load_model(name: str, scorer: str):
@@ -44,6 +50,119 @@ def run_blimp(args) -> int:
     return 0
 
 
+def load_likelihood_model(name: str):
+    """Diffusion exports (model_type mdlm/bd3lm) answer to AutoModelForMaskedLM, everything else is a causal LM."""
+    model_type = AutoConfig.from_pretrained(name, trust_remote_code=True).model_type
+    auto_class = AutoModelForMaskedLM if model_type in DIFFUSION_MODEL_TYPES else AutoModelForCausalLM
+    return auto_class.from_pretrained(name, trust_remote_code=True).eval()
+
+
+def load_tokenizer(folders):
+    """The one tokenizer of `folders`; per-class models must share it, or their scores compare different texts."""
+    tokenizers = [AutoTokenizer.from_pretrained(folder, trust_remote_code=True) for folder in folders]
+    for folder, tokenizer in zip(folders[1:], tokenizers[1:]):
+        if tokenizer.get_vocab() != tokenizers[0].get_vocab():
+            raise ValueError(f"{folder} has another tokenizer than {folders[0]}: per-class models must share one")
+    return tokenizers[0]
+
+
+def parse_model_per_class(entries, labels: dict) -> dict:
+    """['0=dir', 'positive=dir2'] -> {class id: folder}; a class is named by its raw label value or its name."""
+    class_of = {key: c for c, key in enumerate(labels)}
+    class_of.update({name: c for c, name in enumerate(labels.values())})
+    folders = {}
+    for entry in entries:
+        label, sep, folder = entry.partition("=")
+        if not sep or label not in class_of:
+            raise ValueError(f"--model-per-class {entry!r}: expected label=folder with a label among {list(class_of)}")
+        folders[class_of[label]] = folder
+    if set(folders) != set(range(len(labels))):
+        raise ValueError(f"--model-per-class needs one model for every class ({list(labels.values())}), got "
+                         f"{[list(labels.values())[c] for c in sorted(folders)]}")
+    return folders
+
+
+def parse_priors(value: str, args, labels: dict):
+    """'uniform', a data file (its class frequencies) or 'value=weight,...' pairs."""
+    if value == "uniform":
+        return None
+    if Path(value).is_file():
+        _, train_labels = classification.load_examples(value, args.text_column, args.label_column, list(labels))
+        return [train_labels.count(c) for c in range(len(labels))]
+    weights = {key: float(weight) for key, weight in classification.parse_label_spec(value).items()}
+    if set(weights) != set(labels):
+        raise ValueError(f"--priors {value!r} must give a weight for each label value {list(labels)}")
+    return [weights[key] for key in labels]
+
+
+def run_classification(args) -> int:
+    labels = classification.parse_label_spec(args.labels)  # raw value -> name, in class-id order
+    names = list(labels.values())
+    if args.model_per_class:
+        folders = parse_model_per_class(args.model_per_class, labels)
+        models = {c: load_likelihood_model(folder) for c, folder in folders.items()}
+        tokenizer = load_tokenizer([folders[c] for c in sorted(folders)])
+        to_place = list(models.values())
+    else:
+        models, tokenizer = load_likelihood_model(args.model), load_tokenizer([args.model])
+        to_place = [models]
+    if args.device:
+        for model in to_place:
+            model.to(args.device)
+    texts, references = classification.load_examples(args.data, args.text_column, args.label_column, list(labels),
+                                                     limit=args.limit)
+    classifier = classification.GenerativeClassifier(
+        models, tokenizer, dict(enumerate(names)), template=args.template,
+        priors=parse_priors(args.priors, args, labels), num_samples=args.num_samples, seed=args.seed,
+        token_budget=args.token_budget)
+    result = classification.evaluate_classification(classifier, texts, references,
+                                                    collapse_margin=args.collapse_margin)
+    result.update(model=args.model, data=str(args.data), limit=args.limit,
+                  models_per_class={names[c]: folder for c, folder in sorted(folders.items())}
+                  if args.model_per_class else None)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "classification.json").write_text(json.dumps(result, indent=2) + "\n")
+    report = classification.markdown_report(result, title=f"Generative classification ({Path(args.data).name})")
+    (output / "classification.md").write_text(report)
+    print(f"Classification accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, majority baseline "
+          f"{result['majority_baseline_accuracy']:.4f} over {result['num_items']} items; collapsed: "
+          f"{'YES' if result['collapsed'] else 'no'} -> {output}/classification.json")
+    if result["collapsed"]:
+        print(f"COLLAPSED: {result['collapse_reason']}", file=sys.stderr)
+        return COLLAPSE_EXIT_CODE
+    return 0
+
+
+def add_classification_parser(commands) -> None:
+    parser = commands.add_parser("classification", help="generative classification: argmax_y log prior(y) + "
+                                                        "log p(text | y)")
+    models = parser.add_mutually_exclusive_group(required=True)
+    models.add_argument("--model", help="export folder (or Hub id) of one label-conditioned model")
+    models.add_argument("--model-per-class", action="append", metavar="LABEL=FOLDER",
+                        help="one model per class (repeat per class); LABEL is a raw label value or its name")
+    parser.add_argument("--data", required=True, help="a .tsv, .csv, .json or .jsonl file of labelled texts")
+    parser.add_argument("--text-column", default="sentence")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--labels", required=True,
+                        help="raw label value=class name pairs in class-id order, e.g. '0=negative,1=positive'; the "
+                             "names are the verbalizers put into --template")
+    parser.add_argument("--template", default=classification.DEFAULT_TEMPLATE,
+                        help="prompt naming the class (label-conditioned mode), with a {label} field")
+    parser.add_argument("--priors", default="uniform",
+                        help="'uniform', a data file with the same columns (its class frequencies, e.g. the train "
+                             "split) or 'value=weight,...'")
+    parser.add_argument("--num-samples", type=int, default=32, help="Monte Carlo draws (diffusion models)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shared noise table (diffusion models)")
+    parser.add_argument("--token-budget", type=int, default=16384, help="tokens per forward pass")
+    parser.add_argument("--limit", type=int, help="classify only the first N examples")
+    parser.add_argument("--collapse-margin", type=float, default=0.25,
+                        help="predicted share minus gold share of a class that counts as collapse")
+    parser.add_argument("--device", help="e.g. cuda; default: where the model loads (CPU)")
+    parser.add_argument("--output", default="classification_results")
+    parser.set_defaults(run=run_classification)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval_suites", description=__doc__)
     commands = parser.add_subparsers(dest="suite", required=True)
@@ -57,6 +176,7 @@ def main(argv=None) -> int:
     blimp.add_argument("--output", default="blimp_results")
     blimp.add_argument("--write-card", action="store_true", help="add the result to the export's model card")
     blimp.set_defaults(run=run_blimp)
+    add_classification_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 
