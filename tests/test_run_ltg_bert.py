@@ -15,7 +15,7 @@ from trainers import run_ltg_bert
 from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO_ROOT / "trainers" / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO_ROOT / "trainers" / "configs").glob("ltg_bert_*.yaml"))
 TINY = REPO_ROOT / "trainers" / "configs" / "ltg_bert_tiny.yaml"
 ARGUMENTS = (ModelArguments, DataArguments, MaskedLMTrainingArguments)
 

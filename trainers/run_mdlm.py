@@ -120,7 +120,8 @@ def final_report(model_args, data_args, training_args, folder: Path, eval_set) -
                                         metric_name="BLiMP (ELBO, shared noise)")],
                         markdown_report(bound, title=f"NELBO perplexity bound ({name})") + "\n"
                         + blimp_report(blimp, title=f"BLiMP ({blimp_name}, ELBO)"))
-    return {"perplexity_bound": bound, "blimp": blimp, "samples": texts}
+    return {"perplexity_bound": bound, "blimp": blimp, "samples": texts,
+            "mask_tokens_in_samples": int((samples == model.config.mask_token_id).sum())}
 
 
 def main(model_args, data_args, training_args) -> None:
@@ -169,10 +170,12 @@ def main(model_args, data_args, training_args) -> None:
 
 
 def parse(argv=None, algorithm=None):
+    """Arguments from `argv` (default: the command line); without a config file, the algorithm's tiny preset."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or not argv[0].endswith((".yaml", ".yml", ".json")):
-        logger.warning("no config file given: using %s", DEFAULT_CONFIG)
-        argv.insert(0, str(DEFAULT_CONFIG))
+        default = DEFAULT_CONFIG.with_name(f"{algorithm}_tiny.yaml") if algorithm else DEFAULT_CONFIG
+        logger.warning("no config file given: using %s", default)
+        argv.insert(0, str(default))
     if algorithm:
         argv += ["--algorithm", algorithm]
     return parse_args((ModelArguments, DataArguments, DiffusionTrainingArguments), argv)

@@ -1,0 +1,65 @@
+"""The diffusion training script end to end on CPU: a few steps of MDLM and BD3-LM with checkpoints, the README's
+main job (the tiny MDLM on the embedded corpus) learning, and every diffusion config parsing."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hub_exports import verify
+from hub_exports.exporting import load_checkpoint
+from trainers import run_mdlm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO_ROOT / "trainers" / "configs").glob("*lm_*.yaml"))  # mdlm_*, bd3lm_*
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(path, tmp_path):
+    _, data_args, training_args = run_mdlm.parse([str(path), "--output_dir", str(tmp_path), "--use_cpu", "true",
+                                                  "--tf32", "false"])
+    assert training_args.algorithm in path.name and data_args.max_seq_length > 0
+
+
+def test_without_a_config_the_tiny_preset_is_used(caplog):
+    _, _, training_args = run_mdlm.parse([])
+    assert training_args.algorithm == "mdlm" and training_args.max_steps == 1000
+    assert "mdlm_tiny.yaml" in caplog.text
+
+
+@pytest.mark.parametrize("config", ["mdlm_tiny.yaml", "bd3lm_tiny.yaml"])
+def test_tiny_run_trains_checkpoints_exports_and_samples(tmp_path, capsys, config):
+    args = run_mdlm.parse([str(REPO_ROOT / "trainers" / "configs" / config), "--output_dir", str(tmp_path),
+                           "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+                           "--embedded_sentences", "600", "--logging_steps", "1", "--nelbo_samples", "2",
+                           "--nelbo_max_sequences", "8", "--sampling_steps", "4", "--num_samples_to_print", "2"])
+    run_mdlm.main(*args)
+    out = capsys.readouterr().out
+    assert "NELBO perplexity bound" in out and "BLiMP accuracy (ELBO)" in out
+    for checkpoint in ("checkpoint-2", "checkpoint-4"):  # each with its EMA and a verified export of it
+        assert (tmp_path / checkpoint / "ema.safetensors").is_file()
+        verify(tmp_path / checkpoint / "export")
+    verify(tmp_path / "export")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["perplexity_bound"]["num_samples"] == 2 and len(results["samples"]) == 2
+    model = load_checkpoint(tmp_path / "export")
+    assert model.config.model_type == config.split("_")[0]
+    # The export holds the EMA weights, not the trained ones
+    trained = load_checkpoint(tmp_path / "checkpoint-4")
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), trained.parameters()))
+
+
+@pytest.mark.slow
+def test_main_job_learns(tmp_path, capsys):
+    """The README's main job (trainers/configs/mdlm_tiny.yaml, embedded corpus), shortened to 400 steps: the NELBO
+    bound falls far below the uniform-prediction level and the samples hold no mask token."""
+    args = run_mdlm.parse(["--output_dir", str(tmp_path), "--max_steps", "400", "--num_samples_to_print", "4"])
+    run_mdlm.main(*args)
+    results = json.loads((tmp_path / "results.json").read_text())
+    vocabulary = load_checkpoint(tmp_path / "export").config.vocab_size
+    bound = results["perplexity_bound"]
+    print(f"\nNELBO bound {bound['perplexity']:.2f} ± {bound['standard_error']:.3f} (uniform: {vocabulary - 1}); "
+          f"BLiMP {results['blimp']['accuracy']:.3f}")
+    assert bound["perplexity"] < 0.1 * (vocabulary - 1)
+    assert results["mask_tokens_in_samples"] == 0 and all(text.strip() for text in results["samples"])
