@@ -141,6 +141,11 @@ class DiffusionLikelihood:
             strata = torch.arange(count, dtype=torch.float64)[:, None]
             unit_times = ((strata + torch.rand((count, slots), generator=generator, dtype=torch.float64))
                           / count).float()
+            if not self.shared_noise:
+                # Each sequence visits the strata in its own random order, so that draw k of every sequence
+                # together is an unbiased corpus estimate (not one confined to stratum k), and the spread over k
+                # measures the Monte Carlo error.
+                unit_times = unit_times[torch.randperm(count, generator=generator)]
             self._tables[key] = (unit_times, torch.rand((count, length), generator=generator))
             if not self.shared_noise and len(self._tables) > 4096:  # bounded memory on long corpora
                 self._tables.pop(next(iter(self._tables)))

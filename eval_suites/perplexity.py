@@ -1,9 +1,10 @@
 """Perplexity of held-out text: exact for causal LMs, an upper bound from the NELBO for masked diffusion LMs.
 
 For a diffusion LM every sequence is scored with `num_samples` antithetic Monte-Carlo draws of its own noise
-(`eval_suites.likelihood`). Draw k of every sequence together gives one unbiased estimate of the corpus NELBO per token;
-the report is their mean, its standard error over the k, and exp(mean) as the perplexity bound with a +-2 standard
-error interval. Like the originals' evaluation, the bound is per real token (BD3-LM: on the interval (1e-3, 1), BOS
+(`eval_suites.likelihood`), stratified over [eps, 1] with the strata in a random order per sequence: draw k of every
+sequence together is then one unbiased estimate of the corpus NELBO per token. The report is their mean, its standard
+error (std over the k / sqrt(num_samples)), and exp(mean) as the perplexity bound with a +-2 standard error
+interval. Like the originals' evaluation, the bound is per real token (BD3-LM: on the interval (1e-3, 1), BOS
 not scored when `ignore_bos`). exp(NELBO) bounds the perplexity from above; it is not itself a perplexity.
 """
 

@@ -193,3 +193,23 @@ def test_run_script_requires_the_architecture(tmp_path):
     config.write_text("algorithm: mdlm\nconfig_overrides: {hidden_size: 32}\nvocab: 3\n")
     with pytest.raises(ValueError, match="Unknown keys.*vocab"):
         parse([str(config)])
+
+
+def test_init_from_is_strict_about_the_sampling_buffers(tmp_path):
+    """The post-mortem: a BD3-LM fine-tune started without its sampling_eps buffers. Here a checkpoint that lacks
+    them does not load."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.modeling_common import tiny_tokenizer
+    from trainers.run_mdlm import build_model, parse
+
+    model = tiny_model("bd3lm")
+    model.save_pretrained(tmp_path / "ckpt")
+    state = load_file(tmp_path / "ckpt" / "model.safetensors")
+    del state["sampling_eps_min"]
+    save_file(state, tmp_path / "ckpt" / "model.safetensors", metadata={"format": "pt"})
+    config = tmp_path / "c.yaml"
+    config.write_text(f"algorithm: bd3lm\ninit_from: {tmp_path / 'ckpt'}\noutput_dir: {tmp_path / 'out'}\n")
+    model_args, _, training_args = parse([str(config)])
+    with pytest.raises(ValueError, match="sampling_eps_min"):
+        build_model(model_args, training_args, tiny_tokenizer(VOCAB), 16)

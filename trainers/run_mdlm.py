@@ -53,6 +53,9 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
         if model.config.mask_token_id != tokenizer.mask_token_id or model.config.vocab_size < len(tokenizer):
             raise ValueError("init_from's mask id / vocabulary do not match the tokenizer; pass its tokenizer "
                              "with tokenizer_name")
+        if max_seq_length > model.config.max_position_embeddings:
+            raise ValueError(f"max_seq_length {max_seq_length} exceeds init_from's max_position_embeddings "
+                             f"{model.config.max_position_embeddings}")
         for name, value in overrides.items():  # e.g. a smaller block_size for BD3-LM fine-tuning
             setattr(model.config, name, value)
         return model
@@ -108,7 +111,9 @@ def final_report(model_args, data_args, training_args, folder: Path, eval_set) -
             samples = model.sample(num_samples=training_args.num_samples_to_print,
                                    num_steps=training_args.sampling_steps, seed=training_args.seed)
         pairs_dir = data_args.blimp_dir or write_minimal_pairs(Path(training_args.output_dir) / "blimp_pairs")
-        blimp = evaluate_blimp(model, tokenizer, load_pairs(pairs_dir), scorer="elbo")
+        pairs = load_pairs(pairs_dir, limit_per_paradigm=training_args.blimp_pairs_per_paradigm)
+        blimp = evaluate_blimp(model, tokenizer, pairs, scorer="elbo",  # a batch as evaluation's
+                               token_budget=training_args.per_device_eval_batch_size * data_args.max_seq_length)
     texts = tokenizer.batch_decode(samples, skip_special_tokens=True)
     output = Path(training_args.output_dir)
     (output / "samples.txt").write_text("\n\n".join(texts) + "\n")

@@ -27,6 +27,7 @@ Deliberate deviations from the original:
     a `ValueError`.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -50,12 +51,16 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(T, head_dim) float32 tables of rotate-half (NeoX) rotary embeddings, frequencies repeated in both halves.
-    Computed at every call in float32 (no buffer that a `.to(bfloat16)` could round)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    angles = torch.cat((positions.float()[:, None] * inv_freq[None, :],) * 2, dim=-1)
-    return angles.cos(), angles.sin()
+@functools.lru_cache(maxsize=16)
+def rotary_tables(length: int, head_dim: int, base: float, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(length, head_dim) float32 cos and sin of rotate-half (NeoX) rotary embeddings for positions 0..length-1,
+    frequencies repeated in both halves. Built once per (length, size, device), outside inference mode, in float32
+    (not a buffer, which a `.to(bfloat16)` would round); callers slice the positions they need."""
+    with torch.inference_mode(False):
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+        angles = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -278,17 +283,21 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, max_length: int, c
 # ---- shared DiT (end) ----
 
 
+@torch.compiler.disable  # a cached constant; traced, inductor 2.11 fails on its boolean index arithmetic
+@functools.lru_cache(maxsize=8)
 def block_diffusion_mask(length: int, block_size: int, device=None) -> torch.Tensor:
     """The (2L, 2L) training mask over x_t (+) x_0, True = may attend: block-diagonal within each half, plus x_t block
-    b -> x_0 blocks < b, plus x_0 block b -> x_0 blocks <= b."""
-    position = torch.arange(2 * length, device=device)
-    clean = position >= length
-    block = (position - length * clean) // block_size
-    clean_q, clean_k, block_q, block_k = clean[:, None], clean[None, :], block[:, None], block[None, :]
-    block_diagonal = (block_q == block_k) & (clean_q == clean_k)
-    offset_block_causal = (block_q > block_k) & clean_k & ~clean_q
-    block_causal = (block_q >= block_k) & clean_k & clean_q
-    return block_diagonal | offset_block_causal | block_causal
+    b -> x_0 blocks < b, plus x_0 block b -> x_0 blocks <= b. Cached per (length, block size, device), built outside
+    inference mode, so a training step neither rebuilds it nor copies it to the device."""
+    with torch.inference_mode(False):
+        position = torch.arange(2 * length, device=device)
+        clean = position >= length
+        block = torch.where(clean, position - length, position) // block_size
+        clean_q, clean_k, block_q, block_k = clean[:, None], clean[None, :], block[:, None], block[None, :]
+        block_diagonal = (block_q == block_k) & (clean_q == clean_k)
+        offset_block_causal = (block_q > block_k) & clean_k & ~clean_q
+        block_causal = (block_q >= block_k) & clean_k & clean_q
+        return block_diagonal | offset_block_causal | block_causal
 
 
 class Bd3lmKVCache:
@@ -371,24 +380,27 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
         return sigma.reshape(batch_size)
 
     def _attention_layout(self, input_ids, clean_ids, attention_mask, kv_cache):
-        """Token ids fed to the blocks, their positions, and the boolean attention mask (B or 1, 1, T, T_keys)."""
-        length, device = input_ids.shape[1], input_ids.device
-        block_size = self.config.block_size
-        if clean_ids is not None:  # training pass over x_t (+) x_0
-            positions = torch.arange(length, device=device).repeat(2)
-            mask = block_diffusion_mask(length, block_size, device)[None, None]
+        """Token ids fed to the blocks, their rotary cos/sin tables, and the boolean attention mask (B or 1, 1, T,
+        T_keys)."""
+        config, length, device = self.config, input_ids.shape[1], input_ids.device
+        cos, sin = rotary_tables(config.max_position_embeddings, config.hidden_size // config.num_attention_heads,
+                                 config.rotary_base, device)
+        if clean_ids is not None:  # training pass over x_t (+) x_0, both halves at positions 0..L-1
+            cos, sin = cos[:length].repeat(2, 1), sin[:length].repeat(2, 1)
+            mask = block_diffusion_mask(length, config.block_size, device)[None, None]
             ids = torch.cat((input_ids, clean_ids), dim=1)
             keys_real = None if attention_mask is None else attention_mask.bool().repeat(1, 2)
         else:  # generation pass: the given blocks attend to themselves block-causally and to every cached position
             offset = kv_cache.length if kv_cache is not None else 0
-            positions = offset + torch.arange(length, device=device)
+            cos, sin = cos[offset:offset + length], sin[offset:offset + length]
+            positions = torch.arange(offset, offset + length, device=device)
             key_positions = torch.arange(offset + length, device=device)
-            mask = (key_positions[None, :] // block_size <= positions[:, None] // block_size)[None, None]
+            mask = (key_positions[None, :] // config.block_size <= positions[:, None] // config.block_size)[None, None]
             ids = input_ids
             keys_real = None if attention_mask is None else F.pad(attention_mask.bool(), (offset, 0), value=True)
         if keys_real is not None:
             mask = mask & keys_real[:, None, None, :]
-        return ids, positions, mask
+        return ids, (cos, sin), mask
 
     def forward(
         self,
@@ -425,10 +437,9 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
                              f"{tuple(input_ids.shape)}")
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         batch, length = input_ids.shape
-        ids, positions, mask = self._attention_layout(input_ids, clean_ids, attention_mask, kv_cache)
+        ids, (cos, sin), mask = self._attention_layout(input_ids, clean_ids, attention_mask, kv_cache)
         conditioning = F.silu(self.time_embedder(self.conditioning_sigma(batch, input_ids.device, timesteps, sigma)))
         hidden = self.embed_tokens(ids)
-        cos, sin = rotary_cos_sin(positions, config.hidden_size // config.num_attention_heads, config.rotary_base)
         all_hidden = (hidden[:, :length],) if output_hidden_states else None
         new_cache = []
         for index, layer in enumerate(self.layers):

@@ -26,6 +26,7 @@ Deliberate deviations from the original:
   * token ids outside the vocabulary and sequences longer than `max_position_embeddings` raise a `ValueError`.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -49,12 +50,16 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(T, head_dim) float32 tables of rotate-half (NeoX) rotary embeddings, frequencies repeated in both halves.
-    Computed at every call in float32 (no buffer that a `.to(bfloat16)` could round)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    angles = torch.cat((positions.float()[:, None] * inv_freq[None, :],) * 2, dim=-1)
-    return angles.cos(), angles.sin()
+@functools.lru_cache(maxsize=16)
+def rotary_tables(length: int, head_dim: int, base: float, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(length, head_dim) float32 cos and sin of rotate-half (NeoX) rotary embeddings for positions 0..length-1,
+    frequencies repeated in both halves. Built once per (length, size, device), outside inference mode, in float32
+    (not a buffer, which a `.to(bfloat16)` would round); callers slice the positions they need."""
+    with torch.inference_mode(False):
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+        angles = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -362,8 +367,9 @@ class MdlmModel(MdlmPreTrainedModel):
         batch, length = input_ids.shape
         conditioning = F.silu(self.time_embedder(self.conditioning_sigma(batch, input_ids.device, timesteps, sigma)))
         hidden = self.embed_tokens(input_ids)
-        cos, sin = rotary_cos_sin(torch.arange(length, device=input_ids.device),
-                                  config.hidden_size // config.num_attention_heads, config.rotary_base)
+        cos, sin = rotary_tables(config.max_position_embeddings, config.hidden_size // config.num_attention_heads,
+                                 config.rotary_base, input_ids.device)
+        cos, sin = cos[:length], sin[:length]
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         all_hidden = (hidden,) if output_hidden_states else None
         for layer in self.layers:
@@ -458,8 +464,9 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
     ) -> torch.LongTensor:
         """Draw sequences by ancestral sampling from all-mask at t = 1 to t = 0 in `num_steps` uniform steps.
 
-        `sampler`: `"ddpm"` calls the denoiser at every step; `"ddpm_cache"` reuses its output while no token changed
-        (exact because SUBS is time-independent; needs `time_conditioning=False`). Semi-autoregressive: with
+        `sampler`: `"ddpm"` calls the denoiser at every step; `"ddpm_cache"` reuses a sequence's denoiser output while
+        none of its tokens changed and re-runs it only for the sequences that changed (exact because SUBS is
+        time-independent; needs `time_conditioning=False`). Semi-autoregressive: with
         `num_strides` > 0, each further window keeps the last `length - stride_length` tokens as context and samples
         `stride_length` new ones, giving `length + num_strides * stride_length` tokens. Reproducible through
         `generator` (on the model's device) or `seed`. The result never contains the mask id."""
@@ -494,13 +501,18 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
     def _denoise(self, noisy, num_steps, reuse_output, top_p, generator, bar) -> torch.Tensor:
         times = torch.linspace(1.0, 0.0, num_steps + 1, device=noisy.device)
         move_chance = self.noise_schedule(times)[0]
-        logits = None
+        logits, changed = None, None
         for step in range(num_steps):
+            timesteps = times[step].expand(noisy.shape[0])
             if logits is None:
-                logits = self(input_ids=noisy, timesteps=times[step].expand(noisy.shape[0])).logits
+                logits = self(input_ids=noisy, timesteps=timesteps).logits
+            elif changed.any():  # ddpm_cache: only the sequences that changed are denoised again
+                rows = changed.nonzero()[:, 0]
+                logits[rows] = self(input_ids=noisy[rows], timesteps=timesteps[rows]).logits
             stay_masked = move_chance[step + 1] / move_chance[step]
             updated = reveal_tokens(noisy, logits, stay_masked, self.config.mask_token_id, generator, top_p)
-            if not reuse_output or not torch.equal(updated, noisy):
+            changed = (updated != noisy).any(dim=1)
+            if not reuse_output:
                 logits = None
             noisy = updated
             bar.update(1)
