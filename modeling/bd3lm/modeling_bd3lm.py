@@ -263,6 +263,16 @@ def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top
     return revealed
 
 
+def check_clean_labels(labels: torch.Tensor, noisy_ids: torch.Tensor, config, check_values: bool) -> None:
+    """`labels` of a NELBO: x_0 with the shape of x_t, clean ids (never the mask) or -100."""
+    if labels.shape != noisy_ids.shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(noisy_ids.shape)}")
+    outside = (labels < 0) & (labels != -100) | (labels >= config.vocab_size) | (labels == config.mask_token_id)
+    if check_values and bool(outside.any()):
+        raise ValueError(f"labels must be clean ids in [0, {config.vocab_size}) other than the mask id "
+                         f"{config.mask_token_id}, or -100")
+
+
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int, max_length: int, check_values: bool, name: str):
     if input_ids is None:
         raise ValueError(f"{name} is required")
@@ -537,15 +547,10 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         return output if return_dict in (None, True) else output.to_tuple()
 
     def _nelbo(self, logits, noisy_ids, labels, timesteps) -> torch.Tensor:
-        if labels.shape != noisy_ids.shape:
-            raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(noisy_ids.shape)}")
+        check_clean_labels(labels, noisy_ids, self.config, self._values_checked(labels))
         if timesteps is None or timesteps.numel() not in (labels.shape[0], labels.numel()):
             raise ValueError("the NELBO needs timesteps: the t of each token's block, shape (batch, seq_len) (or one "
                              "per sequence, (batch,))")
-        if self._values_checked(labels) and bool(((labels < 0) & (labels != -100) | (labels >= self.config.vocab_size)
-                                                  | (labels == self.config.mask_token_id)).any()):
-            raise ValueError(f"labels must be clean ids in [0, {self.config.vocab_size}) other than the mask id "
-                             f"{self.config.mask_token_id}, or -100")
         weights = self.noise_schedule(timesteps.reshape(labels.shape[0], -1))[1]
         terms = masked_diffusion_nelbo(logits, noisy_ids, labels, weights, self.config.mask_token_id)
         return terms.sum() / (labels != -100).sum().clamp(min=1)
