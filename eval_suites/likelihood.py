@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from eval_suites.scoring import budget_batches
 from modeling import device_value_checks
 
 DIFFUSION_MODEL_TYPES = ("mdlm", "bd3lm")
@@ -79,7 +80,7 @@ class CausalLikelihood:
         device = next(self.model.parameters()).device
         results = [None] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for batch in _budget_batches([len(rows[i]) for i in order], self.token_budget):
+        for batch in budget_batches([len(rows[i]) for i in order], self.token_budget):
             indices = [order[i] for i in batch]
             ids, attention = _pad([rows[i] for i in indices], self.pad_id, device)
             with device_value_checks(self.model, False):
@@ -90,17 +91,6 @@ class CausalLikelihood:
                 total = log_probs[row, start - 1:end - 1].sum().item() if end > start else 0.0
                 results[index] = LikelihoodEstimate(total, 0.0, end - start)
         return results
-
-
-def _budget_batches(costs: List[int], budget: int) -> List[List[int]]:
-    batches, current, used = [], [], 0
-    for index, cost in enumerate(costs):
-        if current and used + cost > budget:
-            batches.append(current)
-            current, used = [], 0
-        current.append(index)
-        used += cost
-    return batches + ([current] if current else [])
 
 
 class DiffusionLikelihood:

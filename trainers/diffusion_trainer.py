@@ -25,6 +25,7 @@ from transformers import Trainer
 from modeling import device_value_checks
 from modeling.mdlm import masked_diffusion_nelbo
 from trainers.ema import EMACallback
+from trainers.mlm_trainer import normalise_over_step
 
 NELBO_INTERVAL = (1e-3, 1.0)  # BD3-LM: the interval a likelihood bound is reported on
 
@@ -107,14 +108,7 @@ class MaskedDiffusionTrainer(Trainer):
         weights = unwrapped.noise_schedule(timesteps)[1]
         weights = weights[:, None] if weights.dim() == 1 else weights
         total = masked_diffusion_nelbo(outputs.logits, noisy, labels, weights, unwrapped.config.mask_token_id).sum()
-        if num_items_in_batch is None or not training:
-            loss = total / labels.ne(-100).sum().clamp(min=1)
-        else:
-            # num_items_in_batch: real tokens of the whole optimizer step (all processes when
-            # `average_tokens_across_devices`); DDP averages gradients over processes, hence the factor.
-            loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
-            if self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes
+        loss = normalise_over_step(self, total, labels, num_items_in_batch, training)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -15,6 +15,24 @@ from transformers import Trainer
 from modeling import device_value_checks, supports_sparse_prediction
 
 
+def normalise_over_step(trainer: Trainer, total, labels, num_items_in_batch, training: bool):
+    """`total` (a sum of token losses of this micro-batch) divided so that the optimizer step sees (sum over the whole
+    step) / (labelled tokens of the whole step), for a Trainer with `model_accepts_loss_kwargs = True`."""
+    if num_items_in_batch is None or not training:
+        # Evaluation, or a step Trainer did not count: the plain mean over this batch's labelled tokens (and Trainer
+        # divides by GA itself in training). Why `not training`: 5.23's `prediction_step` passes a count too once
+        # `model_accepts_loss_kwargs` is True. clamp: a batch without labels gives 0, not 0/0 = NaN.
+        return total / labels.ne(-100).sum().clamp(min=1)
+    # The count covers every micro-batch of this optimizer step; with `average_tokens_across_devices` it is summed
+    # over all processes, while DDP *averages* gradients over them: multiply by the number of processes so that the
+    # averaged gradient is that of (global sum) / (global count). Without that option the count is per process (each
+    # rank's own mean, then averaged), as Trainer itself does.
+    loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
+    if trainer.args.average_tokens_across_devices:
+        loss = loss * trainer.accelerator.num_processes
+    return loss
+
+
 class MaskedLMTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,19 +81,7 @@ class MaskedLMTrainer(Trainer):
             logits, targets = outputs.logits.flatten(0, 1), labels.flatten()
         # float(): the loss of reduced-precision logits is summed in fp32; padding and unchosen positions are -100.
         token_losses = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
-        if num_items_in_batch is None or not model.training:
-            # Evaluation, or a step Trainer did not count: the plain mean over this batch's labelled tokens (and Trainer
-            # divides by GA itself in training). Why `not model.training`: 5.23's `prediction_step` passes a count too
-            # once `model_accepts_loss_kwargs` is True. clamp: a batch without labels gives 0, not 0/0 = NaN.
-            loss = token_losses / labels.ne(-100).sum().clamp(min=1)
-        else:
-            # The count covers every micro-batch of this optimizer step; with `average_tokens_across_devices` it is
-            # summed over all processes, while DDP *averages* gradients over them: multiply by the number of
-            # processes so that the averaged gradient is that of (global sum) / (global count). Without that option
-            # the count is per process (each rank's own mean, then averaged), as Trainer itself does.
-            loss = token_losses / torch.as_tensor(num_items_in_batch, device=token_losses.device).clamp(min=1)
-            if self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes
+        loss = normalise_over_step(self, token_losses, labels, num_items_in_batch, model.training)
         # A micro-batch without labelled tokens gives an exact zero that still has a grad_fn (sum over nothing of the
         # logits graph), so backward and DDP's gradient all-reduce run on every rank.
         return (loss, outputs) if return_outputs else loss
