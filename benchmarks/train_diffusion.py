@@ -47,7 +47,8 @@ MASK_ID = 4
 
 def build_models(preset: dict, vocab_size: int, seq_len: int, block_size: int) -> dict:
     torch.manual_seed(0)
-    common = dict(vocab_size=vocab_size, mask_token_id=MASK_ID, pad_token_id=0, max_position_embeddings=seq_len,
+    common = dict(vocab_size=vocab_size, mask_token_id=MASK_ID, pad_token_id=0, bos_token_id=1,
+                  max_position_embeddings=seq_len,
                   zero_init_modulation=False, **preset)
     bert = BertForMaskedLM(BertConfig(
         vocab_size=vocab_size, hidden_size=preset["hidden_size"], num_hidden_layers=preset["num_hidden_layers"],

@@ -14,6 +14,7 @@ variance from their difference.
 """
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -21,6 +22,7 @@ import torch
 
 from eval_suites.scoring import budget_batches
 from modeling import device_value_checks
+from modeling.mdlm import masked_diffusion_nelbo
 
 DIFFUSION_MODEL_TYPES = ("mdlm", "bd3lm")
 
@@ -41,6 +43,17 @@ def build_likelihood(model, num_samples: int = 32, seed: int = 0, token_budget: 
     if is_diffusion_model(model):
         return DiffusionLikelihood(model, num_samples=num_samples, seed=seed, token_budget=token_budget)
     return CausalLikelihood(model, token_budget=token_budget)
+
+
+@contextmanager
+def evaluation_mode(model):
+    """Eval mode (no dropout) while scoring; the caller's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _check_ids(model, sequences: Sequence[Sequence[int]]) -> None:
@@ -67,7 +80,7 @@ class CausalLikelihood:
     context, so pass at least a BOS token as context to score the whole target)."""
 
     def __init__(self, model, token_budget: int = 16384):
-        self.model, self.token_budget = model.eval(), token_budget
+        self.model, self.token_budget = model, token_budget
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     @torch.no_grad()
@@ -79,6 +92,11 @@ class CausalLikelihood:
             raise ValueError("a causal LM cannot score the first token without context: give at least BOS")
         device = next(self.model.parameters()).device
         results = [None] * len(rows)
+        with evaluation_mode(self.model):
+            self._score(rows, contexts, device, results)
+        return results
+
+    def _score(self, rows, contexts, device, results) -> None:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         for batch in budget_batches([len(rows[i]) for i in order], self.token_budget):
             indices = [order[i] for i in batch]
@@ -90,7 +108,6 @@ class CausalLikelihood:
                 start, end = len(contexts[index]), len(rows[index])
                 total = log_probs[row, start - 1:end - 1].sum().item() if end > start else 0.0
                 results[index] = LikelihoodEstimate(total, 0.0, end - start)
-        return results
 
 
 class DiffusionLikelihood:
@@ -114,7 +131,7 @@ class DiffusionLikelihood:
             raise ValueError(f"DiffusionLikelihood needs an MDLM or BD3-LM, got {type(model).__name__}")
         if num_samples < 1:
             raise ValueError("num_samples must be at least 1")
-        self.model, self.num_samples, self.token_budget = model.eval(), num_samples, token_budget
+        self.model, self.num_samples, self.token_budget = model, num_samples, token_budget
         self.seed, self.shared_noise = seed, shared_noise
         config = model.config
         self.block_size = config.block_size if config.model_type == "bd3lm" else None
@@ -187,9 +204,11 @@ class DiffusionLikelihood:
             return torch.stack(self._per_draw_nelbo(rows, [len(c) for c in contexts]))
 
     def _per_draw_nelbo(self, rows, context_lengths) -> List[torch.Tensor]:
-        from modeling.mdlm import masked_diffusion_nelbo
-
         model, device = self.model, next(self.model.parameters()).device
+        with evaluation_mode(model):
+            return self._accumulate(model, device, rows, context_lengths)
+
+    def _accumulate(self, model, device, rows, context_lengths) -> List[torch.Tensor]:
         pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         totals = [torch.zeros(self.num_samples, dtype=torch.float64) for _ in rows]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))

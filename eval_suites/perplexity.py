@@ -46,7 +46,8 @@ def perplexity_report(model, sequences: List[List[int]], num_samples: int = 8, s
 def markdown_report(result: dict, title: str = "Perplexity") -> str:
     interval = result["perplexity_interval"]
     spread = f" (±2 s.e.: {interval[0]:.2f}–{interval[1]:.2f})" if interval else ""
-    return (f"## {title}\n\n{result['kind']}: **{result['perplexity']:.2f}**{spread}; NLL {result['nll_per_token']:.4f} "
+    return (f"## {title}\n\n{result['kind']}: **{result['perplexity']:.2f}**{spread}; "
+            f"NLL {result['nll_per_token']:.4f} "
             f"± {result['standard_error']:.4f} nats per token over {result['num_tokens']:,} tokens in "
             f"{result['num_sequences']:,} sequences, {result['num_samples']} draw(s) each.\n")
 

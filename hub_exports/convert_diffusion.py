@@ -50,8 +50,9 @@ KEY_MAP = [
 BUFFER_KEYS = re.compile(r"backbone\.rotary_emb\.inv_freq|sampling_eps_(min|max)")
 # Original Hub config field -> hubzoo field; all required.
 HUB_CONFIG_FIELDS = {"vocab_size": "vocab_size", "hidden_dim": "hidden_size", "n_blocks": "num_hidden_layers",
-                     "n_heads": "num_attention_heads", "cond_dim": "cond_dim", "model_length": "max_position_embeddings",
-                     "dropout": "dropout", "time_conditioning": "time_conditioning"}
+                     "n_heads": "num_attention_heads", "cond_dim": "cond_dim",
+                     "model_length": "max_position_embeddings", "dropout": "dropout",
+                     "time_conditioning": "time_conditioning"}
 BD3LM_HUB_FIELDS = {"block_size": "block_size", "sampling_eps_min": "sampling_eps_min",
                     "sampling_eps_max": "sampling_eps_max", "adaln": "adaln"}
 

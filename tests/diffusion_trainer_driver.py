@@ -28,7 +28,8 @@ REAL_PER_ROW = (12, 5, 9, 3)  # unequal padding: a per-micro-batch mean would we
 
 def tiny_model(algorithm: str, seed: int = 0):
     torch.manual_seed(seed)
-    sizes = dict(vocab_size=VOCAB, mask_token_id=MASK_ID, pad_token_id=PAD_ID, hidden_size=32, num_hidden_layers=2,
+    sizes = dict(vocab_size=VOCAB, mask_token_id=MASK_ID, pad_token_id=PAD_ID, bos_token_id=1, hidden_size=32,
+                 num_hidden_layers=2,
                  num_attention_heads=4, cond_dim=12, max_position_embeddings=16, timestep_embedding_size=16,
                  dropout=0.0, zero_init_modulation=False)
     if algorithm == "bd3lm":

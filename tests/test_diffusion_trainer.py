@@ -154,7 +154,7 @@ def test_resume_is_exact_with_ema(tmp_path, algorithm):
     ema_a, ema_b = straight.ema_callback.ema, resumed.ema_callback.ema
     assert ema_a.num_updates == ema_b.num_updates == 6
     assert max(float((a - b).abs().max()) for a, b in zip(ema_a.shadow, ema_b.shadow)) < 1e-6
-    assert max(float((a - p).abs().max()) for a, p in zip(ema_a.shadow, straight.model.parameters())) > 1e-4
+    assert max(float((a - p.detach()).abs().max()) for a, p in zip(ema_a.shadow, straight.model.parameters())) > 1e-4
     with straight.averaged_weights():  # evaluation and export see the average, the model gets its weights back
         assert all(torch.equal(p.detach(), s) for p, s in zip(straight.model.parameters(), ema_a.shadow))
     assert max_diff(weights(straight), weights(resumed)) < 1e-6
@@ -213,3 +213,31 @@ def test_init_from_is_strict_about_the_sampling_buffers(tmp_path):
     model_args, _, training_args = parse([str(config)])
     with pytest.raises(ValueError, match="sampling_eps_min"):
         build_model(model_args, training_args, tiny_tokenizer(VOCAB), 16)
+
+
+def test_init_from_overrides_are_validated_and_reach_the_buffers():
+    from trainers.run_mdlm import apply_overrides
+
+    model = tiny_model("bd3lm")  # max_position_embeddings 16
+    with pytest.raises(ValueError, match="block_size"):
+        apply_overrides(model, {"block_size": 3})
+    apply_overrides(model, {"block_size": 2, "sampling_eps_min": 0.3, "sampling_eps_max": 0.8})
+    assert model.config.block_size == 2 and model.sampling_interval == pytest.approx((0.3, 0.8))
+
+
+def test_evaluation_loss_is_per_scored_token_over_the_whole_set(tmp_path):
+    """Rows of 12, 5, 9 and 3 tokens in batches of 2: eval_loss is sum(NELBO) / sum(tokens), not a mean of the batch
+    means, recomputed here batch by batch with the evaluation noise."""
+    trainer = make_trainer(tmp_path, per_device_eval_batch_size=2)
+    model, rows = trainer.model.eval(), list(rows_dataset())
+    totals, counts = 0.0, 0
+    for index, start in enumerate(range(0, 4, 2), start=1):
+        batch = trainer.data_collator(rows[start:start + 2])
+        noisy, t = trainer.draw_noise(model, batch["input_ids"], trainer._generator("eval", index), training=False)
+        with torch.no_grad():
+            logits = model(input_ids=noisy, attention_mask=batch.get("attention_mask"), timesteps=t).logits
+        weights = model.noise_schedule(t)[1][:, None]
+        totals += masked_diffusion_nelbo(logits, noisy, batch["labels"], weights, MASK_ID).sum().item()
+        counts += batch["labels"].ne(-100).sum().item()
+    assert counts == sum(REAL_PER_ROW)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(totals / counts, rel=1e-5)

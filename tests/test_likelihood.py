@@ -15,7 +15,8 @@ from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
 from tests.modeling_common import tiny_tokenizer
 
-SIZES = dict(vocab_size=40, mask_token_id=4, pad_token_id=0, hidden_size=32, num_hidden_layers=2,
+SIZES = dict(vocab_size=40, mask_token_id=4, pad_token_id=0, bos_token_id=1, hidden_size=32,
+             num_hidden_layers=2,
              num_attention_heads=4, cond_dim=12, max_position_embeddings=16, timestep_embedding_size=16, dropout=0.0,
              zero_init_modulation=False)
 

@@ -121,7 +121,8 @@ class DiffusionTrainingArguments(TrainingArguments):
                                                            "NELBO perplexity bound."})
     nelbo_max_sequences: int = field(default=256, metadata={"help": "Held-out sequences in the final bound."})
     blimp_pairs_per_paradigm: Optional[int] = field(
-        default=None, metadata={"help": "Score only the first N pairs of each BLiMP paradigm at the end (default: all)."}
+        default=None,
+        metadata={"help": "Score only the first N pairs of each BLiMP paradigm at the end (default: all)."},
     )
     num_samples_to_print: int = field(default=3, metadata={"help": "Sequences sampled from the export at the end."})
     sampling_steps: int = field(default=128, metadata={"help": "Denoising steps of those samples (MDLM: in total; "

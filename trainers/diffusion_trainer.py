@@ -60,7 +60,7 @@ class MaskedDiffusionTrainer(Trainer):
         checked_below = getattr(self.data_collator, "vocabulary_size", None)
         self._batches_checked = checked_below is not None and checked_below <= unwrapped.config.vocab_size
         self._micro_step = (-1, 0)  # (optimizer step, micro-batches drawn at it)
-        self._eval_batch = 0
+        self._eval_batch, self._eval_tokens_per_row = 0, None
 
     # ---- noise ----
     def _generator(self, *key) -> torch.Generator:
@@ -108,6 +108,11 @@ class MaskedDiffusionTrainer(Trainer):
         weights = unwrapped.noise_schedule(timesteps)[1]
         weights = weights[:, None] if weights.dim() == 1 else weights
         total = masked_diffusion_nelbo(outputs.logits, noisy, labels, weights, unwrapped.config.mask_token_id).sum()
+        if not training and self._eval_tokens_per_row:
+            # Trainer averages the batch losses weighted by rows; dividing by rows x (scored tokens per row over the
+            # whole evaluation set) makes that average sum(NELBO) / sum(scored tokens), the per-token NELBO, also when
+            # rows differ in length.
+            return total / (labels.shape[0] * self._eval_tokens_per_row)
         loss = normalise_over_step(self, total, labels, num_items_in_batch, training)
         return (loss, outputs) if return_outputs else loss
 
@@ -142,8 +147,24 @@ class MaskedDiffusionTrainer(Trainer):
             return get_last_checkpoint(self.args.output_dir)
         return resume_from_checkpoint or None
 
-    def evaluate(self, *args, **kwargs):
-        """Evaluation loss (the NELBO per real token) of the EMA weights, under the same noise at every call."""
+    def evaluate(self, eval_dataset=None, *args, **kwargs):
+        """Evaluation loss (the NELBO per scored token over the whole set) of the EMA weights, under the same noise at
+        every call."""
         self._eval_batch = 0
-        with self._device_checks(), self.averaged_weights():
-            return super().evaluate(*args, **kwargs)
+        self._eval_tokens_per_row = self._scored_tokens_per_row(eval_dataset or self.eval_dataset)
+        try:
+            with self._device_checks(), self.averaged_weights():
+                return super().evaluate(eval_dataset, *args, **kwargs)
+        finally:
+            self._eval_tokens_per_row = None
+
+    def _scored_tokens_per_row(self, dataset):
+        """Mean number of tokens the evaluation NELBO scores per row (all real tokens; BD3-LM with `ignore_bos`: all
+        but the first); None for datasets without a length, which fall back to per-batch means."""
+        if dataset is None or not hasattr(dataset, "__len__") or "input_ids" not in getattr(dataset, "column_names",
+                                                                                           ()):
+            return None
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        config = self.accelerator.unwrap_model(self.model).config
+        skipped = 1 if self.model_type == "bd3lm" and config.ignore_bos else 0
+        return max(1e-9, sum(lengths) / len(lengths) - skipped) if lengths else None

@@ -1,5 +1,6 @@
 """Train a masked diffusion LM (MDLM, or BD3-LM with `--algorithm bd3lm`), export its EMA weights as a verified
-`trust_remote_code` Hub folder, report the NELBO perplexity bound on held-out text and BLiMP accuracy by ELBO, and print a few samples.
+`trust_remote_code` Hub folder, report the NELBO perplexity bound on held-out text and BLiMP accuracy by ELBO, and
+print a few samples.
 
     accelerate launch trainers/run_mdlm.py                                   # tiny MDLM on the embedded corpus
     accelerate launch trainers/run_mdlm.py trainers/configs/bd3lm_small.yaml --train_file corpus.txt
@@ -42,7 +43,7 @@ CLASSES = {"mdlm": (MdlmConfig, MdlmForMaskedDiffusionLM), "bd3lm": (Bd3lmConfig
 def build_model(model_args, training_args, tokenizer, max_seq_length: int):
     """A new model from `config_overrides` (every architecture field stated), or `init_from` loaded strictly."""
     algorithm, overrides = training_args.algorithm, dict(model_args.config_overrides)
-    fixed = {"vocab_size", "mask_token_id", "pad_token_id", "max_position_embeddings"} & set(overrides)
+    fixed = {"vocab_size", "mask_token_id", "pad_token_id", "bos_token_id", "max_position_embeddings"} & set(overrides)
     if fixed:
         raise ValueError(f"config_overrides may not set {sorted(fixed)}: they come from the tokenizer and "
                          "max_seq_length")
@@ -56,8 +57,7 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
         if max_seq_length > model.config.max_position_embeddings:
             raise ValueError(f"max_seq_length {max_seq_length} exceeds init_from's max_position_embeddings "
                              f"{model.config.max_position_embeddings}")
-        for name, value in overrides.items():  # e.g. a smaller block_size for BD3-LM fine-tuning
-            setattr(model.config, name, value)
+        apply_overrides(model, overrides)
         return model
     missing = [name for name in DIFFUSION_REQUIRED_FIELDS[algorithm] if name not in overrides]
     if missing:
@@ -65,9 +65,24 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise ValueError("masked diffusion needs a tokenizer with [MASK] and [PAD] tokens")
     config_class, model_class = CLASSES[algorithm]
+    # The row-start token ([CLS], the originals' BOS) is the first token BD3-LM never masks and its sampler fixes.
+    row_start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     config = config_class(**overrides, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
-                          pad_token_id=tokenizer.pad_token_id, max_position_embeddings=max_seq_length)
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=row_start,
+                          max_position_embeddings=max_seq_length)
     return model_class(config)
+
+
+def apply_overrides(model, overrides: dict) -> None:
+    """Change fields of a loaded model's config (e.g. a smaller block_size to fine-tune a BD3-LM), validated as a new
+    config would be; the sampling interval goes to the BD3-LM buffers, which training reads."""
+    merged = {**model.config.to_dict(), **overrides}
+    type(model.config)(**merged)  # raises on an invalid combination
+    interval = {name: overrides.pop(name) for name in ("sampling_eps_min", "sampling_eps_max") if name in overrides}
+    if interval:
+        model.set_sampling_interval(merged["sampling_eps_min"], merged["sampling_eps_max"])
+    for name, value in overrides.items():
+        setattr(model.config, name, value)
 
 
 def build_datasets(data_args, training_args, tokenizer, train_texts, eval_texts):

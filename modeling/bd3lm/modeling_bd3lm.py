@@ -1,9 +1,9 @@
 """BD3-LM: block diffusion language models, masked diffusion within blocks and autoregression across them.
 
 Paper: Arriola, Gokaslan, Chiu, Yang, Qi, Han, Sahoo, Kuleshov (2025), "Block Diffusion: Interpolating Between
-Autoregressive and Diffusion Language Models", arXiv:2503.09573. Reference implementation: kuleshov-group/bd3lms@1c3e8f43
-(`models/dit.py`, `models/hf/modeling_bd3lm.py`, `diffusion.py`); with the same weights the logits match it to float32
-rounding.
+Autoregressive and Diffusion Language Models", arXiv:2503.09573. Reference implementation:
+kuleshov-group/bd3lms@1c3e8f43 (`models/dit.py`, `models/hf/modeling_bd3lm.py`, `diffusion.py`); with the same weights
+the logits match it to float32 rounding.
 
 What the model is:
   * the MDLM DiT (rotary attention, adaLN, SUBS) with attention restricted by blocks of `block_size` tokens;
@@ -83,7 +83,8 @@ class DiTLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             normed = F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return normed * self.weight
+            # In x's dtype: float32 under autocast (the residual stream is float32), bfloat16 in a bfloat16 model
+            return (normed * self.weight.float()).to(x.dtype)
 
 
 class DiTTimestepEmbedder(nn.Module):
@@ -481,9 +482,19 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         self.output_layer = DiTOutputLayer(config)
         # Persistent: a fine-tune from a checkpoint continues with the interval it was trained with, and an export
         # carries it. Values come from the checkpoint when it has them (see `sampling_interval`).
-        self.register_buffer("sampling_eps_min", torch.tensor(float(config.sampling_eps_min)))
-        self.register_buffer("sampling_eps_max", torch.tensor(float(config.sampling_eps_max)))
+        self.register_buffer("sampling_eps_min", torch.tensor(float(config.sampling_eps_min), dtype=torch.float32))
+        self.register_buffer("sampling_eps_max", torch.tensor(float(config.sampling_eps_max), dtype=torch.float32))
         self.post_init()
+
+    def _apply(self, fn, recurse=True):
+        """`.to(bfloat16)` / `.half()` cast every floating buffer; the interval stays float32 (bf16 would turn 0.3 into
+        0.30078)."""
+        interval = (self.sampling_eps_min.detach().clone(), self.sampling_eps_max.detach().clone())
+        result = super()._apply(fn, recurse)
+        if self.sampling_eps_min.dtype != torch.float32:
+            device = self.sampling_eps_min.device
+            self.sampling_eps_min, self.sampling_eps_max = (value.to(device) for value in interval)
+        return result
 
     def get_input_embeddings(self):
         return self.bd3lm.embed_tokens
@@ -573,8 +584,13 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         default `block_size`; the denoiser is re-run only when a token changed, unless time-conditioned), with
         nucleus filtering `top_p` of p(x_0 | x_t). `use_cache`: clean blocks' keys and values are cached (exact); off,
         every step re-reads the whole prefix. `prefix_ids` (whole blocks) are kept as the start. Reproducible through
-        `generator` (on the model's device) or `seed`; the result never contains the mask id."""
+        `generator` (on the model's device) or `seed`; the result never contains the mask id. With `ignore_bos` and no
+        prefix, position 0 is `config.bos_token_id` (training never masks it, so the model never saw it masked).
+        Time-conditioned models sample without the cache: cached clean blocks would keep the conditioning of the step
+        they were cached at, while training conditions both halves alike."""
         block_size = self.config.block_size
+        if use_cache and self.config.time_conditioning:
+            raise ValueError("a time-conditioned BD3-LM samples with use_cache=False (see the docstring)")
         length = self.config.max_position_embeddings if length is None else length
         num_steps = block_size if num_steps is None else num_steps
         if length % block_size or num_steps < 1 or not 0.0 < top_p <= 1.0:
@@ -592,18 +608,30 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         cache = Bd3lmKVCache() if use_cache else None
         if use_cache and sequence.shape[1]:
             self(input_ids=sequence, kv_cache=cache, update_cache=True)
+        first = self._first_token(sequence)
         blocks = range(sequence.shape[1] // block_size, length // block_size)
-        for _ in tqdm(blocks, disable=not progress, desc="BD3-LM blocks"):
-            block = self._denoise_block(sequence, cache, num_steps, top_p, generator)
+        for index in tqdm(blocks, disable=not progress, desc="BD3-LM blocks"):
+            block = self._denoise_block(sequence, cache, num_steps, top_p, generator, first if index == 0 else None)
             if use_cache:
                 self(input_ids=block, kv_cache=cache, update_cache=True)
             sequence = torch.cat((sequence, block), dim=1)
         self.train(was_training)
         return sequence
 
-    def _denoise_block(self, sequence, cache, num_steps, top_p, generator) -> torch.Tensor:
+    def _first_token(self, sequence) -> Optional[int]:
+        """The token fixed at position 0 of a sample without prefix: BOS when training never masks it."""
+        if sequence.shape[1] or not self.config.ignore_bos:
+            return None
+        if self.config.bos_token_id is None:
+            raise ValueError("ignore_bos: the model was trained with a clean first token, but config.bos_token_id is "
+                             "not set; set it, or pass prefix_ids")
+        return self.config.bos_token_id
+
+    def _denoise_block(self, sequence, cache, num_steps, top_p, generator, first_token=None) -> torch.Tensor:
         mask_id, block_size = self.config.mask_token_id, self.config.block_size
         noisy = torch.full((sequence.shape[0], block_size), mask_id, dtype=torch.long, device=sequence.device)
+        if first_token is not None:
+            noisy[:, 0] = first_token
         times = torch.linspace(1.0, 0.0, num_steps + 1, device=sequence.device)
         logits = None
         for step in range(num_steps):

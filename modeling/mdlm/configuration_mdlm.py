@@ -129,7 +129,8 @@ def validate_dit_fields(vocab_size, mask_token_id, hidden_size, num_attention_he
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(f"mask_token_id ({mask_token_id}) must lie in [0, vocab_size={vocab_size})")
     if hidden_size % num_attention_heads != 0:
-        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})")
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads "
+                         f"({num_attention_heads})")
     if (hidden_size // num_attention_heads) % 2:
         raise ValueError(f"the head size ({hidden_size // num_attention_heads}) must be even for rotary embeddings")
     if timestep_embedding_size % 2:

@@ -82,7 +82,8 @@ class DiTLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             normed = F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return normed * self.weight
+            # In x's dtype: float32 under autocast (the residual stream is float32), bfloat16 in a bfloat16 model
+            return (normed * self.weight.float()).to(x.dtype)
 
 
 class DiTTimestepEmbedder(nn.Module):

@@ -7,7 +7,7 @@ import torch
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM, Bd3lmKVCache
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM, subs_log_probs
 
-SIZES = dict(vocab_size=40, mask_token_id=39, pad_token_id=0, hidden_size=32, num_hidden_layers=2,
+SIZES = dict(vocab_size=40, mask_token_id=39, pad_token_id=0, bos_token_id=1, hidden_size=32, num_hidden_layers=2,
              num_attention_heads=4, cond_dim=12, max_position_embeddings=16, timestep_embedding_size=16, dropout=0.0)
 
 
@@ -139,3 +139,33 @@ def test_sampling_interval_is_validated():
     model.sampling_eps_max.fill_(1.5)  # e.g. a tampered checkpoint
     with pytest.raises(ValueError, match="0 < min < max <= 1"):
         model.sampling_interval
+
+
+@pytest.mark.parametrize("build", [mdlm, bd3lm])
+def test_a_bfloat16_model_runs_and_keeps_its_sampling_interval_in_float32(build):
+    model = build()
+    reference = model(input_ids=torch.tensor([[1, 39, 5, 6]])).logits
+    model.to(torch.bfloat16)
+    logits = model(input_ids=torch.tensor([[1, 39, 5, 6]])).logits
+    assert logits.dtype == torch.bfloat16 and (logits.float() - reference).abs().max() < 0.1
+    assert not (model.sample(num_samples=2, length=8, num_steps=4, seed=0) == 39).any()
+    if build is bd3lm:
+        model.set_sampling_interval(0.3, 0.8)
+        model.to(torch.bfloat16)
+        assert model.sampling_eps_min.dtype == torch.float32 and model.sampling_interval == pytest.approx((0.3, 0.8))
+
+
+def test_bd3lm_samples_start_with_the_bos_training_never_masked():
+    model = bd3lm()
+    assert (model.sample(num_samples=3, length=8, seed=2)[:, 0] == 1).all()
+    model.config.bos_token_id = None
+    with pytest.raises(ValueError, match="bos_token_id"):
+        model.sample(length=8)
+    assert bd3lm(ignore_bos=False).sample(length=8).shape == (1, 8)
+
+
+def test_time_conditioned_bd3lm_samples_without_the_cache():
+    model = bd3lm(time_conditioning=True)
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model.sample(length=8)
+    assert not (model.sample(length=8, use_cache=False, seed=0) == 39).any()

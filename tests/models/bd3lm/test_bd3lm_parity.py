@@ -134,8 +134,9 @@ def test_exported_buffers_survive_a_fresh_process(fixture_dir, tmp_path, io):
         "print(type(m).__module__, m.sampling_interval); "
         "save_file({'logits': m(input_ids=i['xt'], clean_ids=i['x0']).logits.detach()}, sys.argv[3])"
     )
-    done = subprocess.run([sys.executable, "-I", "-c", script, str(tmp_path / "out"), str(tmp_path / "inputs.safetensors"),
-                           str(tmp_path / "logits.safetensors")], capture_output=True, text=True, cwd=tmp_path)
+    arguments = [str(tmp_path / name) for name in ("out", "inputs.safetensors", "logits.safetensors")]
+    done = subprocess.run([sys.executable, "-I", "-c", script, *arguments], capture_output=True, text=True,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     module, interval = done.stdout.strip().split(" ", 1)
     assert module.startswith("transformers_modules")
