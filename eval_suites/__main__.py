@@ -114,7 +114,7 @@ def run_classification(args) -> int:
     classifier = classification.GenerativeClassifier(
         models, tokenizer, dict(enumerate(names)), template=args.template,
         priors=parse_priors(args.priors, args, labels), num_samples=args.num_samples, seed=args.seed,
-        token_budget=args.token_budget)
+        token_budget=args.token_budget, truncate=args.truncate)
     result = classification.evaluate_classification(classifier, texts, references,
                                                     collapse_margin=args.collapse_margin)
     result.update(model=args.model, data=str(args.data), limit=args.limit,
@@ -156,6 +156,8 @@ def add_classification_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the shared noise table (diffusion models)")
     parser.add_argument("--token-budget", type=int, default=16384, help="tokens per forward pass")
     parser.add_argument("--limit", type=int, help="classify only the first N examples")
+    parser.add_argument("--truncate", action="store_true",
+                        help="cut texts too long for the model to fit (counted in the report) instead of failing")
     parser.add_argument("--collapse-margin", type=float, default=0.25,
                         help="predicted share minus gold share of a class that counts as collapse")
     parser.add_argument("--device", help="e.g. cuda; default: where the model loads (CPU)")

@@ -110,8 +110,11 @@ class GenerativeClassifier:
 
     def __init__(self, models, tokenizer, label_names: Mapping[int, str], template: str = DEFAULT_TEMPLATE,
                  verbalizers: Optional[Mapping[int, str]] = None, priors=None, num_samples: int = 32, seed: int = 0,
-                 token_budget: int = 16384):
+                 token_budget: int = 16384, truncate: bool = False):
+        """`truncate`: cut texts too long for the model (with the longest class context) to fit, the same cut under
+        every class, and count them in the report; without it such a text is an error."""
         self.names = check_label_names(label_names)
+        self.truncate, self.num_truncated = truncate, 0
         self.tokenizer, self.num_samples, self.seed = tokenizer, num_samples, seed
         self.per_class = isinstance(models, Mapping)
         if self.per_class and set(models) != set(range(len(self.names))):
@@ -168,6 +171,10 @@ class GenerativeClassifier:
         for index, ids in enumerate(targets):
             if not ids:
                 raise ValueError(f"text {index} ({texts[index]!r}) tokenizes to nothing: there is nothing to score")
+        if self.truncate:
+            room = self._text_room()
+            self.num_truncated += sum(len(ids) > room for ids in targets)
+            targets = [ids[:room] for ids in targets]
         longest = max(range(len(targets)), key=lambda i: len(targets[i]), default=None)
         models = self.models if self.per_class else self.models * len(self.names)
         for c, (context, model) in enumerate(zip(self.contexts, models)):
@@ -177,6 +184,15 @@ class GenerativeClassifier:
                                  f"tokens of class {self.names[c]!r} that is more than the model's "
                                  f"max_position_embeddings ({limit})")
         return targets
+
+    def _text_room(self) -> int:
+        """Text tokens that fit after every class's context in its model."""
+        models = self.models if self.per_class else self.models * len(self.names)
+        limits = [getattr(model.config, "max_position_embeddings", None) for model in models]
+        room = [limit - len(context) for limit, context in zip(limits, self.contexts) if limit is not None]
+        if room and min(room) < 1:
+            raise ValueError("a class context leaves no room for the text in the model")
+        return min(room) if room else 1 << 30
 
     def score(self, texts: Sequence[str]) -> ClassScores:
         """log p(text | class) for every text and class (one batched call per model)."""
@@ -205,6 +221,7 @@ class GenerativeClassifier:
             "start_prefix": self.tokenizer.convert_ids_to_tokens(self.prefix),
             "priors": {name: float(math.exp(p)) for name, p in zip(self.names, self.log_priors)},
             "shared_noise": len(lengths) == 1 if self.diffusion else None,  # None: exact scores, no noise
+            "truncated_texts": self.num_truncated,
         }
         if not self.per_class:
             description.update(template=self.template, verbalizers=dict(zip(self.names, self.verbalizers)),

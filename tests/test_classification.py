@@ -330,3 +330,22 @@ def test_cli_reads_sst2(tmp_path, shared_dir, tokenizer):
     assert result["num_items"] == 16 and code == (COLLAPSE_EXIT_CODE if result["collapsed"] else 0)
     assert result["unk_rate"] > 0.9  # SST-2 words are unknown to the toy tokenizer, and the report says so
     assert result["priors"]["w7"] == pytest.approx(0.55, abs=0.03)  # dev split class frequencies
+
+
+def test_texts_too_long_fail_unless_truncated_and_counted():
+    from eval_suites.classification import GenerativeClassifier
+    from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
+    from tests.modeling_common import tiny_tokenizer
+
+    torch.manual_seed(0)
+    model = MdlmForMaskedDiffusionLM(MdlmConfig(vocab_size=40, mask_token_id=4, pad_token_id=0, hidden_size=32,
+                                                num_hidden_layers=1, num_attention_heads=4, cond_dim=8,
+                                                max_position_embeddings=8, timestep_embedding_size=16))
+    tokenizer = tiny_tokenizer(40)
+    long_text = " ".join(f"w{i}" for i in range(5, 20))
+    strict = GenerativeClassifier(model, tokenizer, {0: "w5", 1: "w6"}, num_samples=2)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        strict.score([long_text, "w7 w8"])
+    lenient = GenerativeClassifier(model, tokenizer, {0: "w5", 1: "w6"}, num_samples=2, truncate=True)
+    assert lenient.score([long_text, "w7 w8"]).log_likelihoods.shape == (2, 2)
+    assert lenient.describe()["truncated_texts"] == 1

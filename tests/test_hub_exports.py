@@ -163,7 +163,11 @@ def test_verify_detects_a_class_that_forgot_its_tie(exported):
 def test_a_model_prepared_for_mixed_precision_exports_its_fp32_outputs(tmp_path):
     """Trainer(bf16=True) leaves the model with accelerate's autocast forward; the fingerprint must not use it."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # A Trainer of an earlier test leaves accelerate's process-wide state at mixed_precision="no", which an
+    # Accelerator may not change; start from a clean state (accelerate's own tests do the same).
+    AcceleratorState._reset_state(reset_partial_state=True)
     model = tiny_model()
     probe = {"input_ids": torch.randint(5, 64, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
     with torch.no_grad():
@@ -171,7 +175,10 @@ def test_a_model_prepared_for_mixed_precision_exports_its_fp32_outputs(tmp_path)
     prepared = Accelerator(mixed_precision="bf16", cpu=True).prepare(model)
     with torch.no_grad():
         assert (prepared(**probe).logits - fp32).abs().max() > 1e-3  # the patched forward really runs in bf16
-    folder = export(prepared, tiny_tokenizer(64), tmp_path / "out")  # verified at the CPU tolerance of 1e-5
+    try:
+        folder = export(prepared, tiny_tokenizer(64), tmp_path / "out")  # verified at the CPU tolerance of 1e-5
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # leave no bf16 state to later tests
     manifest = json.loads((folder / "hubzoo_export.json").read_text())
     recorded = torch.tensor(manifest["probe_output_sample"])
     with torch.no_grad():
