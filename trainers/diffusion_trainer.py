@@ -112,8 +112,9 @@ class MaskedDiffusionTrainer(Trainer):
             # Trainer averages the batch losses weighted by rows; dividing by rows x (scored tokens per row over the
             # whole evaluation set) makes that average sum(NELBO) / sum(scored tokens), the per-token NELBO, also when
             # rows differ in length.
-            return total / (labels.shape[0] * self._eval_tokens_per_row)
-        loss = normalise_over_step(self, total, labels, num_items_in_batch, training)
+            loss = total / (labels.shape[0] * self._eval_tokens_per_row)
+        else:
+            loss = normalise_over_step(self, total, labels, num_items_in_batch, training)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

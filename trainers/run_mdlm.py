@@ -65,10 +65,8 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise ValueError("masked diffusion needs a tokenizer with [MASK] and [PAD] tokens")
     config_class, model_class = CLASSES[algorithm]
-    # The row-start token ([CLS], the originals' BOS) is the first token BD3-LM never masks and its sampler fixes.
-    row_start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     config = config_class(**overrides, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
-                          pad_token_id=tokenizer.pad_token_id, bos_token_id=row_start,
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=row_start_token(tokenizer),
                           max_position_embeddings=max_seq_length)
     return model_class(config)
 
@@ -85,11 +83,20 @@ def apply_overrides(model, overrides: dict) -> None:
         setattr(model.config, name, value)
 
 
+def row_start_token(tokenizer) -> int:
+    """The token every packed row starts with, as the originals' wrapped rows start with BOS: the tokenizer's BOS, or
+    its [CLS]. BD3-LM never masks it (`ignore_bos`) and its sampler fixes it at position 0 (`config.bos_token_id`)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    if token is None:
+        raise ValueError("the tokenizer has neither a BOS nor a [CLS] token to start each row with")
+    return token
+
+
 def build_datasets(data_args, training_args, tokenizer, train_texts, eval_texts):
-    """Packed rows of max_seq_length tokens, each starting with [CLS] as the originals' wrapped rows start with BOS."""
+    """Packed rows of max_seq_length tokens, each starting with `row_start_token`."""
     def to_examples(texts):
         if data_args.packing:
-            return pack_into_blocks(texts, tokenizer, data_args.max_seq_length, row_start_id=tokenizer.cls_token_id)
+            return pack_into_blocks(texts, tokenizer, data_args.max_seq_length, row_start_id=row_start_token(tokenizer))
         return chunk_sentences(texts, tokenizer, data_args.max_seq_length)
 
     with training_args.main_process_first(desc="tokenize"):
