@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up .venv if needed, train a tiny MDLM (masked diffusion LM) on the embedded corpus, export its EMA
-# weights, verify the export, print the NELBO perplexity bound, BLiMP accuracy by ELBO and a few samples. Extra arguments are passed to the training script (e.g. --max_steps 50).
+# weights, verify the export, print the NELBO perplexity bound, BLiMP accuracy by ELBO and a few samples. Extra
+# arguments are passed to the training script (e.g. --max_steps 50).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup_env.sh"
