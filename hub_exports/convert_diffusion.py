@@ -80,10 +80,7 @@ def convert_diffusion(source, tokenizer=None, mask_token_id: Optional[int] = Non
                                  else (MdlmConfig, MdlmForMaskedDiffusionLM))
     model = model_class(config_class(**fields))
     mapped = _map_keys(state, model_type, model.config)
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if missing or unexpected:  # strict, with the names in the message
-        raise RuntimeError(f"Checkpoint does not fit {model_class.__name__}: missing keys {sorted(missing)}, "
-                           f"unexpected keys {sorted(unexpected)}")
+    model.load_state_dict(mapped, strict=True)  # a RuntimeError naming every missing or unexpected key
     if model_type == "bd3lm":
         model.sampling_interval  # validates the loaded buffers
     return model.eval()

@@ -103,7 +103,7 @@ def test_unknown_and_missing_keys_are_named(copied_hub):
         convert_diffusion(copied_hub, mask_token_id=MASK)
     del state["backbone.blocks.1.mlp.2.bias"]
     save_file(state, copied_hub / "model.safetensors")
-    with pytest.raises(RuntimeError, match=r"missing keys.*layers\.1\.mlp\.2\.bias"):
+    with pytest.raises(RuntimeError, match=r"Missing key.*layers\.1\.mlp\.2\.bias"):
         convert_diffusion(copied_hub, mask_token_id=MASK)
 
 
