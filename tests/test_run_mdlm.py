@@ -63,3 +63,29 @@ def test_main_job_learns(tmp_path, capsys):
           f"BLiMP {results['blimp']['accuracy']:.3f}")
     assert bound["perplexity"] < 0.1 * (vocabulary - 1)
     assert results["mask_tokens_in_samples"] == 0 and all(text.strip() for text in results["samples"])
+
+
+@pytest.mark.slow
+def test_two_process_run(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: two gloo ranks train one BD3-LM together, the main
+    process exports and reports, and both ranks exit cleanly."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_run_ltg_bert import free_port
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(REPO_ROOT / "trainers" / "run_bd3lm.py"),
+               str(REPO_ROOT / "trainers" / "configs" / "bd3lm_tiny.yaml"), "--output_dir", str(tmp_path),
+               "--max_steps", "4", "--embedded_sentences", "600", "--save_strategy", "steps", "--save_steps", "4",
+               "--disable_tqdm", "true", "--nelbo_samples", "2", "--nelbo_max_sequences", "8", "--sampling_steps", "2",
+               "--num_samples_to_print", "1"]
+    out = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    assert "2 process(es)" in out.stderr and out.stdout.count("Exported and verified") == 1
+    assert json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    assert (tmp_path / "checkpoint-4" / "ema.safetensors").is_file()
+    verify(tmp_path / "export")

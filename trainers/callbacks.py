@@ -69,3 +69,15 @@ class TimeBudgetCallback(TrainerCallback):
         if time.monotonic() - self.start > self.seconds:
             logger.info("time budget of %.1f minutes spent at step %d; stopping", self.seconds / 60, state.global_step)
             control.should_training_stop = True
+
+
+def finish_on_main_process(trainer, work) -> None:
+    """Run `work()` (export, reports) on the main process only; then every rank waits for it and closes the process
+    group. A rank that exits while the gloo group is alive can abort ("terminate called without an active exception",
+    SIGABRT), which failed a two-process run in CI."""
+    try:
+        if trainer.is_world_process_zero():
+            work()
+    finally:
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()

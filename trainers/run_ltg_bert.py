@@ -21,7 +21,8 @@ from hub_exports import CardInfo, Metric, export
 from hub_exports.exporting import add_results_to_card, full_fp32_matmuls, load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
-from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, plot_loss_curve
+from trainers.callbacks import (ExportCheckpointCallback, TimeBudgetCallback, finish_on_main_process,
+                                plot_loss_curve)
 from trainers.collators import MaskedLMCollator, MaskingEpochCallback
 from trainers.embedded_corpus import write_minimal_pairs
 from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
@@ -103,16 +104,19 @@ def main(model_args, data_args, training_args) -> None:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
-    if not trainer.is_world_process_zero():
-        return
-    plot_loss_curve(trainer.state.log_history, Path(training_args.output_dir) / "loss_curve.png")
-    card.metrics = [Metric("fill-mask", "held-out split", "hubzoo-embedded" if not data_args.train_file else "local",
-                           "loss", round(metrics["eval_loss"], 4), metric_name="masked-LM loss")]
-    folder = export(model, tokenizer, Path(training_args.output_dir) / "export", card=card)  # verified
-    result = score_blimp(data_args, training_args, folder)
-    print(f"BLiMP accuracy {result['accuracy']:.4f} ({result['num_pairs']} pairs, {result['num_paradigms']} "
-          f"paradigms; per paradigm: {', '.join(f'{k} {v:.3f}' for k, v in result['per_paradigm'].items())})")
-    print(f"Exported and verified: {folder}")
+
+    def export_and_score():
+        plot_loss_curve(trainer.state.log_history, Path(training_args.output_dir) / "loss_curve.png")
+        source = "hubzoo-embedded" if not data_args.train_file else "local"
+        card.metrics = [Metric("fill-mask", "held-out split", source, "loss", round(metrics["eval_loss"], 4),
+                               metric_name="masked-LM loss")]
+        folder = export(model, tokenizer, Path(training_args.output_dir) / "export", card=card)  # verified
+        result = score_blimp(data_args, training_args, folder)
+        print(f"BLiMP accuracy {result['accuracy']:.4f} ({result['num_pairs']} pairs, {result['num_paradigms']} "
+              f"paradigms; per paradigm: {', '.join(f'{k} {v:.3f}' for k, v in result['per_paradigm'].items())})")
+        print(f"Exported and verified: {folder}")
+
+    finish_on_main_process(trainer, export_and_score)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
 from trainers.arguments import (DIFFUSION_REQUIRED_FIELDS, DataArguments, DiffusionTrainingArguments, ModelArguments,
                                 parse_args)
-from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, plot_loss_curve
+from trainers.callbacks import (ExportCheckpointCallback, TimeBudgetCallback, finish_on_main_process,
+                                plot_loss_curve)
 from trainers.collators import DiffusionCollator
 from trainers.diffusion_trainer import MaskedDiffusionTrainer
 from trainers.embedded_corpus import write_minimal_pairs
@@ -173,27 +174,29 @@ def main(model_args, data_args, training_args) -> None:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
-    if not trainer.is_world_process_zero():
-        return
-    output = Path(training_args.output_dir)
-    plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", ylabel="NELBO (nats per token)")
-    card.metrics = [Metric("fill-mask", "held-out split", "local", "nelbo", round(metrics["eval_loss"], 4),
-                           metric_name="NELBO per token (one draw per row)")]
-    with trainer.averaged_weights():
-        folder = export(model, tokenizer, output / "export", card=card)  # verified
-    report = final_report(model_args, data_args, training_args, folder, eval_set)
-    report.update(eval_loss=metrics["eval_loss"], train_steps=trainer.state.global_step)
-    (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    bound = report["perplexity_bound"]
-    print(f"NELBO perplexity bound {bound['perplexity']:.2f} (NLL {bound['nll_per_token']:.4f} ± "
-          f"{bound['standard_error']:.4f} nats/token, {bound['num_tokens']:,} held-out tokens, "
-          f"{bound['num_samples']} draws)")
-    blimp = report["blimp"]
-    print(f"BLiMP accuracy (ELBO) {blimp['accuracy']:.4f} ({blimp['num_pairs']} pairs, {blimp['num_paradigms']} "
-          f"paradigms; per paradigm: {', '.join(f'{k} {v:.3f}' for k, v in blimp['per_paradigm'].items())})")
-    for index, text in enumerate(report["samples"]):
-        print(f"sample {index}: {text[:300]}")
-    print(f"Exported and verified: {folder}")
+
+    def export_and_report():
+        output = Path(training_args.output_dir)
+        plot_loss_curve(trainer.state.log_history, output / "loss_curve.png", ylabel="NELBO (nats per token)")
+        card.metrics = [Metric("fill-mask", "held-out split", "local", "nelbo", round(metrics["eval_loss"], 4),
+                               metric_name="NELBO per token (one draw per row)")]
+        with trainer.averaged_weights():
+            folder = export(model, tokenizer, output / "export", card=card)  # verified
+        report = final_report(model_args, data_args, training_args, folder, eval_set)
+        report.update(eval_loss=metrics["eval_loss"], train_steps=trainer.state.global_step)
+        (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        bound = report["perplexity_bound"]
+        print(f"NELBO perplexity bound {bound['perplexity']:.2f} (NLL {bound['nll_per_token']:.4f} ± "
+              f"{bound['standard_error']:.4f} nats/token, {bound['num_tokens']:,} held-out tokens, "
+              f"{bound['num_samples']} draws)")
+        blimp = report["blimp"]
+        print(f"BLiMP accuracy (ELBO) {blimp['accuracy']:.4f} ({blimp['num_pairs']} pairs, {blimp['num_paradigms']} "
+              f"paradigms; per paradigm: {', '.join(f'{k} {v:.3f}' for k, v in blimp['per_paradigm'].items())})")
+        for index, text in enumerate(report["samples"]):
+            print(f"sample {index}: {text[:300]}")
+        print(f"Exported and verified: {folder}")
+
+    finish_on_main_process(trainer, export_and_report)
 
 
 def parse(argv=None, algorithm=None):
