@@ -15,11 +15,12 @@ that adds nothing gets its BOS, else its CLS token, else (causal LMs only, as lm
 causal LM scores the first text token given this context, so it must not be empty. Trailing framing ([SEP], EOS) is
 not scored: it is not part of the text.
 
-Common random numbers: diffusion estimators draw their noise from one fixed table per seed, indexed by position. All
-classes therefore see the same draws whenever their contexts have the same length (always in model-per-class mode;
-in label-conditioned mode when the prompts tokenize to the same length), which removes most of the Monte Carlo
-variance from the comparison; the report says whether that held (`shared_noise`). For BD3-LM a context that is not a
-whole number of blocks leaves its tail inside the text's first block, clean.
+Common random numbers: diffusion estimators draw their noise from one fixed table per seed. For MDLM it is indexed
+from the start of the text, so every class sees the same draws on the text whatever its prompt; for BD3-LM, whose
+blocks are absolute, from the start of the sequence, so the classes share draws when their contexts have the same
+length (always in model-per-class mode; in label-conditioned mode when the prompts tokenize to the same length). This
+removes most of the Monte Carlo variance from the comparison; the report says whether it held (`shared_noise`). For
+BD3-LM a context that is not a whole number of blocks leaves its tail inside the text's first block, clean.
 
 Priors are uniform unless given (e.g. train-set class counts; normalised to sum to 1). Ties in the posterior go to the
 lowest class id and are counted. The metrics (accuracy, macro-F1, confusion matrix, distributions, majority baseline,
@@ -220,7 +221,9 @@ class GenerativeClassifier:
             "seed": self.seed if self.diffusion else None,
             "start_prefix": self.tokenizer.convert_ids_to_tokens(self.prefix),
             "priors": {name: float(math.exp(p)) for name, p in zip(self.names, self.log_priors)},
-            "shared_noise": len(lengths) == 1 if self.diffusion else None,  # None: exact scores, no noise
+            # None: exact scores, no noise. MDLM's noise follows the target whatever the context length.
+            "shared_noise": (len(lengths) == 1 or self.models[0].config.model_type == "mdlm") if self.diffusion
+            else None,
             "truncated_texts": self.num_truncated,
         }
         if not self.per_class:

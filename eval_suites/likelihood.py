@@ -7,8 +7,9 @@
   estimate is the mean over draws, reported with its standard error (std of the draws / sqrt(num_samples); the
   stratification makes this conservative).
 
-Common random numbers: the noise is one fixed table per scorer (seed): draw k uses the same t and, at position i, the
-same uniform for every sequence, whatever its content or length. Two sentences of a minimal pair, or one text scored
+Common random numbers: the noise is one fixed table per scorer (seed): draw k uses the same t and, at target position
+i, the same uniform for every sequence, whatever its content or length (MDLM: counted from the target's start, so also
+after contexts of different lengths; BD3-LM: from the sequence's start, as its blocks are). Two sentences of a minimal pair, or one text scored
 under every class of a classifier, are therefore compared under the same noise, which removes most of the Monte Carlo
 variance from their difference.
 """
@@ -173,8 +174,12 @@ class DiffusionLikelihood:
         unit_times, uniforms = self._noise(sequence_index)
         times = self._times(unit_times, length)
         move_chance, weights = self.model.noise_schedule(times)
-        uniforms = uniforms[:, :length]
-        masked = uniforms <= move_chance if self.block_size else uniforms < move_chance
+        if self.block_size:  # BD3-LM: blocks are absolute, so are the uniforms
+            masked = uniforms[:, :length] <= move_chance
+        else:  # MDLM: the uniforms follow the target, so a target draws the same noise after any context
+            uniforms = torch.cat((torch.ones(self.num_samples, context_length), uniforms[:, :length - context_length]),
+                                 dim=1)
+            masked = uniforms < move_chance
         masked[:, :context_length] = False
         clean = torch.tensor(sequence, dtype=torch.long).expand(self.num_samples, -1)
         return clean.masked_fill(masked, self.model.config.mask_token_id), times, weights

@@ -94,3 +94,13 @@ def test_elbo_scorer_plugs_into_blimp():
     pairs = [MinimalPair("w5 w6 w7", "w5 w6 w8", "p", "p", "0"), MinimalPair("w9 w10", "w9 w11", "p", "p", "1")]
     result = evaluate_blimp(model, tokenizer, pairs, scorer="elbo")
     assert result["num_pairs"] == 2 and result["scorer"] == "elbo" and 0 <= result["accuracy"] <= 1
+
+
+def test_mdlm_noise_follows_the_target_whatever_the_context_length():
+    """A classifier's prompts may differ in length: the text must still see the same t and mask pattern."""
+    likelihood = DiffusionLikelihood(mdlm(), num_samples=8, seed=1)
+    target = [9, 10, 11, 12, 13]
+    short, short_t, _ = likelihood.noised([1] + target, 1)
+    long, long_t, _ = likelihood.noised([1, 2, 3] + target, 3)
+    assert torch.equal(short[:, 1:] == 4, long[:, 3:] == 4) and torch.equal(short_t[:, 0], long_t[:, 0])
+    assert not (long[:, :3] == 4).any()
