@@ -20,7 +20,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import transformers  # noqa: E402
 from transformers import BertConfig, BertForMaskedLM  # noqa: E402
 
+from benchmarks.train_mlm import PEAK_BF16_FLOPS, timed  # noqa: E402
 from modeling import device_value_checks  # noqa: E402
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM  # noqa: E402
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM, masked_diffusion_nelbo  # noqa: E402
@@ -41,7 +41,6 @@ PRESETS = {  # width, depth, heads, conditioning width
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, cond_dim=128),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, cond_dim=128),
 }
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core peaks
 MASK_ID = 4
 
 
@@ -106,20 +105,7 @@ def measure_training(model, clean, steps, warmup, device, autocast, compile_mode
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return _timed(step, steps, warmup, device)
-
-
-def _timed(function, steps, warmup, device) -> float:
-    for _ in range(warmup):
-        function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    return timed(step, steps, warmup, device)
 
 
 def measure_sampling(models, device, autocast, num_samples, seq_len, steps) -> dict:
@@ -134,7 +120,7 @@ def measure_sampling(models, device, autocast, num_samples, seq_len, steps) -> d
     for label, run in runs.items():
         model = models[label.split("_")[0]].to(device).eval()
         with autocast(), device_value_checks(model, False):
-            seconds = _timed(run, 1, 1, device)
+            seconds = timed(run, 1, 1, device)
         results[label] = {"seconds": round(seconds, 3), "tokens_per_s": round(num_samples * seq_len / seconds)}
         model.to("cpu")
     results["ddpm_cache_over_ddpm"] = round(results["mdlm_ddpm_cache"]["tokens_per_s"]

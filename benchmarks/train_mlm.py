@@ -90,13 +90,18 @@ def measure(model, batch, steps: int, warmup: int, device, autocast, compile_mod
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return timed(step, steps, warmup, device)
+
+
+def timed(function, steps: int, warmup: int, device) -> float:
+    """Seconds per call of `function`, averaged over `steps` calls after `warmup` (the device synchronised)."""
     for _ in range(warmup):
-        step()
+        function()
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        function()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps

@@ -66,7 +66,7 @@ def test_bd3lm_noise_uses_the_buffers_in_training_and_the_full_interval_in_evalu
 @pytest.mark.parametrize("algorithm", ["mdlm", "bd3lm"])
 def test_loss_is_the_nelbo_per_real_token(tmp_path, algorithm):
     """compute_loss equals the NELBO sum over the batch's masked tokens / its real tokens, computed here directly
-    from the same noise; padding changes nothing."""
+    from the same noise (padding invariance itself: tests/models/test_diffusion_behaviour.py)."""
     trainer = make_trainer(tmp_path, algorithm)
     model = trainer.model.eval()
     batch = trainer.data_collator(list(rows_dataset()))
@@ -83,7 +83,7 @@ def test_loss_is_the_nelbo_per_real_token(tmp_path, algorithm):
     expected = masked_diffusion_nelbo(logits, noisy, labels, weights if weights.dim() == 2 else weights[:, None],
                                       MASK_ID).sum() / labels.ne(-100).sum()
     torch.testing.assert_close(loss, expected)
-    # The same rows without padding, one at a time: the total over real tokens is unchanged
+    # Rows collated alone (no padding at all) give finite losses too
     per_row = [trainer.compute_loss(model, trainer.data_collator([row])) for row in rows_dataset()]
     assert all(torch.isfinite(value) for value in per_row)
 
