@@ -40,6 +40,12 @@ TASKS = {
         'inputs = tokenizer(f"The capital of France is {tokenizer.mask_token}.", return_tensors="pt")\n'
         "logits = model(**inputs).logits",
     ),
+    "AutoModelForCausalLM": (
+        "text-generation",
+        'inputs = tokenizer("The meaning of life is", return_tensors="pt")\n'
+        "output_ids = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
+        "print(tokenizer.decode(output_ids[0]))",
+    ),
     "AutoModelForSequenceClassification": (
         "text-classification",
         'logits = model(**tokenizer("A sentence to classify.", return_tensors="pt")).logits',

@@ -9,13 +9,14 @@ from contextlib import contextmanager
 
 import transformers
 
-from . import bd3lm, ltg_bert, mdlm
+from . import bd3lm, ltg_bert, mdlm, modded_gpt
 
 # model_type -> (config class, {Auto class name: model class})
 ARCHITECTURES = {
     "ltg_bert": (ltg_bert.LtgBertConfig, ltg_bert.AUTO_CLASSES),
     "mdlm": (mdlm.MdlmConfig, mdlm.AUTO_CLASSES),
     "bd3lm": (bd3lm.Bd3lmConfig, bd3lm.AUTO_CLASSES),
+    "modded_gpt": (modded_gpt.ModdedGptConfig, modded_gpt.AUTO_CLASSES),
 }
 
 

@@ -191,17 +191,22 @@ class ModelTesterMixin:
             assert not torch.equal(head, embedding)
 
     def test_initialization(self):
-        """With every init range ~0, each trainable parameter must come out ~0 (weights) or exactly 1 (norm gains):
-        proof that `_init_weights` covers every parameter and no default torch init slips through."""
+        """With every init range ~0, each trainable parameter must come out ~0 (weights) or exactly 1 (norm gains), or
+        be a documented constant (e.g. mixing weights) that does not depend on the seed and that `_init_weights`
+        restores: proof that `_init_weights` covers every parameter and no default torch init slips through."""
         config = self.get_config()
         for key in config.to_dict():
             if "_range" in key or "_std" in key or "initializer_factor" in key:
                 setattr(config, key, 1e-10)
         for model_class in self.model_classes:
+            torch.manual_seed(0)
             model = model_class(config)
+            torch.manual_seed(1)
+            other_seed = dict(model_class(config).named_parameters())
             for name, param in model.named_parameters():
                 mean = ((param.data.mean() * 1e9).round() / 1e9).item()
-                assert mean in (0.0, 1.0), f"{model_class.__name__}.{name} is not initialised by _init_weights"
+                if mean not in (0.0, 1.0):
+                    _assert_constant_init_by_init_weights(model, name, param, other_seed[name])
 
     def test_determinism(self):
         for model_class in self.model_classes:
@@ -310,6 +315,17 @@ class ModelTesterMixin:
             for node in ast.walk(tree):
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
                     _check_import(node, f"{path.name}:{node.lineno}", model_type)
+
+
+def _assert_constant_init_by_init_weights(model, name, param, same_param_other_seed):
+    label = f"{type(model).__name__}.{name}"
+    assert torch.equal(param, same_param_other_seed), f"{label} is neither ~0/1 nor a seed-independent constant"
+    owner = model.get_submodule(name.rpartition(".")[0])
+    expected = param.detach().clone()
+    with torch.no_grad():
+        param.fill_(float("nan"))
+    model._init_weights(owner)
+    assert torch.equal(param, expected), f"{label} is not initialised by _init_weights"
 
 
 def _check_top_level(node, where):

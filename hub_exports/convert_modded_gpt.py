@@ -1,0 +1,263 @@
+"""Convert modded-nanogpt (KellerJordan/modded-nanogpt) checkpoints into hubzoo's `modded_gpt` causal LM, strictly.
+
+The speedrun saves `dict(step, code, model=state_dict(), optimizers=[...])` of the `torch.compile`d model, so every
+key carries `_orig_mod.`; it is read with `torch.load(..., weights_only=True)` (no pickled code runs), and only
+`model` is used (`step`, `code`, `optimizers` are ignored; any other top-level entry is an error). Two formats are
+recognised from their keys and shapes:
+
+* **small** (`train_gpt.py`, 2025-05-30 .. 2025-07-14): `blocks.i.attn.qkv_w (3, hdim, d)`, `attn.c_proj.weight`,
+  `mlp.c_fc.weight`, `mlp.c_proj.weight`, `embed`/`value_embeds` padded to the head's rows, `scalars (5n + pad)`;
+  soft-cap `30·sigmoid(z / (7.5·√d))`, U-net skips, windows `[L,S,S,S,L,S,S,L,S,S,S,L]`.
+* **medium** (`train_gpt_medium.py`, 2025-04-25 .. 2025-12-02): `blocks.i.attn.qkvo_w (4, hdim, d)` (Q, K, V, O),
+  `mlp.fc_w`, `mlp.proj_w`, `lm_head_w` (fp32, rounded to bf16 at use), unpadded `embed`/`value_embeds`, `scalars`;
+  ISRU soft-cap 15, skips `{9: 6, 10: 4, 11: 2}`, un-normed attention input with normed values.
+
+The vocabulary is read from the tensors (head rows = padded vocab; medium embeddings = real vocab), the layer count
+and widths from the shapes, the layers without attention from the missing attention keys. `head_dim` is not visible
+in the shapes (128 in every record) and the EOT id and real vocabulary of a small-format checkpoint come from the
+tokenizer. Medium-format embeddings are padded with zero rows to the head's size (ids there are rejected anyway).
+"""
+
+import re
+from typing import Optional
+
+import torch
+
+from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
+from modeling.modded_gpt.configuration_modded_gpt import small_track_layout
+
+PREFIX = "_orig_mod."
+IGNORED_ENTRIES = {"step", "code", "optimizers"}
+# Sliding windows at the end of training, in 128-token blocks (what the records validate with): the default window.
+FINAL_WINDOW_BLOCKS = {"small": 14, "medium": 27}
+# (format, original key regex, hubzoo key template)
+KEY_MAP = {
+    "small": [
+        (r"embed\.weight", "model.embed_tokens.weight"),
+        (r"value_embeds\.(\d+)\.weight", r"model.value_embeddings.\1.weight"),
+        (r"scalars", "model.scalars"),
+        (r"blocks\.(\d+)\.attn\.qkv_w", r"model.layers.\1.attn.qkv_proj.weight"),
+        (r"blocks\.(\d+)\.attn\.c_proj\.weight", r"model.layers.\1.attn.o_proj.weight"),
+        (r"blocks\.(\d+)\.mlp\.c_fc\.weight", r"model.layers.\1.mlp.up_proj.weight"),
+        (r"blocks\.(\d+)\.mlp\.c_proj\.weight", r"model.layers.\1.mlp.down_proj.weight"),
+        (r"lm_head\.weight", "lm_head.weight"),
+    ],
+    "medium": [
+        (r"embed\.weight", "model.embed_tokens.weight"),
+        (r"value_embeds\.(\d+)\.weight", r"model.value_embeddings.\1.weight"),
+        (r"scalars", "model.scalars"),
+        (r"blocks\.(\d+)\.attn\.qkvo_w", r"model.layers.\1.attn.qkv_proj.weight"),  # O split off below
+        (r"blocks\.(\d+)\.mlp\.fc_w", r"model.layers.\1.mlp.up_proj.weight"),
+        (r"blocks\.(\d+)\.mlp\.proj_w", r"model.layers.\1.mlp.down_proj.weight"),
+        (r"lm_head_w", "lm_head.weight"),
+    ],
+}
+MEDIUM_WINDOWS = ["long", "short", "short", "short", "long", "short", "short", "short", "short", "short", "short",
+                  "long", "short", "short", "short", "long"]
+
+
+def read_checkpoint(path) -> dict:
+    """The model's state dict of a speedrun checkpoint (or of a bare state dict file), `_orig_mod.` stripped."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - the message names the cause
+        raise ValueError(f"{path} cannot be read with torch.load(weights_only=True): {error}") from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    if "model" in checkpoint:
+        unknown = sorted(set(checkpoint) - IGNORED_ENTRIES - {"model"})
+        if unknown:
+            raise ValueError(f"{path}: unknown top-level entries {unknown} (expected model, step, code, optimizers)")
+        checkpoint = checkpoint["model"]
+    if not checkpoint or not all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        raise ValueError(f"{path} has no state dict of tensors under 'model'")
+    return {key.removeprefix(PREFIX): value for key, value in checkpoint.items()}
+
+
+def detect_format(state: dict) -> str:
+    """'small' (`qkv_w`, `c_proj`, `c_fc`) or 'medium' (`qkvo_w`, `fc_w`, `proj_w`, `lm_head_w`), from the keys."""
+    keys = set(state)
+    if any(re.fullmatch(r"blocks\.\d+\.attn\.qkv_w", key) for key in keys) and "lm_head.weight" in keys:
+        return "small"
+    if any(re.fullmatch(r"blocks\.\d+\.attn\.qkvo_w", key) for key in keys) and "lm_head_w" in keys:
+        if any(re.fullmatch(r"blocks\.\d+\.mlp\.c_fc(\.weight)?", key) for key in keys):
+            raise ValueError("qkvo_w with mlp.c_fc: a train_gpt.py checkpoint of 2025-08 or later (sparse attention "
+                             "gate, FA3 era), which hubzoo does not convert")
+        return "medium"
+    if "skip_weights" in keys or any(key.endswith(".lambdas") for key in keys):
+        raise ValueError("separate skip_weights/lambdas: a train_gpt.py checkpoint from before 2025-05-30 (no "
+                         "`scalars`), which hubzoo does not convert")
+    raise ValueError(f"not a modded-nanogpt small (qkv_w) or medium (qkvo_w) checkpoint; keys: {sorted(keys)[:12]}...")
+
+
+def architecture(state: dict, checkpoint_format: str, head_dim: int) -> dict:
+    """Config fields read from the tensors' shapes."""
+    embed, head = _tensor(state, "embed.weight"), _tensor(state, "lm_head.weight" if checkpoint_format == "small"
+                                                                     else "lm_head_w")
+    blocks = {int(m.group(1)) for key in state if (m := re.match(r"blocks\.(\d+)\.", key))}
+    num_layers = max(blocks) + 1
+    if blocks != set(range(num_layers)):
+        raise ValueError(f"blocks {sorted(set(range(num_layers)) - blocks)} are missing from the checkpoint")
+    attn_key = "qkv_w" if checkpoint_format == "small" else "qkvo_w"
+    with_attention = [i for i in range(num_layers) if f"blocks.{i}.attn.{attn_key}" in state]
+    if not with_attention:
+        raise ValueError("no block has attention weights")
+    attention = state[f"blocks.{with_attention[0]}.attn.{attn_key}"]
+    hidden_size, inner = embed.shape[1], attention.shape[1]
+    if inner % head_dim:
+        raise ValueError(f"attention width {inner} is not a multiple of head_dim={head_dim}")
+    up = state.get(f"blocks.0.mlp.{'c_fc.weight' if checkpoint_format == 'small' else 'fc_w'}")
+    if up is None:
+        raise ValueError("blocks.0 has no MLP input weight")
+    scalars = _tensor(state, "scalars")
+    if scalars.dim() != 1 or scalars.shape[0] < 5 * num_layers:
+        raise ValueError(f"scalars has shape {tuple(scalars.shape)}; {num_layers} blocks need at least "
+                         f"{5 * num_layers} entries (skip weights, block lambdas, value lambdas, then padding)")
+    value_embeddings = sorted(int(m.group(1)) for key in state if (m := re.fullmatch(r"value_embeds\.(\d+)\.weight", key)))
+    fields = dict(vocab_size=head.shape[0], hidden_size=hidden_size, num_hidden_layers=num_layers,
+                  num_attention_heads=inner // head_dim, head_dim=head_dim, intermediate_size=up.shape[0],
+                  num_scalars=scalars.shape[0],
+                  layers_without_attention=[i for i in range(num_layers) if i not in with_attention])
+    fields.update(_era_layout(checkpoint_format, num_layers, hidden_size))
+    expected_ve = sorted({i for i in fields["value_embedding_layers"] if i is not None})
+    if value_embeddings != expected_ve:
+        raise ValueError(f"the {checkpoint_format} format has value embeddings {expected_ve}, the checkpoint "
+                         f"{value_embeddings}")
+    return fields
+
+
+def _era_layout(checkpoint_format: str, num_layers: int, hidden_size: int) -> dict:
+    if checkpoint_format == "small":
+        if num_layers != 12:
+            raise ValueError(f"the small format hard-codes 12 blocks (windows, skips, block 7); got {num_layers}")
+        layout = small_track_layout(num_layers)
+        layout.pop("num_scalars")
+        return dict(layout, logit_softcap="sigmoid", logit_softcap_cap=30.0,
+                    logit_softcap_temperature=7.5 * hidden_size ** 0.5)
+    if num_layers != 16:
+        raise ValueError(f"the medium format hard-codes 16 blocks (windows, skip map, block 7); got {num_layers}")
+    return dict(value_embedding_layers=[0, 1, 2] + [None] * 10 + [0, 1, 2],
+                skip_connections=[[6, 9, 6], [4, 10, 4], [2, 11, 2]], block_lambdas_offset=num_layers,
+                value_lambdas_offset=3 * num_layers, attention_windows=MEDIUM_WINDOWS, attention_input_norm=False,
+                value_norm=True, logit_softcap="isru", logit_softcap_cap=15.0, logit_softcap_temperature=None,
+                round_head_weight_to_bf16=True)
+
+
+def _tensor(state: dict, key: str) -> torch.Tensor:
+    if key not in state:
+        raise ValueError(f"the checkpoint lacks {key}")
+    return state[key]
+
+
+def convert_modded_gpt(source, tokenizer=None, *, tokenizer_vocab_size: Optional[int] = None,
+                       eot_token_id: Optional[int] = None, head_dim: int = 128,
+                       sliding_window_num_blocks: Optional[int] = -1, max_position_embeddings: int = 4096):
+    """A speedrun checkpoint (path, or a state dict already read) -> (`ModdedGptForCausalLM` in float32 eval mode,
+    detected format). The real vocabulary and EOT come from the medium format's embeddings and the tokenizer (its size
+    and `eos_token_id`), or are stated; `sliding_window_num_blocks=-1` takes the era's final training window
+    (small 14, medium 27 blocks of 128 tokens), `None` disables the window."""
+    state = read_checkpoint(source) if not isinstance(source, dict) else dict(source)
+    checkpoint_format = detect_format(state)
+    fields = architecture(state, checkpoint_format, head_dim)
+    fields["tokenizer_vocab_size"] = _real_vocab(state, checkpoint_format, tokenizer, tokenizer_vocab_size,
+                                                 fields["vocab_size"])
+    fields["eot_token_id"] = _eot(tokenizer, eot_token_id)
+    if sliding_window_num_blocks == -1:
+        sliding_window_num_blocks = FINAL_WINDOW_BLOCKS[checkpoint_format]
+    if tokenizer is not None:
+        fields["pad_token_id"] = tokenizer.pad_token_id
+        fields["eos_token_id"] = tokenizer.eos_token_id
+        fields["bos_token_id"] = tokenizer.bos_token_id
+    config = ModdedGptConfig(**fields, sliding_window_num_blocks=sliding_window_num_blocks,
+                             max_position_embeddings=max_position_embeddings)
+    model = ModdedGptForCausalLM(config)
+    model.load_state_dict(map_keys(state, checkpoint_format, model.state_dict()), strict=True)
+    return model.eval(), checkpoint_format
+
+
+def _real_vocab(state, checkpoint_format, tokenizer, stated, padded) -> int:
+    candidates = {}
+    if checkpoint_format == "medium":
+        candidates["the medium embeddings' rows"] = state["embed.weight"].shape[0]
+    elif state["embed.weight"].shape[0] != padded:
+        raise ValueError(f"small format: embed has {state['embed.weight'].shape[0]} rows but the head {padded}; the "
+                         "small format pads both")
+    if tokenizer is not None:
+        candidates["the tokenizer's size"] = len(tokenizer)
+    if stated is not None:
+        candidates["tokenizer_vocab_size"] = stated
+    if not candidates:
+        raise ValueError("the small format does not store the real vocabulary size: pass the tokenizer or "
+                         "tokenizer_vocab_size")
+    if len(set(candidates.values())) > 1:
+        raise ValueError(f"vocabulary sizes disagree: {candidates}")
+    real = next(iter(candidates.values()))
+    if real > padded:
+        raise ValueError(f"{real} token ids do not fit the checkpoint's {padded} head rows: wrong tokenizer")
+    return real
+
+
+def _eot(tokenizer, stated) -> int:
+    from_tokenizer = None if tokenizer is None else tokenizer.eos_token_id
+    if stated is not None and from_tokenizer is not None and stated != from_tokenizer:
+        raise ValueError(f"eot_token_id={stated} contradicts the tokenizer's EOS id {from_tokenizer}")
+    chosen = stated if stated is not None else from_tokenizer
+    if chosen is None:
+        raise ValueError("the EOT (document separator) id is not stored in the weights: pass the tokenizer (GPT-2: "
+                         "<|endoftext|> = 50256) or eot_token_id")
+    return chosen
+
+
+def map_keys(state: dict, checkpoint_format: str, target: dict) -> dict:
+    """Original tensors -> hubzoo state dict (float32), refusing unknown keys, missing keys and wrong shapes."""
+    mapped, unknown = {}, []
+    for key, tensor in state.items():
+        for pattern, template in KEY_MAP[checkpoint_format]:
+            match = re.fullmatch(pattern, key)
+            if match:
+                new_key = match.expand(template)
+                if new_key.endswith("qkv_proj.weight") and tensor.dim() == 3:
+                    if checkpoint_format == "medium":
+                        mapped[new_key.replace("qkv_proj", "o_proj")] = tensor[3]
+                        tensor = tensor[:3]
+                    tensor = tensor.flatten(0, 1)
+                mapped[new_key] = tensor
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unknown keys in the {checkpoint_format}-format checkpoint: {sorted(unknown)}")
+    for key in ("model.embed_tokens.weight", *(k for k in mapped if k.startswith("model.value_embeddings."))):
+        mapped[key] = _pad_rows(mapped[key], target[key].shape[0])
+    missing = sorted(set(target) - set(mapped))
+    if missing:
+        raise ValueError(f"the {checkpoint_format}-format checkpoint lacks tensors for {missing}")
+    wrong = [f"{key}: checkpoint {tuple(mapped[key].shape)}, model {tuple(target[key].shape)}"
+             for key in target if mapped[key].shape != target[key].shape]
+    if wrong:
+        raise ValueError("tensors with the wrong shape for the detected architecture: " + "; ".join(wrong))
+    return {key: tensor.float() for key, tensor in mapped.items()}
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if tensor.shape[0] >= rows:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
+
+
+def describe(model, checkpoint_format: str) -> str:
+    """One paragraph for the CLI: what was detected."""
+    c = model.config
+    windows = "none" if c.sliding_window_num_blocks is None else \
+        f"{c.sliding_window_num_blocks}/{c.sliding_window_num_blocks // 2} blocks of {c.window_block_size}"
+    cap = "none"
+    if c.logit_softcap == "sigmoid":
+        cap = f"{c.logit_softcap_cap:g}*sigmoid(z/{c.logit_softcap_temperature:g})"
+    elif c.logit_softcap == "isru":
+        cap = f"{c.logit_softcap_cap:g}*z/sqrt(z^2+{c.logit_softcap_cap ** 2:g})"
+    return (f"Detected the {checkpoint_format} format: {c.num_hidden_layers} layers, d={c.hidden_size}, "
+            f"{c.num_attention_heads} heads x {c.head_dim}, MLP {c.intermediate_size}, vocab {c.tokenizer_vocab_size} "
+            f"(padded {c.vocab_size}), EOT {c.eot_token_id}, no attention in {c.layers_without_attention}, "
+            f"{c.num_value_embeddings} value embeddings, skips {[s[:2] for s in c.skip_connections]}, "
+            f"scalars {c.num_scalars}, soft-cap {cap}, windows long/short {windows}, "
+            f"{model.num_parameters():,} parameters")

@@ -1,0 +1,492 @@
+"""modded-nanogpt GPTs (the NanoGPT speedrun) as transformers models: trunk, causal LM with KV cache, classifier.
+
+Faithful to `train_gpt.py@16e2da07` (small format) and `train_gpt_medium.py@06743860` (medium format) of
+KellerJordan/modded-nanogpt in eval mode; the per-era differences are config fields (see `ModdedGptConfig`). The
+original's FlexAttention block mask becomes an explicit boolean mask for SDPA with the same rule: causal, within one
+document (`cumsum(ids == eot)`), and a sliding window counted in whole 128-token blocks of absolute position.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.generation import LogitsProcessor, LogitsProcessorList
+from transformers.modeling_outputs import ModelOutput
+
+from .configuration_modded_gpt import ModdedGptConfig
+
+
+@dataclass
+class ModdedGptModelOutput(ModelOutput):
+    """`last_hidden_state` is after the final RMSNorm; `hidden_states` are x0 and the output of every block. The KV cache
+    is `cache` (the name transformers 5.24 gave it; generation updates the cache object in place, so transformers 5.17,
+    which looks for `past_key_values`, keeps using the same object)."""
+
+    last_hidden_state: Optional[torch.FloatTensor] = None
+    cache: Optional[DynamicCache] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+@dataclass
+class ModdedGptCausalLMOutput(ModelOutput):
+    """`logits` are soft-capped, float32, over all `vocab_size` rows (the padding rows included, as the original's
+    loss); `loss` is the mean next-token cross-entropy over labelled positions."""
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    cache: Optional[DynamicCache] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+@dataclass
+class ModdedGptSequenceClassifierOutput(ModelOutput):
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMSNorm over the last dim, eps = finfo(float32).eps as the original's `F.rms_norm(eps=None)`."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_frequencies(config: ModdedGptConfig, device) -> torch.Tensor:
+    """(head_dim/2,) angular frequencies: `(1/base)^linspace(0, 1, head_dim/4)`, then head_dim/4 zeros."""
+    quarter = config.head_dim // 4
+    frequencies = (1 / config.rotary_base) ** torch.linspace(0, 1, steps=quarter, dtype=torch.float32, device=device)
+    return torch.cat([frequencies, frequencies.new_zeros(quarter)])
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, convention: str) -> torch.Tensor:
+    """Rotate the two halves of each head of x (B, T, H, D) in float32; cos/sin are (B, T, 1, D/2). The speedrun's
+    sign (`"modded"`) is the transpose of transformers' `rotate_half` (`"hf"`)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    if convention == "hf":
+        sin = -sin
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
+
+
+def document_ids_of(input_ids: torch.Tensor, eot_token_id: int) -> torch.Tensor:
+    """Per-token document index: EOT opens a new document (`cumsum(ids == eot)`), as the original's block mask."""
+    return (input_ids == eot_token_id).cumsum(dim=-1)
+
+
+def attention_masks(config, query_positions, key_positions, query_docs, key_docs, key_valid, past_length):
+    """{window blocks or None: (B, 1, Tq, Tk) boolean mask}, one per distinct window among the attention layers;
+    returns None when plain causal attention is exact (SDPA can then use `is_causal`)."""
+    batch, query_length = query_positions.shape
+    key_length = key_positions.shape[1]
+    windows = {config.window_blocks(layer) for layer in range(config.num_hidden_layers)
+               if layer not in config.layers_without_attention}
+    last_position = past_length + query_length - 1
+    binding = {w for w in windows if w is not None and last_position // config.window_block_size >= w - 1}
+    if key_valid is None and query_docs is None and not binding and (query_length == 1 or past_length == 0):
+        return None
+    device = query_positions.device
+    query_index = torch.arange(past_length, past_length + query_length, device=device)
+    allowed = (torch.arange(key_length, device=device)[None, :] <= query_index[:, None])[None]
+    if query_docs is not None:
+        allowed = allowed & (key_docs[:, None, :] == query_docs[:, :, None])
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, :]
+    # A padding query with no visible key would give NaN: every query sees at least itself.
+    allowed = allowed | (query_index[:, None] == torch.arange(key_length, device=device)[None, :])[None]
+    masks = {}
+    for window in windows:
+        mask = allowed
+        if window in binding:
+            query_block = query_positions // config.window_block_size
+            key_block = key_positions // config.window_block_size
+            in_window = key_block[:, None, :] >= query_block[:, :, None] - (window - 1)
+            mask = mask & (in_window | (query_index[:, None] == torch.arange(key_length, device=device)[None, :]))
+        masks[window] = mask[:, None]
+    return masks
+
+
+class ModdedGptAttention(nn.Module):
+    """QK-normed, half-truncated rotary self-attention with a constant scale; fused QKV (`qkv_w` of the original,
+    rows Q, K, V) and a value-embedding mix `v = λ0·v + λ1·ve`."""
+
+    def __init__(self, config: ModdedGptConfig, cache_index: int):
+        super().__init__()
+        self.config = config
+        self.cache_index = cache_index
+        inner = config.num_attention_heads * config.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * inner, bias=False)
+        self.o_proj = nn.Linear(inner, config.hidden_size, bias=False)
+        self.o_proj.is_output_projection = True
+
+    def forward(self, x, value_embedding, value_lambdas, cos, sin, mask, cache):
+        batch, length, _ = x.shape
+        heads, head_dim = self.config.num_attention_heads, self.config.head_dim
+        q, k, v = self.qkv_proj(x).view(batch, length, 3 * heads, head_dim).chunk(3, dim=-2)
+        q = apply_rotary(rms_norm(q), cos, sin, self.config.rotary_convention)
+        k = apply_rotary(rms_norm(k), cos, sin, self.config.rotary_convention)
+        if self.config.value_norm:
+            v = rms_norm(v)
+        v = value_lambdas[0] * v
+        if value_embedding is not None:
+            v = v + value_lambdas[1] * value_embedding.view_as(v)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(k, v, self.cache_index)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
+                                           scale=self.config.attention_scale)
+        return self.o_proj(y.transpose(1, 2).reshape(batch, length, heads * head_dim))
+
+
+class ModdedGptMLP(nn.Module):
+    def __init__(self, config: ModdedGptConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.down_proj.is_output_projection = True
+
+    def forward(self, x):
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+
+class ModdedGptBlock(nn.Module):
+    def __init__(self, config: ModdedGptConfig, layer: int):
+        super().__init__()
+        self.config = config
+        self.layer = layer
+        has_attention = layer not in config.layers_without_attention
+        cache_index = sum(1 for i in range(layer) if i not in config.layers_without_attention)
+        self.attn = ModdedGptAttention(config, cache_index) if has_attention else None
+        self.mlp = ModdedGptMLP(config)
+
+    def forward(self, x, x0, value_embedding, scalars, cos, sin, masks, cache):
+        block = self.config.block_lambdas_offset + 2 * self.layer
+        x = scalars[block] * x + scalars[block + 1] * x0
+        if self.attn is not None:
+            value = self.config.value_lambdas_offset + 2 * self.layer
+            attn_input = rms_norm(x) if self.config.attention_input_norm else x
+            mask = None if masks is None else masks[self.config.window_blocks(self.layer)]
+            x = x + self.attn(attn_input, value_embedding, scalars[value:value + 2], cos, sin, mask, cache)
+        return x + self.mlp(rms_norm(x))
+
+
+class PaddingRowsSuppressor(LogitsProcessor):
+    """Gives the padding rows of the head (ids >= the tokenizer's vocabulary) a score of -inf."""
+
+    def __init__(self, first_padding_id: int):
+        self.first_padding_id = first_padding_id
+
+    def __call__(self, input_ids, scores):
+        scores[..., self.first_padding_id:] = float("-inf")
+        return scores
+
+
+class ModdedGptPreTrainedModel(PreTrainedModel):
+    config_class = ModdedGptConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ModdedGptBlock"]
+    _supports_sdpa = True
+    # Range checks of ids read tensor values: on an accelerator each is a host-device sync; trainers that checked the
+    # batch on the CPU turn them off (modeling.device_value_checks).
+    check_values_on_device = True
+
+    def _values_checked(self, tensor: torch.Tensor) -> bool:
+        return tensor.device.type == "cpu" or self.check_values_on_device
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """The original's init: embeddings N(0, 1), linear weights uniform(±√3·0.5·fan_in^-½), output projections
+        and head zero (`zero_init_projections`), `scalars` = skip weights 1, block lambdas (1, 0), value lambdas
+        (0.5, 0.5); `initializer_range` scales the random parts."""
+        config = self.config
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=config.initializer_range)
+        elif isinstance(module, nn.Linear):
+            if config.zero_init_projections and getattr(module, "is_output_projection", False):
+                nn.init.zeros_(module.weight)
+            else:
+                bound = 3 ** 0.5 * 0.5 * module.in_features ** -0.5 * config.initializer_range
+                nn.init.uniform_(module.weight, -bound, bound)
+        elif isinstance(module, ModdedGptModel):
+            init_scalars(module.scalars, config)
+
+
+def init_scalars(scalars: torch.Tensor, config: ModdedGptConfig) -> None:
+    nn.init.ones_(scalars)
+    for layer in range(config.num_hidden_layers):
+        nn.init.zeros_(scalars[config.block_lambdas_offset + 2 * layer + 1: config.block_lambdas_offset + 2 * layer + 2])
+        nn.init.constant_(scalars[config.value_lambdas_offset + 2 * layer: config.value_lambdas_offset + 2 * layer + 2],
+                          0.5)
+
+
+def check_inputs(input_ids, attention_mask, past_length, config, check_values):
+    if input_ids is None:
+        raise ValueError("input_ids is required")
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got {input_ids.dtype} "
+                         f"{tuple(input_ids.shape)}")
+    total = past_length + input_ids.shape[1]
+    if total > config.max_position_embeddings:
+        raise ValueError(f"Sequence length {total} (cached {past_length} + new {input_ids.shape[1]}) exceeds "
+                         f"max_position_embeddings ({config.max_position_embeddings})")
+    if attention_mask is not None and attention_mask.shape != (input_ids.shape[0], total):
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be (batch, cached + new tokens) = "
+                         f"{(input_ids.shape[0], total)}")
+    if input_ids.numel() and check_values:
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
+        if low < 0 or high >= config.tokenizer_vocab_size:
+            raise ValueError(f"input_ids contain ids outside [0, {config.tokenizer_vocab_size}) (min {low}, max "
+                             f"{high}): the tokenizer does not match this model's vocabulary (tokenizer_vocab_size; "
+                             f"rows up to vocab_size={config.vocab_size} are padding)")
+
+
+class ModdedGptModel(ModdedGptPreTrainedModel):
+    """Embeddings, value embeddings, the blocks with their skip connections, and the final RMSNorm."""
+
+    def __init__(self, config: ModdedGptConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.value_embeddings = nn.ModuleList(nn.Embedding(config.vocab_size, config.hidden_size)
+                                              for _ in range(config.num_value_embeddings))
+        self.layers = nn.ModuleList(ModdedGptBlock(config, layer) for layer in range(config.num_hidden_layers))
+        # Every skip weight and lambda in one vector, laid out as the original's `scalars` (see the config).
+        self.scalars = nn.Parameter(torch.empty(config.num_scalars))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        document_ids: Optional[torch.Tensor] = None,
+        past_key_values: Optional[DynamicCache] = None,
+        cache: Optional[DynamicCache] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`attention_mask` (B, cached + new): 1 for real tokens; padding is never attended. `position_ids` default to
+        the count of real tokens before each one (so left and right padding agree). `document_ids` (B, cached + new)
+        are needed only to continue a cache whose past holds an EOT; by default they come from the EOT tokens of
+        `input_ids`. `past_key_values` (or `cache`, its transformers >= 5.24 name): a `DynamicCache` to extend."""
+        config = self.config
+        cache = past_key_values if past_key_values is not None else cache
+        use_cache = (not self.training) if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past_length = cache.get_seq_length() if cache is not None else 0
+        check_inputs(input_ids, attention_mask, past_length, config, self._values_checked(input_ids))
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        query_positions, key_positions = self._positions(input_ids, attention_mask, position_ids, past_length)
+        key_docs = self._documents(input_ids, document_ids, past_length)
+        query_docs = None if key_docs is None else key_docs[:, past_length:]
+        key_valid = None if attention_mask is None else attention_mask.bool()
+        masks = attention_masks(config, query_positions, key_positions, query_docs, key_docs, key_valid, past_length)
+        angles = query_positions[..., None].float() * rotary_frequencies(config, input_ids.device)
+        cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]
+
+        x = x0 = rms_norm(self.embed_tokens(input_ids))
+        value_embeddings = [embedding(input_ids) for embedding in self.value_embeddings]
+        skip_sources = {source for source, _, _ in config.skip_connections}
+        outputs, all_hidden = {}, (x0,) if output_hidden_states else None
+        for layer, block in enumerate(self.layers):
+            for source, target, index in config.skip_connections:
+                if target == layer:
+                    x = x + self.scalars[index] * outputs[source]
+            ve_index = config.value_embedding_layers[layer]
+            ve = None if ve_index is None else value_embeddings[ve_index]
+            arguments = (x, x0, ve, self.scalars, cos, sin, masks, cache)
+            if self.gradient_checkpointing and self.training:
+                x = self._gradient_checkpointing_func(block.__call__, *arguments)
+            else:
+                x = block(*arguments)
+            if layer in skip_sources:
+                outputs[layer] = x
+            if output_hidden_states:
+                all_hidden = all_hidden + (x,)
+        output = ModdedGptModelOutput(last_hidden_state=rms_norm(x), cache=cache if use_cache else None,
+                                      hidden_states=all_hidden)
+        return output if return_dict in (None, True) else output.to_tuple()
+
+    def _positions(self, input_ids, attention_mask, position_ids, past_length):
+        """(query positions (B, T), key positions (B, cached + T)): absolute positions in the packed sequence."""
+        batch, length = input_ids.shape
+        device = input_ids.device
+        if attention_mask is not None:
+            keys = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+        else:
+            keys = torch.arange(past_length + length, device=device).expand(batch, -1)
+        if position_ids is not None:
+            if position_ids.shape != input_ids.shape:
+                raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must match input_ids "
+                                 f"{tuple(input_ids.shape)}")
+            keys = torch.cat([keys[:, :past_length], position_ids.to(device)], dim=1)
+        return keys[:, past_length:], keys
+
+    def _documents(self, input_ids, document_ids, past_length):
+        eot = self.config.eot_token_id
+        if eot is None:
+            return None
+        if document_ids is None:
+            if past_length:
+                raise ValueError("document masking over a cache needs document_ids for the cached and new tokens "
+                                 "(`generate` passes them); or set config.eot_token_id = None")
+            return document_ids_of(input_ids, eot)
+        if document_ids.shape != (input_ids.shape[0], past_length + input_ids.shape[1]):
+            raise ValueError(f"document_ids shape {tuple(document_ids.shape)} must be (batch, cached + new tokens)")
+        return document_ids.to(input_ids.device)
+
+
+class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
+    """The trunk and its soft-capped head. `generate` works with the KV cache and never samples padding rows."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ModdedGptConfig):
+        super().__init__(config)
+        self.model = ModdedGptModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head.is_output_projection = not config.tie_word_embeddings  # tied: the embedding's init stands
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        document_ids: Optional[torch.Tensor] = None,
+        past_key_values: Optional[DynamicCache] = None,
+        cache: Optional[DynamicCache] = None,
+        use_cache: Optional[bool] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`labels` (B, T) are the input ids with -100 where no loss is wanted (padding): the model shifts them once,
+        position t predicts labels[t + 1]."""
+        outputs = self.model(input_ids, attention_mask, position_ids, document_ids, past_key_values, cache, use_cache,
+                             output_hidden_states, return_dict=True)
+        logits = self.capped_logits(outputs.last_hidden_state)
+        loss = None if labels is None else self.next_token_loss(logits, labels)
+        output = ModdedGptCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
+        return output if return_dict in (None, True) else output.to_tuple()
+
+    def capped_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.lm_head.weight
+        if self.config.round_head_weight_to_bf16:
+            weight = weight.bfloat16()
+        logits = F.linear(hidden, weight.type_as(hidden)).float()
+        cap = self.config.logit_softcap_cap
+        if self.config.logit_softcap == "sigmoid":
+            return cap * torch.sigmoid(logits / self.config.logit_softcap_temperature)
+        if self.config.logit_softcap == "isru":
+            return cap * logits * torch.rsqrt(logits.square() + cap * cap)
+        return logits
+
+    def next_token_loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of position t against labels[t + 1] over all head rows, ignoring -100."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels shape {tuple(labels.shape)} must match input_ids {tuple(logits.shape[:2])}")
+        targets = labels[:, 1:]
+        if self._values_checked(labels):
+            bad = (targets != -100) & ((targets < 0) | (targets >= self.config.tokenizer_vocab_size))
+            if bad.any():
+                raise ValueError(f"labels hold ids outside [0, {self.config.tokenizer_vocab_size}) that are not -100")
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction)
+
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        """As transformers', plus the document ids of the whole sequence so far (the cache holds only keys)."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        if self.config.eot_token_id is not None:
+            inputs["document_ids"] = document_ids_of(input_ids, self.config.eot_token_id)
+        return inputs
+
+    def generate(self, *args, logits_processor=None, **kwargs):
+        """transformers' `generate`, with the padding rows of the head (ids >= tokenizer_vocab_size) never chosen."""
+        processors = LogitsProcessorList(logits_processor or [])
+        if self.config.tokenizer_vocab_size < self.config.vocab_size:
+            processors.append(PaddingRowsSuppressor(self.config.tokenizer_vocab_size))
+        return super().generate(*args, logits_processor=processors, **kwargs)
+
+
+class ModdedGptForSequenceClassification(ModdedGptPreTrainedModel):
+    """A linear classifier on the final (normed) state of the last real token of each sequence."""
+
+    def __init__(self, config: ModdedGptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ModdedGptModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """Padding may be on either side: the pooled position is the last one whose `attention_mask` is 1."""
+        outputs = self.model(input_ids, attention_mask, position_ids, use_cache=False,
+                             output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = outputs.last_hidden_state
+        if attention_mask is None:
+            last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
+        else:
+            index = torch.arange(hidden.shape[1], device=hidden.device)
+            last = (attention_mask.bool() * index).argmax(dim=-1)
+        logits = self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).float()
+        loss = None if labels is None else self.classification_loss(logits, labels)
+        output = ModdedGptSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict in (None, True) else output.to_tuple()
+
+    def classification_loss(self, logits, labels):
+        problem = self.config.problem_type
+        if problem is None:
+            problem = "regression" if self.num_labels == 1 else (
+                "single_label_classification" if labels.dtype in (torch.long, torch.int) else
+                "multi_label_classification")
+        if problem == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if self.num_labels == 1 else \
+                F.mse_loss(logits, labels.float())
+        if problem == "single_label_classification":
+            if self._values_checked(labels) and ((labels < 0) | (labels >= self.num_labels)).any():
+                raise ValueError(f"labels must lie in [0, num_labels={self.num_labels})")
+            return F.cross_entropy(logits, labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+__all__ = [
+    "ModdedGptPreTrainedModel",
+    "ModdedGptModel",
+    "ModdedGptForCausalLM",
+    "ModdedGptForSequenceClassification",
+]
