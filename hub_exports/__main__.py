@@ -71,6 +71,8 @@ def cmd_push(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    if args.source_format == "modded_gpt":
+        return convert_modded_gpt_command(args)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.source)
     if args.source_format == "ltg_bert":
         from hub_exports.convert_ltg_bert import convert_ltg_bert
@@ -92,6 +94,22 @@ def cmd_convert(args) -> int:
                 raise SystemExit(f"could not give the tokenizer the mask id {model.config.mask_token_id}")
         print(f"Converted {model.config.model_type} ({args.weights} weights): {model.num_parameters():,} parameters, "
               f"mask id {model.config.mask_token_id}")
+    return _export_and_verify(model, tokenizer, args.out, _card(args))
+
+
+def convert_modded_gpt_command(args) -> int:
+    from hub_exports.convert_modded_gpt import convert_modded_gpt, describe, load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer or "gpt2")
+    try:
+        model, checkpoint_format = convert_modded_gpt(
+            args.source, tokenizer, eot_token_id=args.eot_token_id, head_dim=args.head_dim,
+            sliding_window_num_blocks=None if args.window_blocks == 0 else args.window_blocks,
+            max_position_embeddings=args.max_length)
+    except ValueError as error:
+        print(f"Not converted: {error}", file=sys.stderr)
+        return 1
+    print(describe(model, checkpoint_format))
     return _export_and_verify(model, tokenizer, args.out, _card(args))
 
 
@@ -120,17 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_push)
 
     p = commands.add_parser("convert", help="original checkpoint -> verified hubzoo export")
-    p.add_argument("source_format", choices=["ltg_bert", "mdlm", "bd3lm"])
+    p.add_argument("source_format", choices=["ltg_bert", "mdlm", "bd3lm", "modded_gpt"])
     p.add_argument("source", help="ltg_bert: folder with config.json + pytorch_model.bin; mdlm/bd3lm: Hub folder "
-                                  "(config.json + model.safetensors) or Lightning .ckpt file")
+                                  "(config.json + model.safetensors) or Lightning .ckpt file; modded_gpt: the "
+                                  "speedrun's state_step*.pt")
     p.add_argument("out")
     p.add_argument("--position-qk-split", choices=["chunk_first", "per_head_interleaved"],
                    help="ltg_bert (required): relative-position split the checkpoint was trained with")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the source folder)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the source folder; modded_gpt: 'gpt2' from the "
+                                       "Hub, or a folder with GPT-2's vocab.json and merges.txt)")
     p.add_argument("--pad-token-id", type=int, help="ltg_bert: checked against the tokenizer's pad id")
     p.add_argument("--mask-token-id", type=int, help="mdlm/bd3lm: checked against the tokenizer's (or its size)")
     p.add_argument("--weights", choices=["ema", "live"], default="ema",
                    help="mdlm/bd3lm Lightning checkpoints: the EMA (default) or the live weights")
+    p.add_argument("--eot-token-id", type=int, help="modded_gpt: checked against the tokenizer's EOS id")
+    p.add_argument("--head-dim", type=int, default=128, help="modded_gpt: not visible in the shapes (default 128)")
+    p.add_argument("--window-blocks", type=int, default=-1,
+                   help="modded_gpt: long sliding window in 128-token blocks (default -1: the era's final training "
+                        "window, small 14 / medium 27; 0: none)")
+    p.add_argument("--max-length", type=int, default=4096, help="modded_gpt: max_position_embeddings")
     _add_card_arguments(p)
     p.set_defaults(run=cmd_convert)
     return parser

@@ -1,0 +1,181 @@
+"""The modded-nanogpt converter: format detection, `_orig_mod.`, padded vocabulary, padded `scalars`, strictness
+(unknown, missing, mis-shaped tensors; foreign pickles), the tokenizer checks, and the CLI export with the fixtures
+and with GPT-2's real tokenizer (`../shared/data/tokenizers/gpt2`)."""
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from hub_exports.__main__ import main as hub_exports_cli
+from hub_exports.convert_modded_gpt import convert_modded_gpt, load_tokenizer, read_checkpoint
+
+FIXTURE = dict(tokenizer_vocab_size=321, eot_token_id=320, head_dim=32, sliding_window_num_blocks=2,
+               max_position_embeddings=384)
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(shared_dir):
+    return shared_dir / "fixtures" / "modded_gpt"
+
+
+@pytest.fixture(scope="module")
+def input_ids(fixture_dir):
+    return load_file(fixture_dir / "inputs.safetensors")["input_ids"].long()[None]
+
+
+def raw_checkpoint(fixture_dir, checkpoint_format):
+    return torch.load(fixture_dir / f"ckpt_{checkpoint_format}.pt", map_location="cpu", weights_only=True)
+
+
+def logits(model, input_ids):
+    with torch.no_grad():
+        return model(input_ids).logits
+
+
+def save(tmp_path, checkpoint, name="ckpt.pt"):
+    torch.save(checkpoint, tmp_path / name)
+    return tmp_path / name
+
+
+def fixture_tokenizer():
+    """321 ids like the fixture's vocabulary, the last one GPT-2's EOT."""
+    vocab = {f"w{i}": i for i in range(320)} | {"<|endoftext|>": 320}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="w0")
+
+
+@pytest.mark.parametrize("checkpoint_format", ["small", "medium"])
+def test_prefix_is_optional_and_extra_entries_ignored(fixture_dir, input_ids, tmp_path, checkpoint_format):
+    checkpoint = raw_checkpoint(fixture_dir, checkpoint_format)
+    assert set(checkpoint) == {"step", "code", "model", "optimizers"}
+    assert all(key.startswith("_orig_mod.") for key in checkpoint["model"])
+    reference = logits(convert_modded_gpt(fixture_dir / f"ckpt_{checkpoint_format}.pt", **FIXTURE)[0], input_ids)
+    bare = {key.removeprefix("_orig_mod."): value for key, value in checkpoint["model"].items()}
+    model, detected = convert_modded_gpt(save(tmp_path, bare), **FIXTURE)
+    assert detected == checkpoint_format
+    assert torch.equal(logits(model, input_ids), reference)
+
+
+def test_scalars_padding_is_tolerated(fixture_dir, input_ids, tmp_path):
+    """The small format pads `scalars` to the world size (64 = 60 + 4 on 8 GPUs); a 1-GPU run has none."""
+    state = read_checkpoint(fixture_dir / "ckpt_small.pt")
+    reference = logits(convert_modded_gpt(state, **FIXTURE)[0], input_ids)
+    for length in (60, 62, 72):
+        scalars = torch.cat([state["scalars"][:60], torch.ones(max(0, length - 60))])
+        model, _ = convert_modded_gpt({**state, "scalars": scalars}, **FIXTURE)
+        assert model.config.num_scalars == length
+        assert torch.equal(logits(model, input_ids), reference)
+    with pytest.raises(ValueError, match=r"scalars has shape \(59,\).*at least 60"):
+        convert_modded_gpt({**state, "scalars": state["scalars"][:59]}, **FIXTURE)
+
+
+def test_padded_vocabulary(fixture_dir, input_ids):
+    """Small: embeddings and head padded to 384 rows; medium: only the head. Ids of padding rows are refused, and
+    `generate` never emits them even when their logits are the largest."""
+    small, _ = convert_modded_gpt(fixture_dir / "ckpt_small.pt", **FIXTURE)
+    medium, _ = convert_modded_gpt(fixture_dir / "ckpt_medium.pt", **FIXTURE)
+    for model in (small, medium):
+        assert (model.config.vocab_size, model.config.tokenizer_vocab_size) == (384, 321)
+        with pytest.raises(ValueError, match="vocab"):
+            model(torch.tensor([[5, 321]]))
+    assert torch.equal(medium.model.embed_tokens.weight[321:], torch.zeros(63, 64))
+    with torch.no_grad():
+        small.lm_head.weight[321:] = 50 * small.lm_head.weight[:321].abs().max()
+    prompt = input_ids[:, :20]
+    assert logits(small, prompt)[0, -1].argmax() >= 321
+    generated = small.generate(prompt, max_new_tokens=8, do_sample=False)
+    sampled = small.generate(prompt, max_new_tokens=8, do_sample=True, temperature=5.0)
+    assert generated.max() < 321 and sampled.max() < 321
+
+
+def test_unknown_missing_and_misshapen_tensors(fixture_dir):
+    state = read_checkpoint(fixture_dir / "ckpt_small.pt")
+    with pytest.raises(ValueError, match=r"unknown keys.*blocks\.0\.attn\.rotary\.inv_freq"):
+        convert_modded_gpt({**state, "blocks.0.attn.rotary.inv_freq": torch.zeros(8)}, **FIXTURE)
+    without = {key: value for key, value in state.items() if key != "blocks.3.mlp.c_fc.weight"}
+    with pytest.raises(ValueError, match=r"lacks tensors for \['model\.layers\.3\.mlp\.up_proj\.weight'\]"):
+        convert_modded_gpt(without, **FIXTURE)
+    with pytest.raises(ValueError, match=r"wrong shape.*model\.layers\.2\.attn\.o_proj\.weight: checkpoint \(64, 32\)"):
+        convert_modded_gpt({**state, "blocks.2.attn.c_proj.weight": torch.zeros(64, 32)}, **FIXTURE)
+    with pytest.raises(ValueError, match="not a modded-nanogpt small"):
+        convert_modded_gpt({"embed.weight": torch.zeros(4, 4)}, **FIXTURE)
+    legacy = {**state, "skip_weights": torch.ones(6)}
+    del legacy["scalars"]
+    with pytest.raises(ValueError):
+        convert_modded_gpt(legacy, **FIXTURE)
+
+
+def test_file_level_errors(fixture_dir, tmp_path):
+    checkpoint = raw_checkpoint(fixture_dir, "small")
+    with pytest.raises(ValueError, match=r"unknown top-level entries \['scheduler'\]"):
+        convert_modded_gpt(save(tmp_path, {**checkpoint, "scheduler": {}}), **FIXTURE)
+    (tmp_path / "pickled.pt").write_bytes(pickle.dumps(torch.nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="weights_only"):
+        convert_modded_gpt(tmp_path / "pickled.pt", **FIXTURE)
+
+
+def test_vocabulary_and_eot_must_agree(fixture_dir, shared_dir):
+    gpt2 = load_tokenizer(shared_dir / "data" / "tokenizers" / "gpt2")
+    with pytest.raises(ValueError, match="50257 token ids do not fit the checkpoint's 384 head rows"):
+        convert_modded_gpt(fixture_dir / "ckpt_small.pt", gpt2, head_dim=32)
+    with pytest.raises(ValueError, match="vocabulary sizes disagree"):
+        convert_modded_gpt(fixture_dir / "ckpt_medium.pt", **{**FIXTURE, "tokenizer_vocab_size": 300})
+    with pytest.raises(ValueError, match="does not store the real vocabulary"):
+        convert_modded_gpt(fixture_dir / "ckpt_small.pt", eot_token_id=320, head_dim=32)
+    with pytest.raises(ValueError, match="EOT"):
+        convert_modded_gpt(fixture_dir / "ckpt_small.pt", tokenizer_vocab_size=321, head_dim=32)
+    with pytest.raises(ValueError, match="eot_token_id=5 contradicts"):
+        convert_modded_gpt(fixture_dir / "ckpt_small.pt", fixture_tokenizer(), eot_token_id=5, head_dim=32)
+    with pytest.raises(ValueError, match="not a multiple of head_dim=48"):
+        convert_modded_gpt(fixture_dir / "ckpt_small.pt", **{**FIXTURE, "head_dim": 48})
+
+
+@pytest.mark.parametrize("checkpoint_format", ["small", "medium"])
+def test_cli_exports_and_verifies(fixture_dir, input_ids, tmp_path, capsys, checkpoint_format):
+    fixture_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    out = tmp_path / "export"
+    code = hub_exports_cli(["convert", "modded_gpt", str(fixture_dir / f"ckpt_{checkpoint_format}.pt"), str(out),
+                            "--tokenizer", str(tmp_path / "tokenizer"), "--head-dim", "32", "--window-blocks", "2",
+                            "--max-length", "384"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"Detected the {checkpoint_format} format: {12 if checkpoint_format == 'small' else 16} layers" in printed
+    assert "vocab 321 (padded 384), EOT 320" in printed and "Exported and verified" in printed
+    reference = load_file(fixture_dir / f"outputs_{checkpoint_format}.safetensors")["logits_capped"]
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()  # the registered local class (same file)
+    assert (logits(exported, input_ids)[0] - reference).abs().max() <= 5e-4
+
+
+def test_cli_refuses_a_mismatched_tokenizer(fixture_dir, shared_dir, tmp_path, capsys):
+    code = hub_exports_cli(["convert", "modded_gpt", str(fixture_dir / "ckpt_small.pt"), str(tmp_path / "out"),
+                            "--tokenizer", str(shared_dir / "data" / "tokenizers" / "gpt2"), "--head-dim", "32"])
+    assert code == 1
+    assert "do not fit the checkpoint's 384 head rows" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_with_gpt2_tokenizer_at_full_vocabulary(fixture_dir, shared_dir, tmp_path, capsys):
+    """A small-format checkpoint at GPT-2's real vocabulary (50257 ids in 50304 rows; the fixture's rows repeated)
+    converts with GPT-2's BPE files into an export that verifies in a fresh process and generates real ids."""
+    checkpoint = raw_checkpoint(fixture_dir, "small")
+    for key, tensor in checkpoint["model"].items():
+        if tensor.shape[0] == 384 and tensor.dim() == 2:
+            checkpoint["model"][key] = tensor.repeat(132, 1)[:50304]
+    source = save(tmp_path, checkpoint)
+    out = tmp_path / "export"
+    code = hub_exports_cli(["convert", "modded_gpt", str(source), str(out), "--tokenizer",
+                            str(shared_dir / "data" / "tokenizers" / "gpt2"), "--head-dim", "32"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "vocab 50257 (padded 50304), EOT 50256" in printed and "windows long/short 14/7 blocks" in printed
+    tokenizer = load_tokenizer(out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    prompt = tokenizer("<|endoftext|>The speedrun", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert generated.shape == (1, prompt.input_ids.shape[1] + 5) and generated.max() < 50257
