@@ -39,10 +39,12 @@ def small_track_layout(num_layers: int) -> dict:
 
 
 def _first_and_last_three(num_layers: int) -> list:
+    """[0, 1, 2, None, ..., None, 0, 1, 2]; models shallower than 6 blocks use them once, on their first blocks."""
     layers = [None] * num_layers
     for index in range(min(3, num_layers)):
         layers[index] = index
-        layers[num_layers - 3 + index] = index
+        if num_layers >= 6:
+            layers[num_layers - 3 + index] = index
     return layers
 
 
