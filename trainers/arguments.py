@@ -1,5 +1,6 @@
 """Argument dataclasses shared by the `run_<type>.py` scripts, and the "one YAML/JSON file, or flags" parser."""
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,3 +134,48 @@ class DiffusionTrainingArguments(TrainingArguments):
                                                                                    "constant with warmup)."})
     warmup_steps: float = field(default=2500, metadata={"help": "Warmup steps (the originals': 2500)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (the originals': 1.0)."})
+
+
+# Architecture fields a new modded GPT must state in config_overrides (the rest has the speedrun's defaults).
+MODDED_GPT_REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim")
+
+
+@dataclass
+class CausalLMTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus causal-LM pretraining knobs: the optimizer (AdamW, or Muon for the hidden matrices
+    with AdamW for the rest), the trapezoid schedule's cooldown, warm starts and checkpoint exports."""
+
+    optimizer: str = field(default="adamw", metadata={"help": "'adamw', or 'muon' (Muon on the blocks' 2-D weights, "
+                                                             "AdamW at learning_rate on the rest).",
+                                                     "choices": ["adamw", "muon"]})
+    muon_learning_rate: float = field(default=0.05, metadata={"help": "Muon's learning rate (the speedrun's 0.05)."})
+    muon_momentum: float = field(default=0.95, metadata={"help": "Muon's momentum (Nesterov)."})
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "Decoupled weight decay of the Muon weights."})
+    cooldown_fraction: Optional[float] = field(
+        default=None,
+        metadata={"help": "With lr_scheduler_type=warmup_stable_decay (the trapezoid): the share of max_steps spent "
+                          "decaying linearly at the end (the speedrun: 0.45); sets lr_scheduler_kwargs."},
+    )
+    init_from: Optional[str] = field(
+        default=None, metadata={"help": "Start from this hubzoo export/checkpoint folder (loaded strictly)."}
+    )
+    export_checkpoints: bool = field(
+        default=True, metadata={"help": "Write a verified Hub export into every saved checkpoint (checkpoint-N/export)."}
+    )
+    max_train_minutes: Optional[float] = field(
+        default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
+    )
+    num_samples_to_print: int = field(default=3, metadata={"help": "Continuations generated from the export at the end."})
+
+    def __post_init__(self):
+        if self.cooldown_fraction is not None:
+            if self.lr_scheduler_type != "warmup_stable_decay":
+                raise ValueError("cooldown_fraction belongs to lr_scheduler_type=warmup_stable_decay")
+            if not 0 < self.cooldown_fraction <= 1 or self.max_steps <= 0:
+                raise ValueError("cooldown_fraction needs 0 < fraction <= 1 and max_steps > 0")
+            given = self.lr_scheduler_kwargs or {}
+            given = json.loads(given) if isinstance(given, str) else given
+            self.lr_scheduler_kwargs = {"decay_type": "linear",
+                                        "num_decay_steps": max(1, int(self.cooldown_fraction * self.max_steps)),
+                                        **given}
+        super().__post_init__()

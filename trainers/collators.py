@@ -155,3 +155,34 @@ class DiffusionCollator:
         if not real.all():
             batch["attention_mask"] = torch.from_numpy(real.astype(np.int64))
         return batch
+
+
+@dataclass
+class CausalLMCollator:
+    """Batches for causal-LM training: `input_ids` right-padded with the pad id, `labels` = the ids with -100 at
+    padding, and `attention_mask` only when some row is padded (packed rows never are).
+
+    The model shifts the labels once (position t predicts labels[t + 1]); the first label of every row is -100 too,
+    since no position predicts it, so that counting `labels != -100` (Trainer's normaliser) counts exactly the
+    predicted tokens. Every batch's ids are checked on the CPU against `vocabulary_size` (the tokenizer's size)."""
+
+    pad_token_id: int
+    vocabulary_size: int
+
+    def __call__(self, examples):
+        width = max(len(example["input_ids"]) for example in examples)
+        input_ids = np.full((len(examples), width), self.pad_token_id, dtype=np.int64)
+        real = np.zeros((len(examples), width), dtype=bool)
+        for row, example in enumerate(examples):
+            ids = np.asarray(example["input_ids"], dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+                raise ValueError(f"Example {row} of the batch holds token ids outside [0, {self.vocabulary_size}) "
+                                 f"(min {ids.min()}, max {ids.max()}): it was not tokenized with this tokenizer")
+            input_ids[row, :len(ids)] = ids
+            real[row, :len(ids)] = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
+        labels = np.where(real, input_ids, -100)
+        labels[:, 0] = -100
+        batch = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+        if not real.all():
+            batch["attention_mask"] = torch.from_numpy(real.astype(np.int64))
+        return batch

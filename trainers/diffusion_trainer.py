@@ -25,7 +25,7 @@ from transformers import Trainer
 from modeling import device_value_checks
 from modeling.mdlm import masked_diffusion_nelbo
 from trainers.ema import EMACallback
-from trainers.mlm_trainer import normalise_over_step
+from trainers.mlm_trainer import mean_scored_tokens_per_row, normalise_over_step
 
 NELBO_INTERVAL = (1e-3, 1.0)  # BD3-LM: the interval a likelihood bound is reported on
 
@@ -160,12 +160,7 @@ class MaskedDiffusionTrainer(Trainer):
             self._eval_tokens_per_row = None
 
     def _scored_tokens_per_row(self, dataset):
-        """Mean number of tokens the evaluation NELBO scores per row (all real tokens; BD3-LM with `ignore_bos`: all
-        but the first); None for datasets without a length, which fall back to per-batch means."""
-        if dataset is None or not hasattr(dataset, "__len__") or "input_ids" not in getattr(dataset, "column_names",
-                                                                                           ()):
-            return None
-        lengths = [len(ids) for ids in dataset["input_ids"]]
+        """Tokens the evaluation NELBO scores per row: all real tokens; BD3-LM with `ignore_bos`: all but the first."""
         config = self.accelerator.unwrap_model(self.model).config
         skipped = 1 if self.model_type == "bd3lm" and config.ignore_bos else 0
-        return max(1e-9, sum(lengths) / len(lengths) - skipped) if lengths else None
+        return mean_scored_tokens_per_row(dataset, skipped)

@@ -33,6 +33,17 @@ def normalise_over_step(trainer: Trainer, total, labels, num_items_in_batch, tra
     return loss
 
 
+def mean_scored_tokens_per_row(dataset, unscored_per_row: int = 0):
+    """Mean tokens an evaluation loss scores per row of `dataset` (row length minus `unscored_per_row`); None for
+    datasets without a length or `input_ids` column. Trainer averages evaluation batch losses weighted by rows, so a
+    batch loss of sum / (rows x this) averages to sum / (scored tokens of the whole set), also when rows differ in
+    length."""
+    if dataset is None or not hasattr(dataset, "__len__") or "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return max(1e-9, sum(lengths) / len(lengths) - unscored_per_row) if lengths else None
+
+
 class MaskedLMTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

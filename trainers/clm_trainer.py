@@ -1,0 +1,94 @@
+"""`Trainer` for causal-LM pretraining: next-token cross-entropy with one label shift, normalised over the predicted
+tokens of the whole optimizer step (exact under gradient accumulation and data parallelism), padding never counted;
+an exact per-token evaluation loss; and a Muon option (`MuonWithAdamW`) for the hidden-layer matrices."""
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from modeling import device_value_checks
+from trainers.mlm_trainer import mean_scored_tokens_per_row, normalise_over_step
+from trainers.muon import MuonWithAdamW
+
+
+def muon_param_groups(model, args) -> list:
+    """Muon for the 2-D weights of the blocks (`model.layers.*`; a fused QKV as three matrices), AdamW for everything
+    else (embeddings, value embeddings, head, classifier, `scalars`), as the speedrun splits them."""
+    muon, fused, adam = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if ".layers." in f".{name}" and param.dim() == 2:
+            (fused if name.endswith("qkv_proj.weight") else muon).append(param)
+        else:
+            adam.append(param)
+    groups = [dict(params=adam, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                   eps=args.adam_epsilon, weight_decay=args.weight_decay)]
+    for params, split in ((muon, 1), (fused, 3)):
+        if params:
+            groups.append(dict(params=params, use_muon=True, lr=args.muon_learning_rate, momentum=args.muon_momentum,
+                               weight_decay=args.muon_weight_decay, split=split))
+    return groups
+
+
+class CausalLMTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.label_smoothing_factor or self.compute_loss_func is not None:
+            raise ValueError("CausalLMTrainer computes its own loss: no label_smoothing_factor or compute_loss_func")
+        # As in MaskedLMTrainer: Trainer then counts the labelled tokens of the whole optimizer step (our
+        # denominator; CausalLMCollator makes every row's first label -100, so the count is the predicted tokens
+        # whether or not this transformers version shifts before counting) and skips its own division by GA.
+        self.model_accepts_loss_kwargs = True
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        checked_below = getattr(self.data_collator, "vocabulary_size", None)
+        accepted = getattr(unwrapped.config, "tokenizer_vocab_size", unwrapped.config.vocab_size)
+        self._batches_checked = checked_below is not None and checked_below <= accepted
+        self._eval_tokens_per_row = None
+
+    def create_optimizer(self, model=None):
+        if getattr(self.args, "optimizer", "adamw") != "muon":
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            self.optimizer = MuonWithAdamW(muon_param_groups(self.accelerator.unwrap_model(self.model), self.args))
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits
+        # One shift: position t predicts labels[t + 1]; summed in fp32, -100 (padding, row starts) ignored.
+        total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
+                                reduction="sum")
+        if not model.training and self._eval_tokens_per_row:
+            loss = total / (labels.shape[0] * self._eval_tokens_per_row)
+        else:
+            loss = normalise_over_step(self, total, labels, num_items_in_batch, model.training)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad():
+            loss = self.compute_loss(model, self._prepare_inputs(inputs))
+        return loss.detach(), None, None
+
+    def _device_checks(self):
+        if not self._batches_checked:
+            return nullcontext()
+        return device_value_checks(self.accelerator.unwrap_model(self.model), False)
+
+    def train(self, *args, **kwargs):
+        with self._device_checks():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, eval_dataset=None, *args, **kwargs):
+        """The evaluation loss is the cross-entropy per predicted token over the whole set (every row's first token
+        is not predicted)."""
+        self._eval_tokens_per_row = mean_scored_tokens_per_row(eval_dataset or self.eval_dataset, unscored_per_row=1)
+        try:
+            with self._device_checks():
+                return super().evaluate(eval_dataset, *args, **kwargs)
+        finally:
+            self._eval_tokens_per_row = None
