@@ -272,6 +272,17 @@ def _name(name: str) -> str:
     return name.replace("|", "\\|")
 
 
+def _scoring_line(result: dict) -> str:
+    """How the classes were scored: a generative classifier's scores, or a fine-tuned head."""
+    if "score" not in result:
+        return f"Mode: {result.get('mode', 'classifier head')}."
+    return (f"Mode: {result['mode']}; score: {result['score']} ({result['reduction']}); shared noise across classes: "
+            f"{'n/a (exact scores)' if result['shared_noise'] is None else result['shared_noise']}. Priors: "
+            + ", ".join(f"{_name(n)} {p:.4f}" for n, p in result["priors"].items())
+            + f". Mean standard error of the class scores {result['mean_standard_error']:.4f}; ties "
+            f"{result['num_ties']} (lowest class id wins); UNK rate {result['unk_rate']:.4f}.")
+
+
 def markdown_report(result: dict, title: str = "Generative classification") -> str:
     names = result["label_names"]
     verdict = (f"**COLLAPSED**: {result['collapse_reason']}." if result["collapsed"] else "No collapse.") + \
@@ -282,11 +293,7 @@ def markdown_report(result: dict, title: str = "Generative classification") -> s
         f"{result['macro_f1_num_classes']} classes) on {result['num_items']} items; majority baseline "
         f"{result['majority_baseline_accuracy']:.4f} (always '{_name(result['majority_class'])}').", "",
         verdict, "",
-        f"Mode: {result['mode']}; score: {result['score']} ({result['reduction']}); shared noise across classes: "
-        f"{'n/a (exact scores)' if result['shared_noise'] is None else result['shared_noise']}. Priors: "
-        + ", ".join(f"{_name(n)} {p:.4f}" for n, p in result["priors"].items())
-        + f". Mean standard error of the class scores {result['mean_standard_error']:.4f}; ties "
-        f"{result['num_ties']} (lowest class id wins); UNK rate {result['unk_rate']:.4f}.", "",
+        _scoring_line(result), "",
         "| Class | Gold | Gold share | Predicted | Predicted share | Precision | Recall | F1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -317,13 +324,14 @@ def parse_label_spec(spec: str) -> Dict[str, str]:
     return labels
 
 
-def _read_records(path: Path) -> List[dict]:
+def _read_records(path: Path, column_names: Optional[Sequence[str]] = None) -> List[dict]:
+    """Records of a TSV/CSV (with a header row, or headerless with `column_names`), JSON or JSONL file."""
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".csv"):
         with open(path, newline="", encoding="utf-8") as handle:
             # GLUE-style TSVs quote nothing: a literal '"' inside a sentence must stay text.
             options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
-            return list(csv.DictReader(handle, **options))
+            return list(csv.DictReader(handle, fieldnames=list(column_names) if column_names else None, **options))
     if suffix == ".jsonl":
         with open(path, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
@@ -336,15 +344,19 @@ def _read_records(path: Path) -> List[dict]:
 
 
 def load_examples(path, text_column: str, label_column: str, label_values: Sequence[str],
-                  limit: Optional[int] = None) -> Tuple[List[str], List[int]]:
+                  limit: Optional[int] = None, text_pair_column: Optional[str] = None,
+                  column_names: Optional[Sequence[str]] = None) -> Tuple[list, List[int]]:
     """(texts, class ids) from a TSV/CSV/JSON/JSONL file; a label's class id is its position in `label_values`
-    (raw values as written in the file, compared as strings). Surrounding whitespace of texts is stripped."""
+    (raw values as written in the file, compared as strings). Surrounding whitespace of texts is stripped. With
+    `text_pair_column` each text is a (text, pair) tuple (e.g. premise, hypothesis); `column_names` names the columns
+    of a headerless TSV/CSV (XNLI)."""
     path = Path(path)
-    records = _read_records(path)
+    records = _read_records(path, column_names)
     if not all(isinstance(record, dict) for record in records):
         raise ValueError(f"{path}: expected one record (an object with named fields) per example")
-    if records and not {text_column, label_column} <= set(records[0]):
-        raise ValueError(f"{path} has columns {sorted(records[0])}, not {text_column!r} and {label_column!r}")
+    wanted = {text_column, label_column} | ({text_pair_column} if text_pair_column else set())
+    if records and not wanted <= set(records[0]):
+        raise ValueError(f"{path} has columns {sorted(map(str, records[0]))}, not all of {sorted(wanted)}")
     class_of = {str(value): c for c, value in enumerate(label_values)}
     texts, labels = [], []
     for index, record in enumerate(records[:limit] if limit is not None else records):
@@ -353,7 +365,12 @@ def load_examples(path, text_column: str, label_column: str, label_values: Seque
         raw = str(record[label_column]).strip()
         if raw not in class_of:
             raise ValueError(f"{path} row {index + 1}: label {raw!r} is outside the label set {list(class_of)}")
-        texts.append(str(record[text_column]).strip())
+        text = str(record[text_column]).strip()
+        if text_pair_column:
+            if record.get(text_pair_column) is None:
+                raise ValueError(f"{path} row {index + 1} lacks its {text_pair_column!r} value")
+            text = (text, str(record[text_pair_column]).strip())
+        texts.append(text)
         labels.append(class_of[raw])
     if not texts:
         raise ValueError(f"{path} holds no examples")

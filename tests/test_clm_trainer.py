@@ -19,9 +19,8 @@ from tests.test_diffusion_trainer import StopAt
 from tests.test_mlm_trainer import free_port, max_diff
 from trainers import run_modded_gpt
 from trainers.clm_data import pack_documents
-from trainers.clm_trainer import muon_param_groups
 from trainers.collators import CausalLMCollator
-from trainers.muon import MuonWithAdamW, orthogonalize
+from trainers.muon import MuonWithAdamW, muon_param_groups, orthogonalize
 
 DRIVER = Path(__file__).with_name("clm_trainer_driver.py")
 

@@ -141,9 +141,9 @@ MODDED_GPT_REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention
 
 
 @dataclass
-class CausalLMTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus causal-LM pretraining knobs: the optimizer (AdamW, or Muon for the hidden matrices
-    with AdamW for the rest), the trapezoid schedule's cooldown, warm starts and checkpoint exports."""
+class MuonTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the optimizer choice (AdamW, or Muon for the hidden matrices with AdamW for the rest),
+    the trapezoid schedule's cooldown, checkpoint exports and a wall-clock budget."""
 
     optimizer: str = field(default="adamw", metadata={"help": "'adamw', or 'muon' (Muon on the blocks' 2-D weights, "
                                                              "AdamW at learning_rate on the rest).",
@@ -156,16 +156,12 @@ class CausalLMTrainingArguments(TrainingArguments):
         metadata={"help": "With lr_scheduler_type=warmup_stable_decay (the trapezoid): the share of max_steps spent "
                           "decaying linearly at the end (the speedrun: 0.45); sets lr_scheduler_kwargs."},
     )
-    init_from: Optional[str] = field(
-        default=None, metadata={"help": "Start from this hubzoo export/checkpoint folder (loaded strictly)."}
-    )
     export_checkpoints: bool = field(
         default=True, metadata={"help": "Write a verified Hub export into every saved checkpoint (checkpoint-N/export)."}
     )
     max_train_minutes: Optional[float] = field(
         default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
     )
-    num_samples_to_print: int = field(default=3, metadata={"help": "Continuations generated from the export at the end."})
 
     def __post_init__(self):
         if self.cooldown_fraction is not None:
@@ -179,3 +175,23 @@ class CausalLMTrainingArguments(TrainingArguments):
                                         "num_decay_steps": max(1, int(self.cooldown_fraction * self.max_steps)),
                                         **given}
         super().__post_init__()
+
+
+@dataclass
+class CausalLMTrainingArguments(MuonTrainingArguments):
+    """Causal-LM pretraining: the optimizer knobs plus a warm start and the samples printed at the end."""
+
+    init_from: Optional[str] = field(
+        default=None, metadata={"help": "Start from this hubzoo export/checkpoint folder (loaded strictly)."}
+    )
+    num_samples_to_print: int = field(default=3, metadata={"help": "Continuations generated from the export at the end."})
+
+
+@dataclass
+class ClassificationTrainingArguments(MuonTrainingArguments):
+    """Sequence-classification fine-tuning: the optimizer knobs plus the collapse check of the report."""
+
+    collapse_margin: float = field(
+        default=0.25, metadata={"help": "Flag a collapse when one class takes this much more of the predictions than "
+                                        "of the gold labels (see eval_suites/metrics/classification)."}
+    )

@@ -1,6 +1,6 @@
 """`Trainer` for causal-LM pretraining: next-token cross-entropy with one label shift, normalised over the predicted
 tokens of the whole optimizer step (exact under gradient accumulation and data parallelism), padding never counted;
-an exact per-token evaluation loss; and a Muon option (`MuonWithAdamW`) for the hidden-layer matrices."""
+an exact per-token evaluation loss; and the Muon option of `MuonOptimizerMixin`."""
 
 from contextlib import nullcontext
 
@@ -10,30 +10,10 @@ from transformers import Trainer
 
 from modeling import device_value_checks
 from trainers.mlm_trainer import mean_scored_tokens_per_row, normalise_over_step
-from trainers.muon import MuonWithAdamW
+from trainers.muon import MuonOptimizerMixin
 
 
-def muon_param_groups(model, args) -> list:
-    """Muon for the 2-D weights of the blocks (`model.layers.*`; a fused QKV as three matrices), AdamW for everything
-    else (embeddings, value embeddings, head, classifier, `scalars`), as the speedrun splits them."""
-    muon, fused, adam = [], [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if ".layers." in f".{name}" and param.dim() == 2:
-            (fused if name.endswith("qkv_proj.weight") else muon).append(param)
-        else:
-            adam.append(param)
-    groups = [dict(params=adam, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                   eps=args.adam_epsilon, weight_decay=args.weight_decay)]
-    for params, split in ((muon, 1), (fused, 3)):
-        if params:
-            groups.append(dict(params=params, use_muon=True, lr=args.muon_learning_rate, momentum=args.muon_momentum,
-                               weight_decay=args.muon_weight_decay, split=split))
-    return groups
-
-
-class CausalLMTrainer(Trainer):
+class CausalLMTrainer(MuonOptimizerMixin, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:
@@ -47,13 +27,6 @@ class CausalLMTrainer(Trainer):
         accepted = getattr(unwrapped.config, "tokenizer_vocab_size", unwrapped.config.vocab_size)
         self._batches_checked = checked_below is not None and checked_below <= accepted
         self._eval_tokens_per_row = None
-
-    def create_optimizer(self, model=None):
-        if getattr(self.args, "optimizer", "adamw") != "muon":
-            return super().create_optimizer(model)
-        if self.optimizer is None:
-            self.optimizer = MuonWithAdamW(muon_param_groups(self.accelerator.unwrap_model(self.model), self.args))
-        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)

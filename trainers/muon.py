@@ -100,3 +100,35 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if group["weight_decay"]:
             param.mul_(1 - group["lr"] * group["weight_decay"])
         param.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / (1 - beta1 ** step))
+
+
+def muon_param_groups(model, args) -> list:
+    """Muon for the 2-D weights of the blocks (`model.layers.*`; a fused QKV as three matrices), AdamW for everything
+    else (embeddings, value embeddings, head, classifier, `scalars`), as the speedrun splits them."""
+    muon, fused, adam = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if ".layers." in f".{name}" and param.dim() == 2:
+            (fused if name.endswith("qkv_proj.weight") else muon).append(param)
+        else:
+            adam.append(param)
+    groups = [dict(params=adam, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                   eps=args.adam_epsilon, weight_decay=args.weight_decay)]
+    for params, split in ((muon, 1), (fused, 3)):
+        if params:
+            groups.append(dict(params=params, use_muon=True, lr=args.muon_learning_rate, momentum=args.muon_momentum,
+                               weight_decay=args.muon_weight_decay, split=split))
+    return groups
+
+
+class MuonOptimizerMixin:
+    """For `Trainer` subclasses: `args.optimizer == "muon"` builds `MuonWithAdamW` over `muon_param_groups`; anything
+    else is Trainer's own optimizer (`optim`)."""
+
+    def create_optimizer(self, model=None):
+        if getattr(self.args, "optimizer", "adamw") != "muon":
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            self.optimizer = MuonWithAdamW(muon_param_groups(self.accelerator.unwrap_model(self.model), self.args))
+        return self.optimizer
