@@ -273,7 +273,7 @@ def test_load_examples_formats(tmp_path):
     assert load_examples(tmp_path / "d.tsv", "sentence", "label", ["0", "1"], limit=2)[1] == [1, 0]
     with pytest.raises(ValueError, match="outside the label set"):
         load_examples(tmp_path / "d.tsv", "sentence", "label", ["0", "2"])
-    with pytest.raises(ValueError, match="not 'text'"):
+    with pytest.raises(ValueError, match=r"not all of \['label', 'text'\]"):
         load_examples(tmp_path / "d.tsv", "text", "label", ["0", "1"])
     assert parse_label_spec("0=negative, 1=positive") == {"0": "negative", "1": "positive"}
     with pytest.raises(ValueError, match="value=name"):
