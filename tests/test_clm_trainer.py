@@ -135,6 +135,16 @@ def test_muon_groups_and_orthogonalisation():
     matrix = torch.randn(3, 48, 32, generator=torch.Generator().manual_seed(0))
     singular = torch.linalg.svdvals(orthogonalize(matrix).float())
     assert singular.min() > 0.5 and singular.max() < 1.3, "Newton-Schulz pushes singular values towards 1"
+    weights = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(8, 4)),
+               torch.nn.Parameter(torch.randn(4, 6))]
+    start = [w.detach().clone() for w in weights]
+    for w in weights:
+        w.grad = torch.randn_like(w)
+    MuonWithAdamW([dict(params=weights, use_muon=True, lr=0.1, momentum=0.9)]).step()
+    for w, before in zip(weights, start):  # first step: buffer = 0.1 g, Nesterov direction = g.lerp(buffer, 0.9)
+        direction = w.grad.lerp(0.1 * w.grad, 0.9)
+        scale = max(1, w.shape[0] / w.shape[1]) ** 0.5
+        torch.testing.assert_close(w.detach(), before - 0.1 * scale * orthogonalize(direction), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="2-D"):
         MuonWithAdamW([dict(params=[torch.nn.Parameter(torch.zeros(3))], use_muon=True, lr=0.1)])
 

@@ -3,6 +3,7 @@ new, a learnable task is learned, and the reports and the export come out; XNLI-
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,14 @@ def write_task(path, rows=320, seed=0):
         lines.append(f"{' '.join(words)}\t{int(7 <= int(words[-1][1:]) <= 20)}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.mark.parametrize("path", sorted(Path(run_classification.__file__).with_name("configs").glob("classify_*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_config_parses(path, tmp_path):
+    args, training_args = run_classification.parse([str(path), "--output_dir", str(tmp_path), "--use_cpu", "true",
+                                                    "--bf16", "false", "--tf32", "false"])
+    assert run_classification.parse_label_spec(args.labels) and args.max_seq_length > 0
 
 
 def test_trunk_is_taken_over_strictly_and_the_head_is_new(causal_lm_export):

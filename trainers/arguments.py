@@ -24,6 +24,11 @@ class ModelArguments:
     tokenizer_type: str = field(
         default="wordpiece", metadata={"help": "Tokenizer to train: 'wordpiece' or 'bpe'.", "choices": ["wordpiece", "bpe"]}
     )
+    attn_implementation: Optional[str] = field(
+        default=None,
+        metadata={"help": "modded_gpt: 'sdpa' (default) or 'flex_attention' (document masks as FlexAttention block "
+                          "masks; for compiled training on a GPU). Not saved with the model."},
+    )
 
 
 @dataclass

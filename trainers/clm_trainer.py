@@ -5,7 +5,6 @@ an exact per-token evaluation loss; and the Muon option of `MuonOptimizerMixin`.
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 
 from modeling import device_value_checks
@@ -30,12 +29,11 @@ class CausalLMTrainer(MuonOptimizerMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)
-        logits = outputs.logits
-        # One shift: position t predicts labels[t + 1]; summed in fp32, -100 (padding, row starts) ignored.
-        total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
-                                reduction="sum")
+        labels = inputs["labels"]
+        # The model shifts the labels once and, with num_items_in_batch=1, returns the summed cross-entropy (fp32
+        # logits, -100 for padding and row starts ignored): the loss stays inside a compiled forward.
+        outputs = model(**inputs, use_cache=False, num_items_in_batch=1)
+        total = outputs.loss
         if not model.training and self._eval_tokens_per_row:
             loss = total / (labels.shape[0] * self._eval_tokens_per_row)
         else:

@@ -12,6 +12,8 @@ A group may set `split` > 1 to orthogonalise a fused weight as `split` stacked m
 Q, K and V, each orthogonalised on its own).
 """
 
+from collections import defaultdict
+
 import torch
 
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
@@ -63,27 +65,37 @@ class MuonWithAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if group["use_muon"]:
-                    self._muon_update(param, group)
-                else:
+            params = [param for param in group["params"] if param.grad is not None]
+            if group["use_muon"]:
+                self._muon_update(params, group)
+            else:
+                for param in params:
                     self._adamw_update(param, group)
         return loss
 
-    def _muon_update(self, param, group):
-        state = self.state[param]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(param)
-        buffer = state["momentum_buffer"]
-        buffer.lerp_(param.grad, 1 - group["momentum"])
-        direction = param.grad.lerp(buffer, group["momentum"]) if group["nesterov"] else buffer
-        matrices = direction.view(group["split"], -1, direction.size(-1))
-        update = orthogonalize(matrices, group["ns_steps"]) * max(1.0, matrices.size(-2) / matrices.size(-1)) ** 0.5
+    def _muon_update(self, params, group):
+        """One Muon step for the group: momentum on every weight at once, then Newton-Schulz on stacks of
+        equally shaped matrices (one batched call per shape instead of one per weight)."""
+        if not params:
+            return
+        for param in params:
+            if "momentum_buffer" not in self.state[param]:
+                self.state[param]["momentum_buffer"] = torch.zeros_like(param)
+        grads = [param.grad for param in params]
+        buffers = [self.state[param]["momentum_buffer"] for param in params]
+        torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
+        directions = torch._foreach_lerp(grads, buffers, group["momentum"]) if group["nesterov"] else buffers
         if group["weight_decay"]:
-            param.mul_(1 - group["lr"] * group["weight_decay"])
-        param.add_(update.view_as(param), alpha=-group["lr"])
+            torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+        by_shape = defaultdict(list)
+        for index, param in enumerate(params):
+            by_shape[tuple(param.shape)].append(index)
+        for shape, indices in by_shape.items():
+            matrices = torch.stack([directions[i] for i in indices]).view(len(indices), group["split"], -1, shape[-1])
+            scale = max(1.0, matrices.size(-2) / matrices.size(-1)) ** 0.5
+            updates = orthogonalize(matrices, group["ns_steps"]).unbind(0)
+            torch._foreach_add_([params[i] for i in indices], [u.view(shape) for u in updates],
+                                alpha=-group["lr"] * scale)
 
     def _adamw_update(self, param, group):
         state = self.state[param]

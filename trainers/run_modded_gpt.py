@@ -133,6 +133,11 @@ def main(model_args, data_args, training_args) -> None:
     train_texts, eval_texts = load_texts(data_args, seed=training_args.seed)
     tokenizer = obtain_gpt_tokenizer(model_args, training_args, train_texts)
     model = build_model(model_args, training_args, tokenizer, data_args.max_seq_length)
+    if model_args.attn_implementation:
+        if model_args.attn_implementation not in ("sdpa", "flex_attention"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'flex_attention', got "
+                             f"{model_args.attn_implementation!r}")
+        model.config._attn_implementation = model_args.attn_implementation  # read at every forward
     eot = model.config.eot_token_id
     train_set, eval_set = build_datasets(data_args, training_args, tokenizer, eot, train_texts, eval_texts)
     logger.info("%s: %s parameters, %d train / %d eval rows of %d tokens; %d process(es)", type(model).__name__,

@@ -3,7 +3,9 @@
 Faithful to `train_gpt.py@16e2da07` (small format) and `train_gpt_medium.py@06743860` (medium format) of
 KellerJordan/modded-nanogpt in eval mode; the per-era differences are config fields (see `ModdedGptConfig`). The
 original's FlexAttention block mask becomes an explicit boolean mask for SDPA with the same rule: causal, within one
-document (`cumsum(ids == eot)`), and a sliding window counted in whole 128-token blocks of absolute position.
+document (`cumsum(ids == eot)`), and a sliding window counted in whole 128-token blocks of absolute position. With
+`attn_implementation="flex_attention"` (for compiled training on a GPU) the same rule becomes a FlexAttention block
+mask, which skips the blocks no query sees; the KV-cache steps of generation always use SDPA.
 """
 
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import ModelOutput
@@ -106,6 +109,28 @@ def attention_masks(config, query_positions, key_positions, query_docs, key_docs
     return masks
 
 
+def flex_block_masks(config, positions, docs, valid):
+    """{window blocks or None: BlockMask}: the rule of `attention_masks` for FlexAttention (no cache)."""
+    batch, length = positions.shape
+    windows = {config.window_blocks(layer) for layer in range(config.num_hidden_layers)
+               if layer not in config.layers_without_attention}
+    masks = {}
+    for window in windows:
+        def mask_mod(b, h, q, k, window=window):
+            allowed = k <= q
+            if docs is not None:
+                allowed = allowed & (docs[b, k] == docs[b, q])
+            if valid is not None:
+                allowed = allowed & valid[b, k]
+            if window is not None:
+                block = config.window_block_size
+                allowed = allowed & (positions[b, k] // block >= positions[b, q] // block - (window - 1))
+            return allowed | (k == q)
+
+        masks[window] = create_block_mask(mask_mod, batch, None, length, length, device=positions.device)
+    return masks
+
+
 class ModdedGptAttention(nn.Module):
     """QK-normed, half-truncated rotary self-attention with a constant scale; fused QKV (`qkv_w` of the original,
     rows Q, K, V) and a value-embedding mix `v = λ0·v + λ1·ve`."""
@@ -128,13 +153,16 @@ class ModdedGptAttention(nn.Module):
         if self.config.value_norm:
             v = rms_norm(v)
         v = value_lambdas[0] * v
-        if value_embedding is not None:
-            v = v + value_lambdas[1] * value_embedding.view_as(v)
+        if value_embedding is not None:  # in v's dtype: under autocast the embedding is fp32, v bf16
+            v = v + value_lambdas[1] * value_embedding.view_as(v).type_as(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.update(k, v, self.cache_index)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
-                                           scale=self.config.attention_scale)
+        if isinstance(mask, BlockMask):
+            y = flex_attention(q, k, v.type_as(q), block_mask=mask, scale=self.config.attention_scale)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
+                                               scale=self.config.attention_scale)
         return self.o_proj(y.transpose(1, 2).reshape(batch, length, heads * head_dim))
 
 
@@ -187,6 +215,7 @@ class ModdedGptPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ModdedGptBlock"]
     _supports_sdpa = True
+    _supports_flex_attn = True
     # Range checks of ids read tensor values: on an accelerator each is a host-device sync; trainers that checked the
     # batch on the CPU turn them off (modeling.device_value_checks).
     check_values_on_device = True
@@ -289,7 +318,11 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         key_docs = self._documents(input_ids, document_ids, past_length)
         query_docs = None if key_docs is None else key_docs[:, past_length:]
         key_valid = None if attention_mask is None else attention_mask.bool()
-        masks = attention_masks(config, query_positions, key_positions, query_docs, key_docs, key_valid, past_length)
+        if config._attn_implementation == "flex_attention" and past_length == 0:
+            masks = flex_block_masks(config, key_positions, key_docs, key_valid)
+        else:
+            masks = attention_masks(config, query_positions, key_positions, query_docs, key_docs, key_valid,
+                                    past_length)
         angles = query_positions[..., None].float() * rotary_frequencies(config, input_ids.device)
         cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]
 
@@ -379,15 +412,16 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
         cache: Optional[DynamicCache] = None,
         use_cache: Optional[bool] = None,
         labels: Optional[torch.Tensor] = None,
+        num_items_in_batch: Optional[torch.Tensor] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ):
         """`labels` (B, T) are the input ids with -100 where no loss is wanted (padding): the model shifts them once,
-        position t predicts labels[t + 1]."""
+        position t predicts labels[t + 1]. The loss is their mean cross-entropy, or the sum / `num_items_in_batch`."""
         outputs = self.model(input_ids, attention_mask, position_ids, document_ids, past_key_values, cache, use_cache,
                              output_hidden_states, return_dict=True)
         logits = self.capped_logits(outputs.last_hidden_state)
-        loss = None if labels is None else self.next_token_loss(logits, labels)
+        loss = None if labels is None else self.next_token_loss(logits, labels, num_items_in_batch)
         output = ModdedGptCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
         return output if return_dict in (None, True) else output.to_tuple()
 
@@ -403,16 +437,21 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
             return cap * logits * torch.rsqrt(logits.square() + cap * cap)
         return logits
 
-    def next_token_loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Cross-entropy of position t against labels[t + 1] over all head rows, ignoring -100."""
+    def next_token_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        """Cross-entropy of position t against labels[t + 1] over all head rows, ignoring -100: the mean over the
+        labelled targets, or their sum / `num_items_in_batch` when given (Trainer's gradient-accumulation contract;
+        1 gives the sum). The labels are shifted, not the logits, so the (B, T, vocab) logits are never copied."""
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels shape {tuple(labels.shape)} must match input_ids {tuple(logits.shape[:2])}")
-        targets = labels[:, 1:]
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         if self._values_checked(labels):
             bad = (targets != -100) & ((targets < 0) | (targets >= self.config.tokenizer_vocab_size))
             if bad.any():
                 raise ValueError(f"labels hold ids outside [0, {self.config.tokenizer_vocab_size}) that are not -100")
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction)
+        if num_items_in_batch is None:
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        return total / num_items_in_batch
 
     def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
         """As transformers', plus the document ids of the whole sequence so far (the cache holds only keys)."""
