@@ -18,8 +18,8 @@ def small_track_layout(num_layers: int) -> dict:
 
     Value embeddings on the first and last three blocks; U-net skips from block `n/2-1-k` into block `n/2+k`, weighted
     by `scalars[k]`; `scalars` = [skip weights (n, the first n/2 used), block lambdas (2n), value lambdas (2n)]
-    (+ padding to the world size, which only a converter sees); no attention in block 7; windows long on blocks
-    0, 4, 7 and the last."""
+    (+ padding to the world size, which only a converter sees); no attention in block 7 (at 12 blocks, where the
+    record placed it; other depths keep every attention layer); windows long on blocks 0, 4, 7 and the last."""
     half = num_layers // 2
     windows = ["short"] * num_layers
     for layer in (0, 4, 7, num_layers - 1):
@@ -31,7 +31,7 @@ def small_track_layout(num_layers: int) -> dict:
         block_lambdas_offset=num_layers,
         value_lambdas_offset=3 * num_layers,
         num_scalars=5 * num_layers,
-        layers_without_attention=[7] if num_layers > 7 else [],
+        layers_without_attention=[7] if num_layers == 12 else [],
         attention_windows=windows,
         attention_input_norm=True,
         value_norm=False,
@@ -92,8 +92,8 @@ class ModdedGptConfig(PretrainedConfig):
             RMS-norm the attention's input (small format); the medium format feeds the raw stream and norms q, k, v.
         value_norm (`bool`, *optional*, defaults to `False`):
             RMS-norm the values per head before mixing in the value embeddings (medium format).
-        layers_without_attention (`list[int]`, *optional*, defaults to `[7]`):
-            Blocks that have only the MLP.
+        layers_without_attention (`list[int]`, *optional*):
+            Blocks that have only the MLP; defaults to `[7]` at 12 blocks (the record's), none at other depths.
         attention_windows (`list[str]`, *optional*):
             `"long"` or `"short"` per block; defaults to the small-track pattern `[L,S,S,S,L,S,S,L,S,S,S,L]`.
         sliding_window_num_blocks (`int`, *optional*):

@@ -21,6 +21,13 @@ def ids(*shape, seed=0):
     return torch.randint(1, EOT, shape, generator=torch.Generator().manual_seed(seed))
 
 
+def test_default_layout_is_valid_at_every_depth():
+    for depth in range(1, 25):
+        config = ModdedGptConfig(**{**TINY, "num_hidden_layers": depth})
+        assert config.layers_without_attention == ([7] if depth == 12 else [])
+        assert len(config.skip_connections) == depth // 2 and config.num_scalars == 5 * depth
+
+
 def test_default_init_is_the_originals():
     model = ModdedGptForCausalLM(ModdedGptConfig(**TINY))
     for layer in model.model.layers:
