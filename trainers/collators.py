@@ -123,6 +123,22 @@ class MaskingEpochCallback(TrainerCallback):
         self.collator.epoch = int(state.epoch + 1e-6)
 
 
+def right_pad_checked(examples, pad_token_id: int, vocabulary_size: int):
+    """(input_ids, real) numpy arrays of the examples right-padded to the longest; every id must lie in
+    [0, vocabulary_size) (checked here on the CPU, so the model's own checks can stay off on accelerators)."""
+    width = max(len(example["input_ids"]) for example in examples)
+    input_ids = np.full((len(examples), width), pad_token_id, dtype=np.int64)
+    real = np.zeros((len(examples), width), dtype=bool)
+    for row, example in enumerate(examples):
+        ids = np.asarray(example["input_ids"], dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= vocabulary_size):
+            raise ValueError(f"Example {row} of the batch holds token ids outside [0, {vocabulary_size}) "
+                             f"(min {ids.min()}, max {ids.max()}): it was not tokenized with this tokenizer")
+        input_ids[row, :len(ids)] = ids
+        real[row, :len(ids)] = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
+    return input_ids, real
+
+
 @dataclass
 class DiffusionCollator:
     """Batches of clean token ids for masked diffusion training; the trainer draws the noise.
@@ -137,19 +153,11 @@ class DiffusionCollator:
     vocabulary_size: int  # ids must lie below it (the model's vocab_size)
 
     def __call__(self, examples):
-        width = max(len(example["input_ids"]) for example in examples)
-        input_ids = np.full((len(examples), width), self.pad_token_id, dtype=np.int64)
-        real = np.zeros((len(examples), width), dtype=bool)
-        for row, example in enumerate(examples):
-            ids = np.asarray(example["input_ids"], dtype=np.int64)
-            if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
-                raise ValueError(f"Example {row} of the batch holds token ids outside [0, {self.vocabulary_size}) "
-                                 f"(min {ids.min()}, max {ids.max()}): it was not tokenized with this tokenizer")
-            if (ids == self.mask_token_id).any():
-                raise ValueError(f"Example {row} of the batch contains the mask id {self.mask_token_id} as a real "
-                                 "token")
-            input_ids[row, :len(ids)] = ids
-            real[row, :len(ids)] = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
+        input_ids, real = right_pad_checked(examples, self.pad_token_id, self.vocabulary_size)
+        masked_rows = sorted(set(np.nonzero((input_ids == self.mask_token_id) & real)[0].tolist()))
+        if masked_rows:
+            raise ValueError(f"Example {masked_rows[0]} of the batch contains the mask id {self.mask_token_id} as a "
+                             "real token")
         batch = {"input_ids": torch.from_numpy(input_ids),
                  "labels": torch.from_numpy(np.where(real, input_ids, -100))}
         if not real.all():
@@ -170,16 +178,7 @@ class CausalLMCollator:
     vocabulary_size: int
 
     def __call__(self, examples):
-        width = max(len(example["input_ids"]) for example in examples)
-        input_ids = np.full((len(examples), width), self.pad_token_id, dtype=np.int64)
-        real = np.zeros((len(examples), width), dtype=bool)
-        for row, example in enumerate(examples):
-            ids = np.asarray(example["input_ids"], dtype=np.int64)
-            if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
-                raise ValueError(f"Example {row} of the batch holds token ids outside [0, {self.vocabulary_size}) "
-                                 f"(min {ids.min()}, max {ids.max()}): it was not tokenized with this tokenizer")
-            input_ids[row, :len(ids)] = ids
-            real[row, :len(ids)] = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
+        input_ids, real = right_pad_checked(examples, self.pad_token_id, self.vocabulary_size)
         labels = np.where(real, input_ids, -100)
         labels[:, 0] = -100
         batch = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}

@@ -65,7 +65,7 @@ def rotary_frequencies(config: ModdedGptConfig, device) -> torch.Tensor:
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, convention: str) -> torch.Tensor:
     """Rotate the two halves of each head of x (B, T, H, D) in float32; cos/sin are (B, T, 1, D/2). The speedrun's
-    sign (`"modded"`) is the transpose of transformers' `rotate_half` (`"hf"`)."""
+    convention (`"modded"`) has the opposite sin sign to transformers' `rotate_half` (`"hf"`): a rotation by -θ."""
     x1, x2 = x.float().chunk(2, dim=-1)
     if convention == "hf":
         sin = -sin
@@ -77,14 +77,15 @@ def document_ids_of(input_ids: torch.Tensor, eot_token_id: int) -> torch.Tensor:
     return (input_ids == eot_token_id).cumsum(dim=-1)
 
 
-def attention_masks(config, query_positions, key_positions, query_docs, key_docs, key_valid, past_length):
+def attention_masks(config, query_positions, key_positions, query_docs, key_docs, key_valid, past_length,
+                    last_position):
     """{window blocks or None: (B, 1, Tq, Tk) boolean mask}, one per distinct window among the attention layers;
-    returns None when plain causal attention is exact (SDPA can then use `is_causal`)."""
+    returns None when plain causal attention is exact (SDPA can then use `is_causal`). `last_position` bounds the
+    positions (known without reading them), to tell whether a window can bind."""
     batch, query_length = query_positions.shape
     key_length = key_positions.shape[1]
     windows = {config.window_blocks(layer) for layer in range(config.num_hidden_layers)
                if layer not in config.layers_without_attention}
-    last_position = past_length + query_length - 1
     binding = {w for w in windows if w is not None and last_position // config.window_block_size >= w - 1}
     if key_valid is None and query_docs is None and not binding and (query_length == 1 or past_length == 0):
         return None
@@ -321,8 +322,11 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         if config._attn_implementation == "flex_attention" and past_length == 0:
             masks = flex_block_masks(config, key_positions, key_docs, key_valid)
         else:
+            # Default positions never exceed the index; given ones are only bounded by the rotary tables.
+            last_position = (past_length + input_ids.shape[1] - 1 if position_ids is None
+                             else config.max_position_embeddings - 1)
             masks = attention_masks(config, query_positions, key_positions, query_docs, key_docs, key_valid,
-                                    past_length)
+                                    past_length, last_position)
         angles = query_positions[..., None].float() * rotary_frequencies(config, input_ids.device)
         cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]
 

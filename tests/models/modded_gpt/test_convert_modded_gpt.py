@@ -13,17 +13,11 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from hub_exports.__main__ import main as hub_exports_cli
 from hub_exports.convert_modded_gpt import convert_modded_gpt, load_tokenizer, read_checkpoint
 
-FIXTURE = dict(tokenizer_vocab_size=321, eot_token_id=320, head_dim=32, sliding_window_num_blocks=2,
-               max_position_embeddings=384)
+from tests.models.modded_gpt.test_modded_gpt_parity import FIXTURE, fixture_dir  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
-def fixture_dir(shared_dir):
-    return shared_dir / "fixtures" / "modded_gpt"
-
-
-@pytest.fixture(scope="module")
-def input_ids(fixture_dir):
+def input_ids(fixture_dir):  # noqa: F811
     return load_file(fixture_dir / "inputs.safetensors")["input_ids"].long()[None]
 
 
