@@ -135,7 +135,8 @@ def architecture(state: dict, checkpoint_format: str, head_dim: int) -> dict:
     if scalars.dim() != 1 or scalars.shape[0] < 5 * num_layers:
         raise ValueError(f"scalars has shape {tuple(scalars.shape)}; {num_layers} blocks need at least "
                          f"{5 * num_layers} entries (skip weights, block lambdas, value lambdas, then padding)")
-    value_embeddings = sorted(int(m.group(1)) for key in state if (m := re.fullmatch(r"value_embeds\.(\d+)\.weight", key)))
+    value_embeddings = sorted(int(m.group(1)) for key in state
+                              if (m := re.fullmatch(r"value_embeds\.(\d+)\.weight", key)))
     fields = dict(vocab_size=head.shape[0], hidden_size=hidden_size, num_hidden_layers=num_layers,
                   num_attention_heads=inner // head_dim, head_dim=head_dim, intermediate_size=up.shape[0],
                   num_scalars=scalars.shape[0],

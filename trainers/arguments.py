@@ -189,7 +189,8 @@ class CausalLMTrainingArguments(MuonTrainingArguments):
     init_from: Optional[str] = field(
         default=None, metadata={"help": "Start from this hubzoo export/checkpoint folder (loaded strictly)."}
     )
-    num_samples_to_print: int = field(default=3, metadata={"help": "Continuations generated from the export at the end."})
+    num_samples_to_print: int = field(default=3,
+                                      metadata={"help": "Continuations generated from the export at the end."})
 
 
 @dataclass

@@ -4,9 +4,9 @@ Written from the published description (Keller Jordan's Muon write-up and the mo
 weight of the hidden layers, keep a momentum buffer, take the Nesterov-style blend of gradient and buffer, replace it
 by an approximation of its nearest semi-orthogonal matrix (5 iterations of the quintic Newton-Schulz map
 X <- aX + (bA + cA²)X with A = XXᵀ and (a, b, c) = (3.4445, -4.7750, 2.0315), in bfloat16 on accelerators, after
-normalising by the Frobenius norm), and step along it scaled by max(1, rows/cols)^½. Embeddings, the head and scalar gains are not
-hidden-layer matrices and take AdamW steps in the same optimizer (param groups with `use_muon=False`), so Trainer's
-scheduler, gradient clipping and checkpoint/resume handle one optimizer.
+normalising by the Frobenius norm), and step along it scaled by max(1, rows/cols)^½. Embeddings, the head and scalar
+gains are not hidden-layer matrices and take AdamW steps in the same optimizer (param groups with `use_muon=False`),
+so Trainer's scheduler, gradient clipping and checkpoint/resume handle one optimizer.
 
 A group may set `split` > 1 to orthogonalise a fused weight as `split` stacked matrices (the speedrun's `qkv_w` is
 Q, K and V, each orthogonalised on its own).

@@ -74,9 +74,9 @@ def classifier_from_causal_lm(folder, label_names):
     classifier = classes["AutoModelForSequenceClassification"](config)
     prefix = classifier.base_model_prefix
     getattr(classifier, prefix).load_state_dict(getattr(causal_lm, prefix).state_dict(), strict=True)
-    dropped = sorted(set(causal_lm.state_dict()) - {f"{prefix}.{key}" for key in getattr(causal_lm, prefix).state_dict()})
-    logger.info("trunk loaded strictly from %s; dropped %s; new head %s", folder, dropped,
-                sorted(set(classifier.state_dict()) - {f"{prefix}.{k}" for k in getattr(classifier, prefix).state_dict()}))
+    trunk = {f"{prefix}.{key}" for key in getattr(classifier, prefix).state_dict()}
+    logger.info("trunk loaded strictly from %s; dropped %s; new head %s", folder,
+                sorted(set(causal_lm.state_dict()) - trunk), sorted(set(classifier.state_dict()) - trunk))
     return classifier
 
 

@@ -101,14 +101,15 @@ def model_card(model, data_args, training_args, num_lines: int) -> CardInfo:
     optimizer = (f"Muon (lr {training_args.muon_learning_rate}) on the blocks' matrices and AdamW (lr "
                  f"{training_args.learning_rate}) on the rest" if training_args.optimizer == "muon"
                  else f"AdamW lr {training_args.learning_rate}")
+    rows = "packed documents, document-masked attention" if data_args.packing else "one document per row"
     return CardInfo(
         description=f"A modded-nanogpt GPT ({model.num_parameters():,} parameters) pretrained by hubzoo.",
         training_data=(f"{num_lines:,} lines from {source}" if source else
                        f"The hubzoo embedded corpus: {num_lines:,} generated English-like sentences "
                        f"(seed {training_args.seed})."),
-        training_procedure=(f"Next-token cross-entropy on rows of {data_args.max_seq_length} tokens "
-                            f"({'packed documents, document-masked attention' if data_args.packing else 'one document per row'}), "
-                            f"{optimizer}, {training_args.lr_scheduler_type} schedule, {training_args.max_steps} steps."),
+        training_procedure=(f"Next-token cross-entropy on rows of {data_args.max_seq_length} tokens ({rows}), "
+                            f"{optimizer}, {training_args.lr_scheduler_type} schedule, "
+                            f"{training_args.max_steps} steps."),
         limitations="A small research model; its perplexity is on the held-out split named in the results.",
     )
 

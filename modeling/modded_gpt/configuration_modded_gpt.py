@@ -51,8 +51,8 @@ def _first_and_last_three(num_layers: int) -> list:
 class ModdedGptConfig(PretrainedConfig):
     r"""
     Configuration for the modded-nanogpt GPT: parameter-free RMSNorm everywhere, embeddings normed into `x0` and
-    re-injected into every block (`x = λ0·x + λ1·x0`), QK-normed attention with half-truncated rotary embeddings and a
-    constant scale, value embeddings mixed into the values of chosen blocks, U-net skip connections, ReLU² MLPs, an
+    re-injected into every block (`x = λ0·x + λ1·x0`), QK-normed attention with half-truncated rotary embeddings and
+    a constant scale, value embeddings mixed into the values of chosen blocks, U-net skip connections, ReLU² MLPs, an
     untied head with a logit soft-cap, and document-causal attention with block-granular sliding windows.
 
     The defaults are the 124M small-track model of `train_gpt.py` (2025-05-30 .. 2025-07-14).
@@ -114,8 +114,8 @@ class ModdedGptConfig(PretrainedConfig):
         block_lambdas_offset (`int`, *optional*):
             Block i mixes `x = scalars[o+2i]·x + scalars[o+2i+1]·x0`; default `num_hidden_layers`.
         value_lambdas_offset (`int`, *optional*):
-            Block i mixes `v = scalars[o+2i]·v + scalars[o+2i+1]·ve` (just the first factor without a value embedding);
-            default `3 * num_hidden_layers`.
+            Block i mixes `v = scalars[o+2i]·v + scalars[o+2i+1]·ve` (only the first term without a value
+            embedding); default `3 * num_hidden_layers`.
         logit_softcap (`str`, *optional*, defaults to `"sigmoid"`):
             `"sigmoid"`: `cap · sigmoid(z / temperature)`; `"isru"`: `cap · z / sqrt(z² + cap²)`; `"none"`.
         logit_softcap_cap (`float`, *optional*, defaults to 30.0):
@@ -228,8 +228,9 @@ class ModdedGptConfig(PretrainedConfig):
             raise ValueError(f"eot_token_id ({self.eot_token_id}) must be a real token id "
                              f"(< tokenizer_vocab_size={self.tokenizer_vocab_size})")
         if self.num_attention_heads * self.head_dim != self.hidden_size:
-            raise ValueError(f"num_attention_heads * head_dim ({self.num_attention_heads} * {self.head_dim}) must equal "
-                             f"hidden_size ({self.hidden_size}): value embeddings are added to every head's values")
+            raise ValueError(f"num_attention_heads * head_dim ({self.num_attention_heads} * {self.head_dim}) must "
+                             f"equal hidden_size ({self.hidden_size}): value embeddings are added to every head's "
+                             "values")
         if self.head_dim % 4:
             raise ValueError(f"head_dim ({self.head_dim}) must be divisible by 4 (half-truncated rotary embeddings)")
         if self.rotary_convention not in ROTARY_CONVENTIONS:

@@ -24,9 +24,9 @@ from .configuration_modded_gpt import ModdedGptConfig
 
 @dataclass
 class ModdedGptModelOutput(ModelOutput):
-    """`last_hidden_state` is after the final RMSNorm; `hidden_states` are x0 and the output of every block. The KV cache
-    is `cache` (the name transformers 5.24 gave it; generation updates the cache object in place, so transformers 5.17,
-    which looks for `past_key_values`, keeps using the same object)."""
+    """`last_hidden_state` is after the final RMSNorm; `hidden_states` are x0 and the output of every block. The KV
+    cache is `cache` (the name transformers 5.24 gave it; generation updates the cache object in place, so
+    transformers 5.17, which looks for `past_key_values`, keeps using the same object)."""
 
     last_hidden_state: Optional[torch.FloatTensor] = None
     cache: Optional[DynamicCache] = None
@@ -245,9 +245,9 @@ class ModdedGptPreTrainedModel(PreTrainedModel):
 def init_scalars(scalars: torch.Tensor, config: ModdedGptConfig) -> None:
     nn.init.ones_(scalars)
     for layer in range(config.num_hidden_layers):
-        nn.init.zeros_(scalars[config.block_lambdas_offset + 2 * layer + 1: config.block_lambdas_offset + 2 * layer + 2])
-        nn.init.constant_(scalars[config.value_lambdas_offset + 2 * layer: config.value_lambdas_offset + 2 * layer + 2],
-                          0.5)
+        block, value = config.block_lambdas_offset + 2 * layer, config.value_lambdas_offset + 2 * layer
+        nn.init.zeros_(scalars[block + 1:block + 2])
+        nn.init.constant_(scalars[value:value + 2], 0.5)
 
 
 def check_inputs(input_ids, attention_mask, past_length, config, check_values):
@@ -426,7 +426,8 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
                              output_hidden_states, return_dict=True)
         logits = self.capped_logits(outputs.last_hidden_state)
         loss = None if labels is None else self.next_token_loss(logits, labels, num_items_in_batch)
-        output = ModdedGptCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
+        output = ModdedGptCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache,
+                                         hidden_states=outputs.hidden_states)
         return output if return_dict in (None, True) else output.to_tuple()
 
     def capped_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ class TestModdedGpt(ModelTesterMixin):
                 {"rotary_convention": "interleaved"}, {"logit_softcap": "tanh"},
                 {"logit_softcap": "isru", "logit_softcap_temperature": 60.0}, {"layers_without_attention": [12]},
                 {"attention_windows": ["long"] * 11}, {"sliding_window_num_blocks": 1},
-                {"value_embedding_layers": [0, 2] + [None] * 10}, {"value_embedding_layers": [None] * 7 + [0] + [None] * 4},
+                {"value_embedding_layers": [0, 2] + [None] * 10},
+                {"value_embedding_layers": [None] * 7 + [0] + [None] * 4},
                 {"skip_connections": [[6, 5, 0]]}, {"skip_connections": [[5, 6, 12]]}, {"num_scalars": 59},
                 {"block_lambdas_offset": 0}]
