@@ -73,6 +73,8 @@ def cmd_push(args) -> int:
 def cmd_convert(args) -> int:
     if args.source_format == "modded_gpt":
         return convert_modded_gpt_command(args)
+    if args.source_format == "backpack":
+        return convert_backpack_command(args)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.source)
     if args.source_format == "ltg_bert":
         from hub_exports.convert_ltg_bert import convert_ltg_bert
@@ -113,6 +115,23 @@ def convert_modded_gpt_command(args) -> int:
     return _export_and_verify(model, tokenizer, args.out, _card(args))
 
 
+def convert_backpack_command(args) -> int:
+    from hub_exports.convert_backpack import convert_backpack
+    from hub_exports.convert_modded_gpt import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer or "gpt2")
+    try:
+        model, checkpoint_format = convert_backpack(args.source, tokenizer)
+    except ValueError as error:
+        print(f"Not converted: {error}", file=sys.stderr)
+        return 1
+    c = model.config
+    print(f"Converted a {checkpoint_format} checkpoint ({c.sense_network} sense network): {c.num_senses} senses, "
+          f"{c.num_hidden_layers} contextualization blocks, d={c.hidden_size}, vocab {c.vocab_size}, "
+          f"{model.num_parameters():,} parameters")
+    return _export_and_verify(model, tokenizer, args.out, _card(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hub_exports", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,10 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_push)
 
     p = commands.add_parser("convert", help="original checkpoint -> verified hubzoo export")
-    p.add_argument("source_format", choices=["ltg_bert", "mdlm", "bd3lm", "modded_gpt"])
+    p.add_argument("source_format", choices=["ltg_bert", "mdlm", "bd3lm", "modded_gpt", "backpack"])
     p.add_argument("source", help="ltg_bert: folder with config.json + pytorch_model.bin; mdlm/bd3lm: Hub folder "
                                   "(config.json + model.safetensors) or Lightning .ckpt file; modded_gpt: the "
-                                  "speedrun's state_step*.pt")
+                                  "speedrun's state_step*.pt; backpack: a backpack-gpt2 folder or a nanoBackpackLM "
+                                  "ckpt.pt")
     p.add_argument("out")
     p.add_argument("--position-qk-split", choices=["chunk_first", "per_head_interleaved"],
                    help="ltg_bert (required): relative-position split the checkpoint was trained with")

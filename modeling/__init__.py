@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import transformers
 
-from . import bd3lm, ltg_bert, mdlm, modded_gpt
+from . import backpack, bd3lm, ltg_bert, mdlm, modded_gpt
 
 # model_type -> (config class, {Auto class name: model class})
 ARCHITECTURES = {
@@ -17,6 +17,7 @@ ARCHITECTURES = {
     "mdlm": (mdlm.MdlmConfig, mdlm.AUTO_CLASSES),
     "bd3lm": (bd3lm.Bd3lmConfig, bd3lm.AUTO_CLASSES),
     "modded_gpt": (modded_gpt.ModdedGptConfig, modded_gpt.AUTO_CLASSES),
+    "backpack": (backpack.BackpackConfig, backpack.AUTO_CLASSES),
 }
 
 

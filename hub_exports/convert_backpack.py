@@ -1,0 +1,202 @@
+"""Convert Backpack checkpoints into hubzoo's `backpack` causal LM, strictly. Two sources:
+
+* **backpack-gpt2** (`stanfordnlp/backpack-gpt2`, HF remote code): a folder with `config.json` (`model_type` "gpt2",
+  `num_senses`, `sense_intermediate_scale`, ...) and `pytorch_model.bin` (or `model.safetensors`). GPT-2 and
+  sense-network projections are `Conv1D` (weight (in, out)) and are transposed; the shared embedding is saved under
+  three keys (`backpack.gpt2_model.wte`, `backpack.word_embeddings`, `lm_head`) and the positions under two: any subset
+  is accepted, several must be equal. GPT-2's `attn.bias`/`attn.masked_bias` buffers are dropped.
+* **nanoBackpackLM** (`SwordElucidator/nanoBackpackLM`): the `ckpt.pt` dict of `train.py` (`model` with the
+  `_orig_mod.` prefix, `model_args`; `optimizer`, `iter_num`, `best_val_loss`, `config` ignored). The embedding has four
+  keys; the contextualizer has `n_layer - 1` blocks; the sense network's last projection and LayerNorm are d-major and
+  are permuted to hubzoo's sense-major layout; the causal-mask buffer is dropped.
+
+Both are read with `torch.load(weights_only=True)` (or safetensors); unknown keys and missing tensors stop the
+conversion with their names.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from modeling.backpack import BackpackConfig, BackpackForCausalLM
+
+PREFIX = "_orig_mod."
+EMBEDDING = "backpack.embed_tokens.weight"
+POSITIONS = "backpack.embed_positions.weight"
+# (original key regex, hubzoo key template, transpose a Conv1D weight). `None` target: a buffer to drop.
+STANFORD_KEYS = [
+    (r"backpack\.(gpt2_model\.wte|word_embeddings)\.weight|lm_head\.weight", EMBEDDING, False),
+    (r"backpack\.(gpt2_model\.wpe|position_embeddings)\.weight", POSITIONS, False),
+    (r"backpack\.gpt2_model\.h\.(\d+)\.ln_1\.(weight|bias)", r"backpack.layers.\1.attn_norm.\2", False),
+    (r"backpack\.gpt2_model\.h\.(\d+)\.attn\.c_attn\.(weight|bias)", r"backpack.layers.\1.attn.qkv_proj.\2", True),
+    (r"backpack\.gpt2_model\.h\.(\d+)\.attn\.c_proj\.(weight|bias)", r"backpack.layers.\1.attn.o_proj.\2", True),
+    (r"backpack\.gpt2_model\.h\.(\d+)\.ln_2\.(weight|bias)", r"backpack.layers.\1.mlp_norm.\2", False),
+    (r"backpack\.gpt2_model\.h\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"backpack.layers.\1.mlp.up_proj.\2", True),
+    (r"backpack\.gpt2_model\.h\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"backpack.layers.\1.mlp.down_proj.\2", True),
+    (r"backpack\.gpt2_model\.h\.\d+\.attn\.(bias|masked_bias)", None, False),
+    (r"backpack\.gpt2_model\.ln_f\.(weight|bias)", r"backpack.final_norm.\1", False),
+    (r"backpack\.sense_network\.ln\.(weight|bias)", r"backpack.sense_network.input_norm.\1", False),
+    (r"backpack\.sense_network\.block\.ln_(\d)\.(weight|bias)", r"backpack.sense_network.block_norm_\1.\2", False),
+    (r"backpack\.sense_network\.block\.mlp\.c_fc\.(weight|bias)", r"backpack.sense_network.block_mlp.up_proj.\1", True),
+    (r"backpack\.sense_network\.block\.mlp\.c_proj\.(weight|bias)", r"backpack.sense_network.block_mlp.down_proj.\1",
+     True),
+    (r"backpack\.sense_network\.final_mlp\.c_fc\.(weight|bias)", r"backpack.sense_network.output_mlp.up_proj.\1",
+     True),
+    (r"backpack\.sense_network\.final_mlp\.c_proj\.(weight|bias)", r"backpack.sense_network.output_mlp.down_proj.\1",
+     True),
+    (r"backpack\.sense_weight_net\.c_attn\.(weight|bias)", r"backpack.sense_weights.\1", False),  # an nn.Linear
+]
+NANO_KEYS = [
+    (r"wte\.weight|backpack\.logit_layer\.lm_head\.weight|backpack\.sense_vector_layer\.wte\.weight"
+     r"|backpack\.contextualization_layer\.transformer\.wte\.weight", EMBEDDING, False),
+    (r"backpack\.contextualization_layer\.transformer\.wpe\.weight", POSITIONS, False),
+    (r"backpack\.sense_vector_layer\.ff_(\d)\.c_fc\.(weight|bias)", r"backpack.sense_network.mlp_\1.up_proj.\2", False),
+    (r"backpack\.sense_vector_layer\.ff_(\d)\.c_proj\.(weight|bias)", r"backpack.sense_network.mlp_\1.down_proj.\2",
+     False),
+    (r"backpack\.sense_vector_layer\.ln_(\d)\.(weight|bias)", r"backpack.sense_network.norm_\1.\2", False),
+    (r"backpack\.contextualization_layer\.bias", None, False),
+    (r"backpack\.contextualization_layer\.transformer\.h\.\d+\.attn\.bias", None, False),
+    (r"backpack\.contextualization_layer\.transformer\.h\.(\d+)\.ln_1\.(weight|bias)",
+     r"backpack.layers.\1.attn_norm.\2", False),
+    (r"backpack\.contextualization_layer\.transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)",
+     r"backpack.layers.\1.attn.qkv_proj.\2", False),
+    (r"backpack\.contextualization_layer\.transformer\.h\.(\d+)\.attn\.c_proj\.(weight|bias)",
+     r"backpack.layers.\1.attn.o_proj.\2", False),
+    (r"backpack\.contextualization_layer\.transformer\.h\.(\d+)\.ln_2\.(weight|bias)",
+     r"backpack.layers.\1.mlp_norm.\2", False),
+    (r"backpack\.contextualization_layer\.transformer\.h\.(\d+)\.mlp\.c_fc\.(weight|bias)",
+     r"backpack.layers.\1.mlp.up_proj.\2", False),
+    (r"backpack\.contextualization_layer\.transformer\.h\.(\d+)\.mlp\.c_proj\.(weight|bias)",
+     r"backpack.layers.\1.mlp.down_proj.\2", False),
+    (r"backpack\.contextualization_layer\.transformer\.ln_f\.(weight|bias)", r"backpack.final_norm.\1", False),
+    (r"backpack\.contextualization_layer\.c_attn\.weight", "backpack.sense_weights.weight", False),
+]
+STANFORD_CONFIG_FIELDS = ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions", "num_senses",
+                          "sense_intermediate_scale")
+NANO_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "n_sense_vector")
+
+
+def convert_backpack(source, tokenizer=None):
+    """A backpack-gpt2 folder or a nanoBackpackLM `ckpt.pt` -> (`BackpackForCausalLM` in float32 eval mode, format
+    name: "backpack-gpt2" or "nanobackpacklm")."""
+    source = Path(source)
+    if source.is_dir():
+        config, state, checkpoint_format = _read_stanford(source)
+    else:
+        config, state, checkpoint_format = _read_nano(source)
+    if tokenizer is not None:
+        if len(tokenizer) > config["vocab_size"]:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} ids, the checkpoint's embedding "
+                             f"{config['vocab_size']} rows: wrong tokenizer")
+        config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    model = BackpackForCausalLM(BackpackConfig(**config))
+    mapping = STANFORD_KEYS if checkpoint_format == "backpack-gpt2" else NANO_KEYS
+    mapped = map_keys(state, mapping, checkpoint_format)
+    if checkpoint_format == "nanobackpacklm":
+        _to_sense_major(mapped, model.config)
+    mapped["lm_head.weight"] = mapped[EMBEDDING]  # tied
+    _check_shapes(mapped, model.state_dict(), checkpoint_format)
+    model.load_state_dict(mapped, strict=True)
+    return model.eval(), checkpoint_format
+
+
+def _read_stanford(folder: Path):
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json")
+    original = json.loads(config_path.read_text())
+    missing = [name for name in STANFORD_CONFIG_FIELDS if name not in original]
+    if missing:
+        raise ValueError(f"{config_path} is not a backpack-gpt2 config: it lacks {missing}")
+    if (folder / "model.safetensors").is_file():
+        state = load_file(folder / "model.safetensors")
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+    d = original["n_embd"]
+    config = dict(vocab_size=original["vocab_size"], hidden_size=d, num_senses=original["num_senses"],
+                  num_hidden_layers=original["n_layer"], num_attention_heads=original["n_head"],
+                  intermediate_size=original.get("n_inner") or 4 * d,
+                  sense_intermediate_size=original["sense_intermediate_scale"] * d,
+                  max_position_embeddings=original["n_positions"], sense_network="stanford", use_bias=True,
+                  sense_weight_bias=True, scale_sense_weights=True,
+                  scale_attn_by_inverse_layer_idx=original.get("scale_attn_by_inverse_layer_idx", False),
+                  hidden_act=original.get("activation_function", "gelu_new"),
+                  layer_norm_eps=original.get("layer_norm_epsilon", 1e-5),
+                  dropout=original.get("resid_pdrop", 0.1))
+    if not original.get("scale_attn_weights", True) or original.get("reorder_and_upcast_attn", False):
+        raise ValueError("only GPT-2 contextualizers with scale_attn_weights=True and reorder_and_upcast_attn=False "
+                         "convert")
+    return config, state, "backpack-gpt2"
+
+
+def _read_nano(path: Path):
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - the message names the cause
+        raise ValueError(f"{path} cannot be read with torch.load(weights_only=True): {error}") from error
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
+        raise ValueError(f"{path} is not a nanoBackpackLM train.py checkpoint (no 'model' and 'model_args')")
+    args = checkpoint["model_args"]
+    missing = [name for name in NANO_ARGS if name not in args]
+    if missing:
+        raise ValueError(f"{path}: model_args lacks {missing}")
+    if args["n_layer"] < 2:
+        raise ValueError(f"{path}: n_layer {args['n_layer']} leaves no contextualization block (it builds n_layer-1)")
+    d = args["n_embd"]
+    config = dict(vocab_size=args["vocab_size"], hidden_size=d, num_senses=args["n_sense_vector"],
+                  num_hidden_layers=args["n_layer"] - 1, num_attention_heads=args["n_head"], intermediate_size=4 * d,
+                  sense_intermediate_size=4 * d, max_position_embeddings=args["block_size"], sense_network="nano",
+                  use_bias=bool(args["bias"]), sense_weight_bias=False, scale_sense_weights=False,
+                  scale_attn_by_inverse_layer_idx=False, hidden_act="gelu_new", layer_norm_eps=1e-5,
+                  dropout=float(args.get("dropout", 0.0)))
+    state = {key.removeprefix(PREFIX): value for key, value in checkpoint["model"].items()}
+    return config, state, "nanobackpacklm"
+
+
+def map_keys(state: dict, mapping, checkpoint_format: str) -> dict:
+    mapped, unknown = {}, []
+    for key, tensor in state.items():
+        for pattern, template, transpose in mapping:
+            match = re.fullmatch(pattern, key)
+            if match is None:
+                continue
+            if template is None:
+                break
+            target = match.expand(template) if "\\" in template else template
+            tensor = tensor.t() if transpose and tensor.dim() == 2 else tensor
+            if target in mapped and not torch.equal(mapped[target], tensor):
+                raise ValueError(f"{checkpoint_format}: {key} should alias the tensor already read for {target}, "
+                                 "but its values differ")
+            mapped[target] = tensor.float().contiguous()
+            break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unknown keys in the {checkpoint_format} checkpoint: {sorted(unknown)}")
+    return mapped
+
+
+def _to_sense_major(mapped: dict, config) -> None:
+    """nanoBackpackLM orders the k·d sense values d-major (index i·k + l); hubzoo sense-major (l·d + i)."""
+    d, k = config.hidden_size, config.num_senses
+    for name in ("mlp_2.down_proj.weight", "mlp_2.down_proj.bias", "norm_2.weight", "norm_2.bias"):
+        key = f"backpack.sense_network.{name}"
+        if key in mapped:
+            tensor = mapped[key]
+            mapped[key] = tensor.view(d, k, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape).contiguous()
+
+
+def _check_shapes(mapped: dict, target: dict, checkpoint_format: str) -> None:
+    missing = sorted(set(target) - set(mapped))
+    if missing:
+        raise ValueError(f"the {checkpoint_format} checkpoint lacks tensors for {missing}")
+    wrong = [f"{key}: checkpoint {tuple(mapped[key].shape)}, model {tuple(target[key].shape)}"
+             for key in target if mapped[key].shape != target[key].shape]
+    if wrong:
+        raise ValueError("tensors with the wrong shape for the configured architecture: " + "; ".join(wrong))

@@ -1,0 +1,120 @@
+"""Configuration of Backpack language models (Hewitt et al., 2023, "Backpack Language Models").
+
+Two originals with different math, both expressed here: `stanfordnlp/backpack-gpt2` (the paper's Hub model; sense
+network "stanford") and `SwordElucidator/nanoBackpackLM@9d1e2a0` (sense network "nano"). Their remaining differences
+are named fields (biases, the scale of the sense weights, GPT-2's inverse-layer-index attention scaling).
+"""
+
+from transformers import PretrainedConfig
+
+SENSE_NETWORKS = ("stanford", "nano")
+
+
+class BackpackConfig(PretrainedConfig):
+    r"""
+    Configuration for [`BackpackModel`] and [`BackpackForCausalLM`]: every token id has `num_senses` sense vectors
+    (a function of the id alone, from the sense network); a causal transformer (the contextualizer) reads the sequence
+    and produces, per sense, weights α over the positions so far; the output at position i is
+    `Σ_senses Σ_j α[sense, i, j] · sense_vector[sense, token_j]`, unembedded by the (tied) input embedding.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 50264):
+            Rows of the shared embedding (input, senses, contextualizer, head).
+        hidden_size (`int`, *optional*, defaults to 768):
+            Width d of embeddings, sense vectors and the contextualizer.
+        num_senses (`int`, *optional*, defaults to 16):
+            Sense vectors per token id, k; must divide `hidden_size` (α is computed from d/k-wide heads).
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            Blocks of the contextualizer (nanoBackpackLM builds `n_layer - 1`: the converter stores the real count).
+        num_attention_heads (`int`, *optional*, defaults to 12):
+            Attention heads of the contextualizer.
+        intermediate_size (`int`, *optional*):
+            MLP width of the contextualizer blocks and of the sense network's first MLP; defaults to `4 * hidden_size`.
+        sense_intermediate_size (`int`, *optional*):
+            Hidden width of the sense network's last MLP (the one that emits the k·d sense values); defaults to
+            `4 * hidden_size` (`sense_intermediate_scale * d` in backpack-gpt2).
+        max_position_embeddings (`int`, *optional*, defaults to 512):
+            Rows of the contextualizer's position embedding; the longest input.
+        sense_network (`str`, *optional*, defaults to `"stanford"`):
+            `"stanford"`: `r = LN(e) + e; h = LN_1(r); r = r + MLP(h); senses = MLP_out(LN_2(r))`.
+            `"nano"`: `x = LN_1(e + MLP_1(e)); senses = LN_2(x + MLP_2(x))` with `LN_2` over all k·d values at once.
+        use_bias (`bool`, *optional*, defaults to `True`):
+            Biases in every linear layer and LayerNorm of the contextualizer and the sense network (nanoBackpackLM's
+            training script saves `bias=False` models).
+        sense_weight_bias (`bool`, *optional*, defaults to `True`):
+            Bias of the projection to α's queries and keys (backpack-gpt2: yes; nanoBackpackLM: never).
+        scale_sense_weights (`bool`, *optional*, defaults to `True`):
+            Divide α's scores by sqrt(d/k) (backpack-gpt2) or not (nanoBackpackLM).
+        scale_attn_by_inverse_layer_idx (`bool`, *optional*, defaults to `True`):
+            GPT-2's option: block i divides its attention scores by i + 1 besides sqrt(head_dim) (backpack-gpt2 sets it;
+            transformers 4.57's SDPA path silently drops it, this implementation never does).
+        hidden_act (`str`, *optional*, defaults to `"gelu_new"`):
+            Activation of every MLP: `"gelu_new"` (tanh approximation, both originals) or `"gelu"`.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of every LayerNorm.
+        dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on the embeddings, attention probabilities, residual branches and α.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Std of the normal init of embeddings and linear weights (GPT-2's).
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
+            The head is the input embedding (both originals); untied heads are possible for new models.
+    """
+
+    model_type = "backpack"
+
+    def __init__(
+        self,
+        vocab_size=50264,
+        hidden_size=768,
+        num_senses=16,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=None,
+        sense_intermediate_size=None,
+        max_position_embeddings=512,
+        sense_network="stanford",
+        use_bias=True,
+        sense_weight_bias=True,
+        scale_sense_weights=True,
+        scale_attn_by_inverse_layer_idx=True,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-5,
+        dropout=0.1,
+        initializer_range=0.02,
+        tie_word_embeddings=True,
+        **kwargs,
+    ):
+        if sense_network not in SENSE_NETWORKS:
+            raise ValueError(f"sense_network must be one of {SENSE_NETWORKS}, got {sense_network!r}")
+        if hidden_size % num_senses:
+            raise ValueError(f"num_senses ({num_senses}) must divide hidden_size ({hidden_size})")
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"num_attention_heads ({num_attention_heads}) must divide hidden_size ({hidden_size})")
+        if hidden_act not in ("gelu_new", "gelu"):
+            raise ValueError(f"hidden_act must be 'gelu_new' or 'gelu', got {hidden_act!r}")
+        if num_hidden_layers < 1:
+            raise ValueError(f"the contextualizer needs at least one block, got num_hidden_layers={num_hidden_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_senses = num_senses
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.sense_intermediate_size = 4 * hidden_size if sense_intermediate_size is None else sense_intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.sense_network = sense_network
+        self.use_bias = use_bias
+        self.sense_weight_bias = sense_weight_bias
+        self.scale_sense_weights = scale_sense_weights
+        self.scale_attn_by_inverse_layer_idx = scale_attn_by_inverse_layer_idx
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.dropout = dropout
+        self.initializer_range = initializer_range
+        self.tie_word_embeddings = tie_word_embeddings
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+__all__ = ["BackpackConfig"]

@@ -1,0 +1,379 @@
+"""Backpack language models as transformers models: trunk (senses, contextualizer, sense weights) and causal LM.
+
+Faithful in eval mode to `stanfordnlp/backpack-gpt2` (sense network "stanford") and to
+`SwordElucidator/nanoBackpackLM@9d1e2a0` (sense network "nano"). Unlike both originals, `attention_mask` is honoured in
+the contextualizer and in the sense weights α (padding is never a source), positions count real tokens (left and right
+padding agree), there is a loss and a KV cache for `generate`. Canonical layouts: linear weights are (out, in) and
+sense vectors are sense-major (B, k, T, d); the converters permute the originals' layouts into these.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from .configuration_backpack import BackpackConfig
+
+
+@dataclass
+class BackpackModelOutput(ModelOutput):
+    """`last_hidden_state`: Σ_senses α @ senses (the head's input). `senses`: (B, k, T, d) sense vectors of the new
+    tokens. `contextualization`: α (B, k, T_new, T_all), rows sum to 1 over the visible positions.
+    `contextual_hidden_state`: the contextualizer's output (after its final LayerNorm). `hidden_states`: the
+    contextualizer's input and the output of each of its blocks. `cache`: the KV cache (the contextualizer's layers,
+    then one layer holding α's keys and the sense vectors)."""
+
+    last_hidden_state: Optional[torch.FloatTensor] = None
+    senses: Optional[torch.FloatTensor] = None
+    contextualization: Optional[torch.FloatTensor] = None
+    contextual_hidden_state: Optional[torch.FloatTensor] = None
+    cache: Optional[DynamicCache] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+@dataclass
+class BackpackCausalLMOutput(ModelOutput):
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    senses: Optional[torch.FloatTensor] = None
+    contextualization: Optional[torch.FloatTensor] = None
+    cache: Optional[DynamicCache] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+def activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh" if name == "gelu_new" else "none")
+
+
+class BackpackMLP(nn.Module):
+    def __init__(self, config: BackpackConfig, hidden: int, out: int):
+        super().__init__()
+        self.act = config.hidden_act
+        self.up_proj = nn.Linear(config.hidden_size, hidden, bias=config.use_bias)
+        self.down_proj = nn.Linear(hidden, out, bias=config.use_bias)
+
+    def forward(self, x):
+        return self.down_proj(activation(self.up_proj(x), self.act))
+
+
+class BackpackAttention(nn.Module):
+    """GPT-2 causal self-attention (fused QKV, rows q | k | v), with its inverse-layer-index scaling as an option."""
+
+    def __init__(self, config: BackpackConfig, layer: int):
+        super().__init__()
+        self.layer, self.heads = layer, config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        divisor = self.head_dim ** 0.5 * ((layer + 1) if config.scale_attn_by_inverse_layer_idx else 1)
+        self.scale = 1.0 / divisor
+        self.dropout = config.dropout
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.use_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+
+    def forward(self, x, mask, cache):
+        batch, length, width = x.shape
+        q, k, v = self.qkv_proj(x).view(batch, length, 3, self.heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
+                                           dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
+        return self.o_proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class BackpackBlock(nn.Module):
+    """A pre-LayerNorm GPT-2 block of the contextualizer."""
+
+    def __init__(self, config: BackpackConfig, layer: int):
+        super().__init__()
+        eps, bias = config.layer_norm_eps, config.use_bias
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=eps, bias=bias)
+        self.attn = BackpackAttention(config, layer)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=eps, bias=bias)
+        self.mlp = BackpackMLP(config, config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask, cache):
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask, cache))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class StanfordSenseNetwork(nn.Module):
+    """backpack-gpt2: `r = LN(e) + e; h = LN_1(r); r = r + MLP(h); senses = MLP_out(LN_2(r))`."""
+
+    def __init__(self, config: BackpackConfig):
+        super().__init__()
+        d, eps, bias = config.hidden_size, config.layer_norm_eps, config.use_bias
+        self.input_norm = nn.LayerNorm(d, eps=eps, bias=bias)
+        self.block_norm_1 = nn.LayerNorm(d, eps=eps, bias=bias)
+        self.block_mlp = BackpackMLP(config, config.intermediate_size, d)
+        self.block_norm_2 = nn.LayerNorm(d, eps=eps, bias=bias)
+        self.output_mlp = BackpackMLP(config, config.sense_intermediate_size, config.num_senses * d)
+
+    def forward(self, embeddings):
+        residual = self.input_norm(embeddings) + embeddings
+        residual = residual + self.block_mlp(self.block_norm_1(residual))
+        return self.output_mlp(self.block_norm_2(residual))
+
+
+class NanoSenseNetwork(nn.Module):
+    """nanoBackpackLM: `x = LN_1(e + MLP_1(e)); senses = LN_2(x + MLP_2(x))`, x added to every sense and `LN_2` taken
+    over all k·d values of a token at once (sense-major here; the original's order is d-major)."""
+
+    def __init__(self, config: BackpackConfig):
+        super().__init__()
+        d, eps, bias = config.hidden_size, config.layer_norm_eps, config.use_bias
+        self.num_senses = config.num_senses
+        self.mlp_1 = BackpackMLP(config, config.intermediate_size, d)
+        self.norm_1 = nn.LayerNorm(d, eps=eps, bias=bias)
+        self.mlp_2 = BackpackMLP(config, config.sense_intermediate_size, config.num_senses * d)
+        self.norm_2 = nn.LayerNorm(config.num_senses * d, eps=eps, bias=bias)
+
+    def forward(self, embeddings):
+        x = self.norm_1(embeddings + self.mlp_1(embeddings))
+        senses = self.mlp_2(x).unflatten(-1, (self.num_senses, -1)) + x[..., None, :]
+        return self.norm_2(senses.flatten(-2))
+
+
+SENSE_NETWORK_CLASSES = {"stanford": StanfordSenseNetwork, "nano": NanoSenseNetwork}
+
+
+class BackpackPreTrainedModel(PreTrainedModel):
+    config_class = BackpackConfig
+    base_model_prefix = "backpack"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BackpackBlock"]
+    _supports_sdpa = True
+    # Range checks of ids read tensor values: on an accelerator each is a host-device sync; trainers that checked the
+    # batch on the CPU turn them off (modeling.device_value_checks).
+    check_values_on_device = True
+
+    def _values_checked(self, tensor: torch.Tensor) -> bool:
+        return tensor.device.type == "cpu" or self.check_values_on_device
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """GPT-2's init: normal(0, initializer_range) weights, zero biases, unit LayerNorm gains."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def check_inputs(input_ids, attention_mask, past_length, config, check_values):
+    if input_ids is None or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError("input_ids must be an integer tensor of shape (batch, seq_len)")
+    total = past_length + input_ids.shape[1]
+    if total > config.max_position_embeddings:
+        raise ValueError(f"Sequence length {total} (cached {past_length} + new {input_ids.shape[1]}) exceeds "
+                         f"max_position_embeddings ({config.max_position_embeddings})")
+    if attention_mask is not None and attention_mask.shape != (input_ids.shape[0], total):
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be (batch, cached + new tokens) = "
+                         f"{(input_ids.shape[0], total)}")
+    if input_ids.numel() and check_values:
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
+        if low < 0 or high >= config.vocab_size:
+            raise ValueError(f"input_ids contain ids outside [0, {config.vocab_size}) (min {low}, max {high}): the "
+                             "tokenizer does not match this model's vocabulary")
+
+
+def causal_mask(attention_mask, query_length, past_length, device):
+    """(B, 1, Tq, Tk) boolean mask (causal, padding never a key, every query sees itself), or None for plain causal
+    attention without a cache prefix."""
+    if attention_mask is None and (past_length == 0 or query_length == 1):
+        return None
+    key_length = past_length + query_length
+    query_index = torch.arange(past_length, key_length, device=device)[:, None]
+    key_index = torch.arange(key_length, device=device)[None, :]
+    allowed = (key_index <= query_index)[None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, :]
+    return (allowed | (key_index == query_index))[:, None]
+
+
+def ensure_cache_layer(cache, index: int) -> None:
+    """Give a cache built for the contextualizer's layers (as `generate` builds it from the config) the extra layer
+    that holds α's keys and the sense vectors."""
+    layers = getattr(cache, "layers", None)
+    if layers and len(layers) <= index and getattr(cache, "layer_class_to_replicate", None) is None:
+        layers.append(type(layers[0])())
+
+
+class BackpackModel(BackpackPreTrainedModel):
+    """Shared embedding, sense network, contextualizer (GPT-2 blocks with learned positions) and sense weights α."""
+
+    def __init__(self, config: BackpackConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.sense_network = SENSE_NETWORK_CLASSES[config.sense_network](config)
+        self.layers = nn.ModuleList(BackpackBlock(config, layer) for layer in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.use_bias)
+        self.sense_weights = nn.Linear(config.hidden_size, 2 * config.hidden_size, bias=config.sense_weight_bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def sense_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, k, T, d) sense vectors of the ids (a function of each id alone)."""
+        return self._senses(self.embed_tokens(input_ids))
+
+    def _senses(self, embeddings):
+        senses = self.sense_network(self.dropout(embeddings))
+        return senses.unflatten(-1, (self.config.num_senses, -1)).transpose(1, 2)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        past_key_values: Optional[DynamicCache] = None,
+        cache: Optional[DynamicCache] = None,
+        use_cache: Optional[bool] = None,
+        contextualization: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`attention_mask` (B, cached + new): 1 for real tokens; padding is never attended nor a source of α.
+        `position_ids` default to the count of real tokens before each one. `contextualization`: α (B, k, T, T) to
+        use instead of the computed one (sense interventions, the original's `run_with_custom_contextualization`).
+        `past_key_values` (or `cache`, its transformers >= 5.24 name): a `DynamicCache` to extend."""
+        config = self.config
+        cache = past_key_values if past_key_values is not None else cache
+        use_cache = (not self.training) if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past_length = cache.get_seq_length() if cache is not None else 0
+        check_inputs(input_ids, attention_mask, past_length, config, self._values_checked(input_ids))
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        batch, length = input_ids.shape
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:]
+            else:
+                position_ids = torch.arange(past_length, past_length + length, device=input_ids.device)[None]
+        mask = causal_mask(attention_mask, length, past_length, input_ids.device)
+
+        embeddings = self.embed_tokens(input_ids)
+        senses = self._senses(embeddings)
+        hidden = self.dropout(embeddings + self.embed_positions(position_ids))
+        all_hidden = (hidden,) if output_hidden_states else None
+        for block in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden = self._gradient_checkpointing_func(block.__call__, hidden, mask, cache)
+            else:
+                hidden = block(hidden, mask, cache)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden,)
+        hidden = self.final_norm(hidden)
+        alpha, all_senses = self.sense_alpha(hidden, senses, mask, cache, contextualization)
+        output = (alpha @ all_senses).sum(dim=1)
+        result = BackpackModelOutput(last_hidden_state=output, senses=senses, contextualization=alpha,
+                                     contextual_hidden_state=hidden, cache=cache if use_cache else None,
+                                     hidden_states=all_hidden)
+        return result if return_dict in (None, True) else result.to_tuple()
+
+    def sense_alpha(self, hidden, senses, mask, cache, contextualization=None):
+        """(α (B, k, Tq, Tk), sense vectors of all Tk positions): per sense, a softmax over the visible positions
+        of q_i · k_j (divided by sqrt(d/k) with `scale_sense_weights`)."""
+        config = self.config
+        queries, keys = self.sense_weights(hidden).unflatten(-1, (2, config.num_senses, -1)).unbind(2)
+        queries, keys = queries.transpose(1, 2), keys.transpose(1, 2)
+        if cache is not None:
+            ensure_cache_layer(cache, config.num_hidden_layers)
+            keys, senses = cache.update(keys, senses, config.num_hidden_layers)
+        if contextualization is not None:
+            if contextualization.shape != (*queries.shape[:3], keys.shape[2]):
+                raise ValueError(f"contextualization must have shape (batch, senses, new tokens, all tokens) = "
+                                 f"{(*queries.shape[:3], keys.shape[2])}, got {tuple(contextualization.shape)}")
+            return contextualization.to(senses.dtype), senses
+        scores = queries @ keys.transpose(-1, -2)
+        if config.scale_sense_weights:
+            scores = scores / (config.hidden_size // config.num_senses) ** 0.5
+        if mask is None:  # plain causal: query i (of the last Tq) sees keys up to Tk - Tq + i
+            queries_length, keys_length = scores.shape[-2:]
+            mask = torch.ones(queries_length, keys_length, dtype=torch.bool, device=scores.device).tril(
+                diagonal=keys_length - queries_length)
+        alpha = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1).type_as(scores)
+        return self.dropout(alpha), senses
+
+
+class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
+    """The Backpack and its head (the input embedding, tied): logits = E · Σ_senses α @ senses."""
+
+    _tied_weights_keys = {"lm_head.weight": "backpack.embed_tokens.weight"}
+
+    def __init__(self, config: BackpackConfig):
+        super().__init__(config)
+        self.backpack = BackpackModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.backpack.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.backpack.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        past_key_values: Optional[DynamicCache] = None,
+        cache: Optional[DynamicCache] = None,
+        use_cache: Optional[bool] = None,
+        contextualization: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        num_items_in_batch: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """`labels` (B, T): the input ids with -100 where no loss is wanted (padding); shifted once inside. The loss
+        is the mean cross-entropy over labelled targets, or their sum / `num_items_in_batch`."""
+        outputs = self.backpack(input_ids, attention_mask, position_ids, past_key_values, cache, use_cache,
+                                contextualization, output_hidden_states, return_dict=True)
+        logits = self.lm_head(outputs.last_hidden_state).float()
+        loss = None
+        if labels is not None:
+            loss = next_token_loss(logits, labels, self.config.vocab_size, num_items_in_batch,
+                                   self._values_checked(labels))
+        result = BackpackCausalLMOutput(loss=loss, logits=logits, senses=outputs.senses,
+                                        contextualization=outputs.contextualization, cache=outputs.cache,
+                                        hidden_states=outputs.hidden_states)
+        return result if return_dict in (None, True) else result.to_tuple()
+
+
+def next_token_loss(logits, labels, vocab_size: int, num_items_in_batch, check_values: bool) -> torch.Tensor:
+    """Cross-entropy of position t against labels[t + 1], ignoring -100: the mean, or the sum / num_items_in_batch."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} must match input_ids {tuple(logits.shape[:2])}")
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+    if check_values and ((targets != -100) & ((targets < 0) | (targets >= vocab_size))).any():
+        raise ValueError(f"labels hold ids outside [0, {vocab_size}) that are not -100")
+    if num_items_in_batch is None:
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                           reduction="sum") / num_items_in_batch
+
+
+__all__ = ["BackpackPreTrainedModel", "BackpackModel", "BackpackForCausalLM"]
