@@ -1,9 +1,15 @@
 """python -m eval_suites blimp --model <export folder or Hub id> --data <dir of BLiMP-format jsonl[.gz]> ...
 python -m eval_suites classification --model <export folder> --data <tsv/csv/json/jsonl> --labels "0=neg,1=pos" ...
 
+python -m eval_suites translation --model <causal LM export> --source test.en --target test.fr --num-beams 1 4
+python -m eval_suites word-similarity --model <export> --data-dir ../shared/data [--source senses]
+python -m eval_suites senses --model <Backpack export> --words bank light --sentence "..." --output figures/
+
 blimp writes `blimp.json` (all numbers) and `blimp.md` (tables) to --output, prints the headline, and with
 --write-card adds the result to the model card of a local export. classification writes `classification.json` and
 `classification.md`, prints the headline, and exits with status 3 when the classifier collapsed onto one class.
+translation and word-similarity write `<suite>.json` and `<suite>.md`; senses writes `senses.json`, `senses.png` and
+`contextualization.png`.
 """
 
 import argparse
@@ -165,6 +171,111 @@ def add_classification_parser(commands) -> None:
     parser.set_defaults(run=run_classification)
 
 
+def load_causal_lm(args):
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    if args.device:
+        model.to(args.device)
+    return model, AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+
+
+def write_report(output, name: str, result: dict, report: str) -> Path:
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (output / f"{name}.md").write_text(report)
+    return output
+
+
+def run_translation(args) -> int:
+    from eval_suites import translation
+
+    model, tokenizer = load_causal_lm(args)
+    sources, references = translation.load_parallel(args.source, args.target, limit=args.limit)
+    result = translation.evaluate_translation(model, tokenizer, sources, references, num_beams=tuple(args.num_beams),
+                                              source_tag=args.source_tag, target_tag=args.target_tag,
+                                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    result.update(model=args.model, source=str(args.source), target=str(args.target))
+    output = write_report(args.output, "translation", result,
+                          translation.markdown_report(result, title=f"Translation ({Path(args.source).name})"))
+    for name, scores in result.items():
+        if isinstance(scores, dict):
+            print(f"{name}: BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, exact {scores['exact_match']:.4f} "
+                  f"over {scores['num_segments']} segments -> {output}/translation.json")
+    return 0
+
+
+def run_word_similarity(args) -> int:
+    from eval_suites import word_similarity
+
+    model, tokenizer = load_causal_lm(args)
+    results = word_similarity.evaluate_datasets(model, tokenizer, args.data_dir, names=args.datasets,
+                                                source=args.source, multi_token=args.multi_token,
+                                                prefix_space=args.prefix_space)
+    output = write_report(args.output, "word_similarity", results, word_similarity.markdown_report(results))
+    for name, result in results.items():
+        rho = "n/a" if result["spearman"] is None else f"{result['spearman']:.3f}"
+        print(f"{name}: Spearman {rho} ({result['num_scored']}/{result['num_pairs']} pairs) -> {output}")
+    return 0
+
+
+def run_senses(args) -> int:
+    from eval_suites import sense_analysis
+
+    model, tokenizer = load_causal_lm(args)
+    reports = [sense_analysis.top_tokens_per_sense(model, tokenizer, word, count=args.count,
+                                                   prefix_space=args.prefix_space) for word in args.words]
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    sense_analysis.plot_sense_table(reports, output / "senses.png", count=min(args.count, 8))
+    tokens, alpha = sense_analysis.contextualization(model, tokenizer, args.sentence)
+    sense_analysis.plot_contextualization(tokens, alpha, output / "contextualization.png")
+    (output / "senses.json").write_text(json.dumps({"words": reports, "sentence": args.sentence, "tokens": tokens,
+                                                    "contextualization": alpha.tolist()}, indent=2) + "\n")
+    for report in reports:
+        print(f"{report['word']!r}: " + "; ".join(
+            f"sense {s['sense']}: {', '.join(t.strip() for t, _ in s['top'][:5])}" for s in report["senses"]))
+    print(f"figures -> {output}/senses.png, {output}/contextualization.png")
+    return 0
+
+
+def add_generation_parsers(commands) -> None:
+    parser = commands.add_parser("translation", help="translate by prompting a causal LM; corpus BLEU and chrF")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--source", required=True, help="source sentences, one per line")
+    parser.add_argument("--target", required=True, help="reference translations, line-aligned")
+    parser.add_argument("--source-tag", default="<en>")
+    parser.add_argument("--target-tag", default="<fr>")
+    parser.add_argument("--num-beams", type=int, nargs="+", default=[1], help="1 = greedy; several: one run each")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--output", default="translation_results")
+    parser.set_defaults(run=run_translation)
+
+    parser = commands.add_parser("word-similarity", help="Spearman of cosine similarities vs human ratings")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data-dir", required=True, help="the ../shared/data folder (word_similarity, multisimlex)")
+    parser.add_argument("--datasets", nargs="+", help="subset of simlex999 ws353 rg65 simverb3500 multisimlex_en "
+                                                      "multisimlex_fr (default: all)")
+    parser.add_argument("--source", choices=["embeddings", "senses"], default="embeddings")
+    parser.add_argument("--multi-token", choices=["skip", "mean"], default="skip")
+    parser.add_argument("--prefix-space", action="store_true", help="encode words with a leading space (GPT-2 BPE)")
+    parser.add_argument("--device")
+    parser.add_argument("--output", default="word_similarity_results")
+    parser.set_defaults(run=run_word_similarity)
+
+    parser = commands.add_parser("senses", help="Backpack sense vectors: top tokens per sense and figures")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--words", nargs="+", required=True)
+    parser.add_argument("--sentence", required=True, help="sentence whose contextualization weights are plotted")
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--prefix-space", action="store_true")
+    parser.add_argument("--device")
+    parser.add_argument("--output", default="sense_results")
+    parser.set_defaults(run=run_senses)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval_suites", description=__doc__)
     commands = parser.add_subparsers(dest="suite", required=True)
@@ -179,6 +290,7 @@ def main(argv=None) -> int:
     blimp.add_argument("--write-card", action="store_true", help="add the result to the export's model card")
     blimp.set_defaults(run=run_blimp)
     add_classification_parser(commands)
+    add_generation_parsers(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -43,3 +43,25 @@ def test_models_without_senses_are_refused():
         top_tokens_per_sense(model, tiny_tokenizer(60), "w7")
     with pytest.raises(ValueError, match="no contextualization"):
         contextualization(model, tiny_tokenizer(60), "w7 w8")
+
+
+def test_cli_runs_the_three_suites_on_an_export(tmp_path, shared_dir, capsys):
+    from eval_suites.__main__ import main
+    from hub_exports import export
+
+    model, tokenizer = model_and_tokenizer()
+    tokenizer.eos_token = "[SEP]"
+    folder = export(model, tokenizer, tmp_path / "export")
+    assert main(["senses", "--model", str(folder), "--words", "w7", "w8", "--sentence", "w10 w11 w12",
+                 "--output", str(tmp_path / "senses")]) == 0
+    assert (tmp_path / "senses" / "senses.png").is_file() and (tmp_path / "senses" / "contextualization.png").is_file()
+    assert main(["word-similarity", "--model", str(folder), "--data-dir", str(shared_dir / "data"), "--datasets",
+                 "rg65", "--source", "senses", "--output", str(tmp_path / "ws")]) == 0
+    assert "rg65: Spearman" in capsys.readouterr().out
+    (tmp_path / "src.en").write_text("w10 w11\nw12\n")
+    (tmp_path / "ref.fr").write_text("w20 w21\nw22\n")
+    assert main(["translation", "--model", str(folder), "--source", str(tmp_path / "src.en"), "--target",
+                 str(tmp_path / "ref.fr"), "--num-beams", "1", "2", "--max-new-tokens", "4", "--output",
+                 str(tmp_path / "tr")]) == 0
+    printed = capsys.readouterr().out
+    assert "greedy: BLEU" in printed and "beam2: BLEU" in printed
