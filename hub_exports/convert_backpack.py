@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from hub_exports.strict_mapping import check_complete
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
 
 PREFIX = "_orig_mod."
@@ -99,7 +100,7 @@ def convert_backpack(source, tokenizer=None):
     if checkpoint_format == "nanobackpacklm":
         _to_sense_major(mapped, model.config)
     mapped["lm_head.weight"] = mapped[EMBEDDING]  # tied
-    _check_shapes(mapped, model.state_dict(), checkpoint_format)
+    check_complete(mapped, model.state_dict(), checkpoint_format)
     model.load_state_dict(mapped, strict=True)
     return model.eval(), checkpoint_format
 
@@ -190,13 +191,3 @@ def _to_sense_major(mapped: dict, config) -> None:
         if key in mapped:
             tensor = mapped[key]
             mapped[key] = tensor.view(d, k, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape).contiguous()
-
-
-def _check_shapes(mapped: dict, target: dict, checkpoint_format: str) -> None:
-    missing = sorted(set(target) - set(mapped))
-    if missing:
-        raise ValueError(f"the {checkpoint_format} checkpoint lacks tensors for {missing}")
-    wrong = [f"{key}: checkpoint {tuple(mapped[key].shape)}, model {tuple(target[key].shape)}"
-             for key in target if mapped[key].shape != target[key].shape]
-    if wrong:
-        raise ValueError("tensors with the wrong shape for the configured architecture: " + "; ".join(wrong))

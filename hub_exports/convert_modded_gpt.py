@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
+from hub_exports.strict_mapping import check_complete
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
 from modeling.modded_gpt.configuration_modded_gpt import small_track_layout
 
@@ -252,13 +253,7 @@ def map_keys(state: dict, checkpoint_format: str, target: dict) -> dict:
         raise ValueError(f"unknown keys in the {checkpoint_format}-format checkpoint: {sorted(unknown)}")
     for key in ("model.embed_tokens.weight", *(k for k in mapped if k.startswith("model.value_embeddings."))):
         mapped[key] = _pad_rows(mapped[key], target[key].shape[0])
-    missing = sorted(set(target) - set(mapped))
-    if missing:
-        raise ValueError(f"the {checkpoint_format}-format checkpoint lacks tensors for {missing}")
-    wrong = [f"{key}: checkpoint {tuple(mapped[key].shape)}, model {tuple(target[key].shape)}"
-             for key in target if mapped[key].shape != target[key].shape]
-    if wrong:
-        raise ValueError("tensors with the wrong shape for the detected architecture: " + "; ".join(wrong))
+    check_complete(mapped, target, f"{checkpoint_format}-format")
     return {key: tensor.float() for key, tensor in mapped.items()}
 
 
