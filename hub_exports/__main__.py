@@ -71,10 +71,8 @@ def cmd_push(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    if args.source_format == "modded_gpt":
-        return convert_modded_gpt_command(args)
-    if args.source_format == "backpack":
-        return convert_backpack_command(args)
+    if args.source_format in ("modded_gpt", "backpack"):
+        return convert_gpt_family_command(args)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.source)
     if args.source_format == "ltg_bert":
         from hub_exports.convert_ltg_bert import convert_ltg_bert
@@ -99,36 +97,24 @@ def cmd_convert(args) -> int:
     return _export_and_verify(model, tokenizer, args.out, _card(args))
 
 
-def convert_modded_gpt_command(args) -> int:
-    from hub_exports.convert_modded_gpt import convert_modded_gpt, describe, load_tokenizer
+def convert_gpt_family_command(args) -> int:
+    """modded_gpt and backpack: the GPT-2 tokenizer by default; what was detected is printed before the export."""
+    from hub_exports import convert_backpack, convert_modded_gpt
 
-    tokenizer = load_tokenizer(args.tokenizer or "gpt2")
+    tokenizer = convert_modded_gpt.load_tokenizer(args.tokenizer or "gpt2")
     try:
-        model, checkpoint_format = convert_modded_gpt(
-            args.source, tokenizer, eot_token_id=args.eot_token_id, head_dim=args.head_dim,
-            sliding_window_num_blocks=None if args.window_blocks == 0 else args.window_blocks,
-            max_position_embeddings=args.max_length)
+        if args.source_format == "modded_gpt":
+            model, checkpoint_format = convert_modded_gpt.convert_modded_gpt(
+                args.source, tokenizer, eot_token_id=args.eot_token_id, head_dim=args.head_dim,
+                sliding_window_num_blocks=None if args.window_blocks == 0 else args.window_blocks,
+                max_position_embeddings=args.max_length)
+            print(convert_modded_gpt.describe(model, checkpoint_format))
+        else:
+            model, checkpoint_format = convert_backpack.convert_backpack(args.source, tokenizer)
+            print(convert_backpack.describe(model, checkpoint_format))
     except ValueError as error:
         print(f"Not converted: {error}", file=sys.stderr)
         return 1
-    print(describe(model, checkpoint_format))
-    return _export_and_verify(model, tokenizer, args.out, _card(args))
-
-
-def convert_backpack_command(args) -> int:
-    from hub_exports.convert_backpack import convert_backpack
-    from hub_exports.convert_modded_gpt import load_tokenizer
-
-    tokenizer = load_tokenizer(args.tokenizer or "gpt2")
-    try:
-        model, checkpoint_format = convert_backpack(args.source, tokenizer)
-    except ValueError as error:
-        print(f"Not converted: {error}", file=sys.stderr)
-        return 1
-    c = model.config
-    print(f"Converted a {checkpoint_format} checkpoint ({c.sense_network} sense network): {c.num_senses} senses, "
-          f"{c.num_hidden_layers} contextualization blocks, d={c.hidden_size}, vocab {c.vocab_size}, "
-          f"{model.num_parameters():,} parameters")
     return _export_and_verify(model, tokenizer, args.out, _card(args))
 
 

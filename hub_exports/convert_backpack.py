@@ -191,3 +191,11 @@ def _to_sense_major(mapped: dict, config) -> None:
         if key in mapped:
             tensor = mapped[key]
             mapped[key] = tensor.view(d, k, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape).contiguous()
+
+
+def describe(model, checkpoint_format: str) -> str:
+    """One line for the CLI: what was converted."""
+    c = model.config
+    return (f"Converted a {checkpoint_format} checkpoint ({c.sense_network} sense network): {c.num_senses} senses, "
+            f"{c.num_hidden_layers} contextualization blocks, d={c.hidden_size}, vocab {c.vocab_size}, "
+            f"{model.num_parameters():,} parameters")

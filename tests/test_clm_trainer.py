@@ -2,21 +2,17 @@
 and two processes equal to one big batch, exact resume with Muon and the trapezoid schedule, the exact evaluation
 loss, the collator, the packing, Muon itself, and the run script's checks."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
 
-from tests.clm_trainer_driver import EOT, PAD_ID, REAL_PER_ROW, VOCAB, make_trainer, one_step, rows_dataset, tiny_model
+from tests.clm_trainer_driver import PAD_ID, REAL_PER_ROW, VOCAB, make_trainer, one_step, rows_dataset, tiny_model
 from tests.modeling_common import tiny_tokenizer
 from tests.test_diffusion_trainer import StopAt
-from tests.test_mlm_trainer import free_port, max_diff
+from tests.test_mlm_trainer import launch_two_processes, max_diff
 from trainers import run_modded_gpt
 from trainers.clm_data import pack_documents
 from trainers.collators import CausalLMCollator
@@ -78,13 +74,8 @@ def test_gradient_accumulation_is_exact(tmp_path, optimizer):
 def test_two_processes_match_one(tmp_path):
     from safetensors.torch import load_file
 
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(DRIVER), str(tmp_path / "two.safetensors"),
-               "--optimizer", "sgd", "--batch-size", "2", "--world-size", "2"]
-    out = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    out = launch_two_processes(DRIVER, tmp_path, tmp_path / "two.safetensors", "--optimizer", "sgd", "--batch-size",
+                               "2", "--world-size", "2")
     assert sorted(re.findall(r"rank=\d world_size=2", out.stdout)) == ["rank=0 world_size=2", "rank=1 world_size=2"]
     _, one = one_step(tmp_path / "one", "sgd", batch_size=4)
     assert max_diff(one, load_file(tmp_path / "two.safetensors")) < 1e-5

@@ -1,20 +1,16 @@
 """MaskedDiffusionTrainer: the noise it draws, the normalisation of its NELBO (padding, gradient accumulation, two
 processes), EMA, exact resume, the collator's checks, and the run script's config validation."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
 
 from modeling.mdlm import masked_diffusion_nelbo
 from tests.diffusion_trainer_driver import MASK_ID, PAD_ID, REAL_PER_ROW, VOCAB, one_step, rows_dataset, tiny_model
-from tests.test_mlm_trainer import free_port, max_diff
+from tests.test_mlm_trainer import launch_two_processes, max_diff
 from trainers.collators import DiffusionCollator
 from trainers.diffusion_trainer import MaskedDiffusionTrainer, stratified_uniforms
 
@@ -105,13 +101,8 @@ def test_gradient_accumulation_is_exact(tmp_path, algorithm):
 def test_two_processes_match_one(tmp_path, algorithm):
     from safetensors.torch import load_file
 
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(DRIVER), str(tmp_path / "two.safetensors"),
-               "--algorithm", algorithm, "--batch-size", "2", "--world-size", "2"]
-    out = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    out = launch_two_processes(DRIVER, tmp_path, tmp_path / "two.safetensors", "--algorithm", algorithm,
+                               "--batch-size", "2", "--world-size", "2")
     assert sorted(re.findall(r"rank=\d world_size=2", out.stdout)) == ["rank=0 world_size=2", "rank=1 world_size=2"]
     _, one = one_step(tmp_path / "one", algorithm, batch_size=4)
     assert max_diff(one, load_file(tmp_path / "two.safetensors")) < 1e-5

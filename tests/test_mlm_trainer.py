@@ -127,6 +127,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_two_processes(script, cwd, *arguments) -> subprocess.CompletedProcess:
+    """`accelerate launch` of a driver as two gloo ranks on CPU, one thread each; fails the test on a non-zero exit.
+    (--multi_gpu, not --cpu: with --cpu accelerate 1.15 silently starts ONE process, transformers_v5.md §5.)"""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(script), *map(str, arguments)]
+    out = subprocess.run(command, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    return out
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     # --multi_gpu, not --cpu: with --cpu accelerate 1.15 silently starts ONE process (transformers_v5.md §5). Two

@@ -12,7 +12,7 @@ from hub_exports import export
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
 from tests.modeling_common import tiny_tokenizer
 from trainers import run_classification
-from trainers.run_modded_gpt import document_separator
+from trainers.tokenization import document_separator
 
 
 @pytest.fixture

@@ -2,17 +2,14 @@
 tokens of the whole optimizer step (exact under gradient accumulation and data parallelism), padding never counted;
 an exact per-token evaluation loss; and the Muon option of `MuonOptimizerMixin`."""
 
-from contextlib import nullcontext
-
 import torch
 from transformers import Trainer
 
-from modeling import device_value_checks
-from trainers.mlm_trainer import mean_scored_tokens_per_row, normalise_over_step
+from trainers.mlm_trainer import CollatorCheckedMixin, mean_scored_tokens_per_row, normalise_over_step
 from trainers.muon import MuonOptimizerMixin
 
 
-class CausalLMTrainer(MuonOptimizerMixin, Trainer):
+class CausalLMTrainer(CollatorCheckedMixin, MuonOptimizerMixin, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:
@@ -21,14 +18,9 @@ class CausalLMTrainer(MuonOptimizerMixin, Trainer):
         # denominator; CausalLMCollator makes every row's first label -100, so the count is the predicted tokens
         # whether or not this transformers version shifts before counting) and skips its own division by GA.
         self.model_accepts_loss_kwargs = True
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        checked_below = getattr(self.data_collator, "vocabulary_size", None)
-        accepted = getattr(unwrapped.config, "tokenizer_vocab_size", unwrapped.config.vocab_size)
-        self._batches_checked = checked_below is not None and checked_below <= accepted
         self._eval_tokens_per_row = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
         labels = inputs["labels"]
         # The model shifts the labels once and, with num_items_in_batch=1, returns the summed cross-entropy (fp32
         # logits, -100 for padding and row starts ignored): the loss stays inside a compiled forward.
@@ -44,11 +36,6 @@ class CausalLMTrainer(MuonOptimizerMixin, Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, self._prepare_inputs(inputs))
         return loss.detach(), None, None
-
-    def _device_checks(self):
-        if not self._batches_checked:
-            return nullcontext()
-        return device_value_checks(self.accelerator.unwrap_model(self.model), False)
 
     def train(self, *args, **kwargs):
         with self._device_checks():

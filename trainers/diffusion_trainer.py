@@ -22,10 +22,9 @@ from contextlib import nullcontext
 import torch
 from transformers import Trainer
 
-from modeling import device_value_checks
 from modeling.mdlm import masked_diffusion_nelbo
 from trainers.ema import EMACallback
-from trainers.mlm_trainer import mean_scored_tokens_per_row, normalise_over_step
+from trainers.mlm_trainer import CollatorCheckedMixin, mean_scored_tokens_per_row, normalise_over_step
 
 NELBO_INTERVAL = (1e-3, 1.0)  # BD3-LM: the interval a likelihood bound is reported on
 
@@ -39,7 +38,7 @@ def stratified_uniforms(shape, generator, device) -> torch.Tensor:
     return (uniform / count + torch.arange(count, device=device).view(shape) / count) % 1
 
 
-class MaskedDiffusionTrainer(Trainer):
+class MaskedDiffusionTrainer(CollatorCheckedMixin, Trainer):
     def __init__(self, *args, ema_decay: float = 0.9999, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:
@@ -57,8 +56,6 @@ class MaskedDiffusionTrainer(Trainer):
         self.ema_callback = EMACallback(ema_decay) if ema_decay else None
         if self.ema_callback:
             self.add_callback(self.ema_callback)
-        checked_below = getattr(self.data_collator, "vocabulary_size", None)
-        self._batches_checked = checked_below is not None and checked_below <= unwrapped.config.vocab_size
         self._micro_step = (-1, 0)  # (optimizer step, micro-batches drawn at it)
         self._eval_batch, self._eval_tokens_per_row = 0, None
 
@@ -123,12 +120,7 @@ class MaskedDiffusionTrainer(Trainer):
             loss = self.compute_loss(model, self._prepare_inputs(inputs))
         return loss.detach(), None, None
 
-    # ---- EMA and device checks ----
-    def _device_checks(self):
-        if not self._batches_checked:
-            return nullcontext()
-        return device_value_checks(self.accelerator.unwrap_model(self.model), False)
-
+    # ---- EMA ----
     def averaged_weights(self):
         """Context in which the model holds its EMA weights (or its own ones, without EMA)."""
         if self.ema_callback is None or self.ema_callback.ema is None:

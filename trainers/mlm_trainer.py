@@ -44,7 +44,24 @@ def mean_scored_tokens_per_row(dataset, unscored_per_row: int = 0):
     return max(1e-9, sum(lengths) / len(lengths) - unscored_per_row) if lengths else None
 
 
-class MaskedLMTrainer(Trainer):
+class CollatorCheckedMixin:
+    """For `Trainer` subclasses whose collator range-checks every batch on the CPU (its `vocabulary_size`): the
+    model's own checks are redundant then, and on an accelerator each is a host-device sync, so they are turned off
+    while the trainer trains or evaluates (`_device_checks()`), and restored afterwards."""
+
+    def _batches_checked(self) -> bool:
+        checked_below = getattr(self.data_collator, "vocabulary_size", None)
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        accepted = getattr(config, "tokenizer_vocab_size", getattr(config, "vocab_size", None))
+        return checked_below is not None and accepted is not None and checked_below <= accepted
+
+    def _device_checks(self):
+        if not self._batches_checked():
+            return nullcontext()
+        return device_value_checks(self.accelerator.unwrap_model(self.model), False)
+
+
+class MaskedLMTrainer(CollatorCheckedMixin, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:
@@ -64,17 +81,6 @@ class MaskedLMTrainer(Trainer):
         # 33.4 ms without; eager, the two are within 2%).
         unwrapped = self.accelerator.unwrap_model(self.model)
         self._sparse_prediction = self.args.device.type == "cpu" and supports_sparse_prediction(unwrapped)
-        # A collator that range-checks every batch on the CPU (MaskedLMCollator, against its tokenizer) makes the
-        # model's own checks redundant; on an accelerator each of those is a host-device sync, so they are turned off
-        # while this trainer trains or evaluates (and restored afterwards).
-        checked_below = getattr(self.data_collator, "vocabulary_size", None)
-        vocab_size = getattr(getattr(unwrapped, "config", None), "vocab_size", None)
-        self._batches_checked = checked_below is not None and vocab_size is not None and checked_below <= vocab_size
-
-    def _device_checks(self):
-        if not self._batches_checked:
-            return nullcontext()
-        return device_value_checks(self.accelerator.unwrap_model(self.model), False)
 
     def train(self, *args, **kwargs):
         with self._device_checks():

@@ -17,7 +17,6 @@ Each training example is one pair, `<en> english <fr> french<EOS>` (the tags are
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -34,7 +33,7 @@ from trainers.arguments import MuonTrainingArguments, parse_args
 from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, finish_on_main_process, plot_loss_curve
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
-from trainers.tokenization import train_tokenizer
+from trainers.tokenization import document_separator, train_tokenizer
 
 logger = logging.getLogger(__name__)
 REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_senses")
@@ -86,10 +85,7 @@ def obtain_tokenizer(args: ParallelArguments, training_args, english, french):
                 train_tokenizer(english + french, args.tokenizer_vocab_size, kind="bpe").save_pretrained(saved)
             tokenizer = AutoTokenizer.from_pretrained(saved)
     tokenizer.add_special_tokens({"additional_special_tokens": [args.source_tag, args.target_tag]})
-    if tokenizer.eos_token is None:
-        tokenizer.eos_token = tokenizer.sep_token
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    document_separator(tokenizer)
     return tokenizer
 
 

@@ -35,22 +35,11 @@ from trainers.clm_data import documents_as_rows, pack_documents
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
 from trainers.mlm_data import load_texts
-from trainers.tokenization import obtain_tokenizer
+from trainers.tokenization import document_separator, obtain_tokenizer
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "modded_gpt_tiny.yaml"
 PROMPTS = ("The", "In the beginning", "She said that")
-
-
-def document_separator(tokenizer) -> int:
-    """The EOT id: the tokenizer's EOS (GPT-2: <|endoftext|>), else its [SEP], which then becomes its EOS."""
-    if tokenizer.eos_token_id is None:
-        if tokenizer.sep_token is None:
-            raise ValueError("the tokenizer has neither an EOS nor a [SEP] token to separate documents with")
-        tokenizer.eos_token = tokenizer.sep_token
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is never attended nor counted
-    return tokenizer.eos_token_id
 
 
 def build_model(model_args, training_args, tokenizer, max_seq_length: int):

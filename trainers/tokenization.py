@@ -57,3 +57,15 @@ def obtain_tokenizer(model_args, training_args, train_texts):
             tokenizer.save_pretrained(saved)
             return tokenizer
         return AutoTokenizer.from_pretrained(saved)
+
+
+def document_separator(tokenizer) -> int:
+    """The id that ends a document (causal LMs): the tokenizer's EOS (GPT-2: <|endoftext|>), else its [SEP], which
+    then becomes its EOS; a tokenizer without a pad token pads with it."""
+    if tokenizer.eos_token_id is None:
+        if tokenizer.sep_token is None:
+            raise ValueError("the tokenizer has neither an EOS nor a [SEP] token to separate documents with")
+        tokenizer.eos_token = tokenizer.sep_token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is never attended nor counted
+    return tokenizer.eos_token_id

@@ -77,6 +77,12 @@ def document_ids_of(input_ids: torch.Tensor, eot_token_id: int) -> torch.Tensor:
     return (input_ids == eot_token_id).cumsum(dim=-1)
 
 
+def attention_windows_in_use(config) -> set:
+    """The distinct windows (in blocks; None for none) of the layers that attend: one mask is built per window."""
+    return {config.window_blocks(layer) for layer in range(config.num_hidden_layers)
+            if layer not in config.layers_without_attention}
+
+
 def attention_masks(config, query_positions, key_positions, query_docs, key_docs, key_valid, past_length,
                     last_position):
     """{window blocks or None: (B, 1, Tq, Tk) boolean mask}, one per distinct window among the attention layers;
@@ -84,8 +90,7 @@ def attention_masks(config, query_positions, key_positions, query_docs, key_docs
     positions (known without reading them), to tell whether a window can bind."""
     batch, query_length = query_positions.shape
     key_length = key_positions.shape[1]
-    windows = {config.window_blocks(layer) for layer in range(config.num_hidden_layers)
-               if layer not in config.layers_without_attention}
+    windows = attention_windows_in_use(config)
     binding = {w for w in windows if w is not None and last_position // config.window_block_size >= w - 1}
     if key_valid is None and query_docs is None and not binding and (query_length == 1 or past_length == 0):
         return None
@@ -113,8 +118,7 @@ def attention_masks(config, query_positions, key_positions, query_docs, key_docs
 def flex_block_masks(config, positions, docs, valid):
     """{window blocks or None: BlockMask}: the rule of `attention_masks` for FlexAttention (no cache)."""
     batch, length = positions.shape
-    windows = {config.window_blocks(layer) for layer in range(config.num_hidden_layers)
-               if layer not in config.layers_without_attention}
+    windows = attention_windows_in_use(config)
     masks = {}
     for window in windows:
         def mask_mod(b, h, q, k, window=window):

@@ -13,11 +13,11 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from hub_exports.__main__ import main as hub_exports_cli
 from hub_exports.convert_modded_gpt import convert_modded_gpt, load_tokenizer, read_checkpoint
 
-from tests.models.modded_gpt.test_modded_gpt_parity import FIXTURE, fixture_dir  # noqa: F401 (a fixture)
+from tests.models.modded_gpt.test_modded_gpt_parity import FIXTURE
 
 
 @pytest.fixture(scope="module")
-def input_ids(fixture_dir):  # noqa: F811
+def input_ids(fixture_dir):
     return load_file(fixture_dir / "inputs.safetensors")["input_ids"].long()[None]
 
 

@@ -17,11 +17,6 @@ FIXTURE = dict(tokenizer_vocab_size=321, eot_token_id=320, head_dim=32, sliding_
 
 
 @pytest.fixture(scope="module")
-def fixture_dir(shared_dir):
-    return shared_dir / "fixtures" / "modded_gpt"
-
-
-@pytest.fixture(scope="module")
 def inputs(fixture_dir):
     tensors = load_file(fixture_dir / "inputs.safetensors")
     return tensors["input_ids"].long()[None], tensors["target_ids"]
