@@ -93,7 +93,7 @@ def plot_contextualization(tokens: List[str], alpha: torch.Tensor, path, title: 
         axis.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
         axis.set_yticks(range(len(labels)), labels, fontsize=7)
     figure.suptitle(title or "contextualization weights α (rows: predicting position, columns: source token)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.97))  # leave the top strip to the title
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return Path(path)

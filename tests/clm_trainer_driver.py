@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
 from trainers.arguments import CausalLMTrainingArguments
+from trainers.callbacks import close_process_group
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
 
@@ -77,8 +78,7 @@ def main(argv=None) -> None:
     assert trainer.args.world_size == args.world_size
     if trainer.is_world_process_zero():
         save_file(params, args.out)
-    trainer.accelerator.wait_for_everyone()  # leaving with the gloo group alive can abort in teardown
-    trainer.accelerator.end_training()
+    close_process_group(trainer, exit_code=0)  # waits for every rank; why it exits: see there
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from transformers import TrainingArguments
 
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
+from trainers.callbacks import close_process_group
 from trainers.collators import DiffusionCollator
 from trainers.diffusion_trainer import MaskedDiffusionTrainer
 
@@ -90,8 +91,7 @@ def main(argv=None) -> None:
     assert trainer.args.world_size == args.world_size
     if trainer.is_world_process_zero():
         save_file(params, args.out)
-    trainer.accelerator.wait_for_everyone()  # leaving with the gloo group alive can abort in teardown
-    trainer.accelerator.end_training()
+    close_process_group(trainer, exit_code=0)  # waits for every rank; why it exits: see there
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from transformers import TrainingArguments, default_data_collator
 
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
+from trainers.callbacks import close_process_group
 from trainers.mlm_trainer import MaskedLMTrainer
 
 SEQ_LEN = 12
@@ -102,10 +103,7 @@ def main(argv=None) -> None:
     assert world_size == processes == args.world_size, (world_size, processes, args.world_size)
     if trainer.is_world_process_zero():
         save_file(params, args.out)
-    # Why: a rank leaving with the gloo group alive can die in teardown ("terminate called without an active
-    # exception", SIGABRT; seen in 3 of 13 runs without this). Wait for every rank, then destroy the group.
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    close_process_group(trainer, exit_code=0)  # waits for every rank; why it exits: see there
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Trainer callbacks: a verified Hub export of every checkpoint, and a loss-curve plot at the end of training."""
 
 import logging
+import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from hub_exports import CardInfo, export
@@ -71,13 +74,33 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_training_stop = True
 
 
-def finish_on_main_process(trainer, work) -> None:
-    """Run `work()` (export, reports) on the main process only; then every rank waits for it and closes the process
-    group. A rank that exits while the gloo group is alive can abort ("terminate called without an active exception",
-    SIGABRT), which failed a two-process run in CI."""
+def finish_on_main_process(trainer, work, exit_code: int = 0) -> None:
+    """Run `work()` (export, reports) on the main process only; then every rank closes the process group (see
+    `close_process_group`; a multi-process CPU run ends here with `exit_code`). If `work` fails, the error is raised
+    after the group is closed."""
     try:
         if trainer.is_world_process_zero():
             work()
-    finally:
-        trainer.accelerator.wait_for_everyone()
-        trainer.accelerator.end_training()
+    except BaseException:
+        close_process_group(trainer)
+        raise
+    close_process_group(trainer, exit_code)
+
+
+def close_process_group(trainer, exit_code: int | None = None) -> None:
+    """Every rank waits for the others, then the process group is destroyed.
+
+    Why the exit: on gloo (multi-process CPU runs) tearing the group down in Python hangs or aborts now and then.
+    A rank that leaves with the group alive can die with "terminate called without an active exception"; one that
+    destroys it can deadlock when the DDP wrapper is freed: gdb showed the main thread, holding the GIL, joining
+    gloo's run-loop thread in ~ProcessGroupGloo while that thread waited for the GIL to free the last barrier's
+    tensors (torch 2.13; 5 of 59 two-process runs hung). So with `exit_code` given, a gloo rank leaves at once
+    with `os._exit` after flushing its logs and streams: everything it had to write is written by then."""
+    gloo = dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    if gloo and exit_code is not None:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)

@@ -145,8 +145,9 @@ def main(args: ClassificationArguments, training_args: ClassificationTrainingArg
               f"{'YES' if result['collapsed'] else 'no'}")
         print(f"Exported and verified: {folder}")
 
-    finish_on_main_process(trainer, export_and_report)
-    return 3 if result["collapsed"] else 0
+    exit_code = 3 if result["collapsed"] else 0
+    finish_on_main_process(trainer, export_and_report, exit_code)
+    return exit_code
 
 
 def parse(argv=None):
