@@ -53,6 +53,9 @@ def test_both_architectures_share_width_depth_and_tokenizer(shared_dir, tmp_path
     assert tokenizer.convert_tokens_to_ids("<en>") != tokenizer.unk_token_id
     tag = tokenizer.convert_tokens_to_ids("<en>")
     assert tokenizer("<en> a man <fr>", add_special_tokens=False).input_ids[0] == tag
+    # Lossless: translations are scored exactly as decoded, so a reference must come back unchanged.
+    reference = "Cinq personnes avec des vestes d'hiver sont debout dans la neige, en arrière-plan."
+    assert tokenizer.decode(tokenizer(reference, add_special_tokens=False).input_ids) == reference
     backpack = run_backpack.build_model(args, tokenizer)
     args.architecture = "gpt2"
     gpt2 = run_backpack.build_model(args, tokenizer)

@@ -1,4 +1,4 @@
-"""Tokenizer training: both kinds give the five specials at fixed ids, frame texts with [CLS] ... [SEP], survive a
+"""Tokenizer training: every kind gives the five specials at fixed ids, frame texts with [CLS] ... [SEP], survive a
 save/load round trip unchanged, and fix the model's vocab_size and pad id."""
 
 import pytest
@@ -12,7 +12,7 @@ from trainers.tokenization import SPECIAL_TOKENS, train_tokenizer
 CORPUS = generate_corpus(3000, seed=11)
 
 
-@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "byte_level_bpe"])
 def test_trained_tokenizer_round_trips_with_fixed_specials(kind, tmp_path):
     tokenizer = train_tokenizer(CORPUS, vocab_size=300, kind=kind)
     assert [tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS.values()] == [0, 1, 2, 3, 4]
@@ -30,8 +30,19 @@ def test_trained_tokenizer_round_trips_with_fixed_specials(kind, tmp_path):
     assert reloaded.all_special_ids == tokenizer.all_special_ids
 
 
+def test_byte_level_bpe_decodes_exactly_what_it_encoded():
+    # Text the corpus never showed (French elisions, hyphens, guillemets, a no-break space, an emoji): the byte-level
+    # kind gives it back byte for byte with no [UNK]; the word-level BPE detaches the punctuation.
+    text = "L'homme à l'arrière-plan\u00a0: « très bien » — 42,5 % 🙂"
+    exact = train_tokenizer(CORPUS, vocab_size=400, kind="byte_level_bpe")
+    ids = exact(text, add_special_tokens=False).input_ids
+    assert exact.unk_token_id not in ids and exact.decode(ids) == text
+    lossy = train_tokenizer(CORPUS, vocab_size=400, kind="bpe")
+    assert lossy.decode(lossy(text, add_special_tokens=False).input_ids) != text
+
+
 def test_unknown_kind_is_refused():
-    with pytest.raises(ValueError, match="'wordpiece' or 'bpe'"):
+    with pytest.raises(ValueError, match="'wordpiece', 'bpe' or 'byte_level_bpe'"):
         train_tokenizer(CORPUS, vocab_size=300, kind="unigram")
 
 

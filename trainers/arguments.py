@@ -22,7 +22,8 @@ class ModelArguments:
     )
     tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size when training a tokenizer."})
     tokenizer_type: str = field(
-        default="wordpiece", metadata={"help": "Tokenizer to train: 'wordpiece' or 'bpe'.", "choices": ["wordpiece", "bpe"]}
+        default="wordpiece", metadata={"help": "Tokenizer to train: 'wordpiece', 'bpe' or 'byte_level_bpe' (lossless)",
+                                       "choices": ["wordpiece", "bpe", "byte_level_bpe"]}
     )
     attn_implementation: Optional[str] = field(
         default=None,

@@ -74,15 +74,16 @@ def read_pairs(sources, targets, limit=None):
 
 
 def obtain_tokenizer(args: ParallelArguments, training_args, english, french):
-    """The named tokenizer, or a BPE trained on both languages by the main process; the tags added as special
-    tokens; [SEP] (or the tokenizer's EOS) ends every pair."""
+    """The named tokenizer, or a byte-level BPE trained on both languages by the main process (lossless: the
+    translations it decodes are scored as written); the tags added as special tokens; [SEP] (or the tokenizer's EOS)
+    ends every pair."""
     if args.tokenizer_name:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
     else:
         saved = Path(training_args.output_dir) / "tokenizer"
         with training_args.main_process_first(desc="train the tokenizer"):
             if training_args.process_index == 0:
-                train_tokenizer(english + french, args.tokenizer_vocab_size, kind="bpe").save_pretrained(saved)
+                train_tokenizer(english + french, args.tokenizer_vocab_size, kind="byte_level_bpe").save_pretrained(saved)
             tokenizer = AutoTokenizer.from_pretrained(saved)
     tokenizer.add_special_tokens({"additional_special_tokens": [args.source_tag, args.target_tag]})
     document_separator(tokenizer)
@@ -120,14 +121,16 @@ def evaluate_model(model, tokenizer, args: ParallelArguments, training_args, out
         model, tokenizer, sources, references, num_beams=tuple(args.num_beams), source_tag=args.source_tag,
         target_tag=args.target_tag, max_new_tokens=args.max_seq_length // 2,
         batch_size=training_args.per_device_eval_batch_size)}
+    # Words are looked up as they occur inside a sentence, after a space (byte-level pieces: " bank", not "bank").
     if args.word_similarity_dir:
         report["word_similarity"] = {"embeddings": word_similarity.evaluate_datasets(
-            model, tokenizer, args.word_similarity_dir)}
+            model, tokenizer, args.word_similarity_dir, prefix_space=True)}
         if isinstance(model, BackpackForCausalLM):
             report["word_similarity"]["senses"] = word_similarity.evaluate_datasets(
-                model, tokenizer, args.word_similarity_dir, source="senses")
+                model, tokenizer, args.word_similarity_dir, source="senses", prefix_space=True)
     if isinstance(model, BackpackForCausalLM):
-        words = [sense_analysis.top_tokens_per_sense(model, tokenizer, word) for word in args.sense_words]
+        words = [sense_analysis.top_tokens_per_sense(model, tokenizer, word, prefix_space=True)
+                 for word in args.sense_words]
         sense_analysis.plot_sense_table(words, output / "senses.png")
         example = translation.prompt(sources[0], args.source_tag, args.target_tag) + " " + references[0]
         tokens, alpha = sense_analysis.contextualization(model, tokenizer, example)

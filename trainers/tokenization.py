@@ -11,6 +11,17 @@ SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]"
 
 def _backend(kind: str, vocab_size: int, min_frequency: int):
     specials = list(SPECIAL_TOKENS.values())
+    if kind == "byte_level_bpe":
+        # Lossless, for models that generate text: every byte is in the alphabet (no [UNK]) and spaces live inside
+        # the pieces, so decode(encode(text)) == text. The word-level kinds below split off punctuation and rejoin
+        # pieces with spaces ("d'hiver" comes back as "d ' hiver"), which is fine for masked LMs only.
+        backend = Tokenizer(models.BPE())
+        backend.normalizer = normalizers.NFC()  # canonical composition only: accents stay one code point
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        return backend, trainer
     if kind == "wordpiece":
         backend = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
         backend.decoder = decoders.WordPiece(prefix="##")
@@ -22,7 +33,7 @@ def _backend(kind: str, vocab_size: int, min_frequency: int):
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                       end_of_word_suffix="</w>")
     else:
-        raise ValueError(f"tokenizer kind must be 'wordpiece' or 'bpe', got {kind!r}")
+        raise ValueError(f"tokenizer kind must be 'wordpiece', 'bpe' or 'byte_level_bpe', got {kind!r}")
     backend.normalizer = normalizers.NFKC()
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     return backend, trainer
@@ -40,6 +51,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
         tokenizer_object=backend,
         **{f"{name}_token": token for name, token in SPECIAL_TOKENS.items()},
         model_input_names=["input_ids", "attention_mask"],
+        clean_up_tokenization_spaces=False,  # stated in the saved config: decoding must never rewrite " ."
     )
 
 
