@@ -66,6 +66,13 @@ USAGE_BY_CLASS = {
     name: "samples = model.sample(num_samples=2, seed=0)\nprint(tokenizer.batch_decode(samples))"
     for name in ("MdlmForMaskedDiffusionLM", "Bd3lmForMaskedDiffusionLM")
 }
+USAGE_BY_CLASS["LatentWireModel"] = (
+    "model.load_decoders()  # the frozen decoders named in config.decoders (or attach_decoder(name, lm, tok))\n"
+    'texts = tokenizer(["Context: ... Question: ..."], return_tensors="pt", padding=True)\n'
+    "for name in model.decoders:\n"
+    "    answer_ids = model.generate_with(name, **texts, max_new_tokens=12, do_sample=False)\n"
+    "    print(name, model.decoder_tokenizers[name].batch_decode(answer_ids, skip_special_tokens=True))"
+)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import transformers
 
-from . import backpack, bd3lm, ltg_bert, mdlm, modded_gpt
+from . import backpack, bd3lm, latent_wire, ltg_bert, mdlm, modded_gpt
 
 # model_type -> (config class, {Auto class name: model class})
 ARCHITECTURES = {
@@ -18,6 +18,7 @@ ARCHITECTURES = {
     "bd3lm": (bd3lm.Bd3lmConfig, bd3lm.AUTO_CLASSES),
     "modded_gpt": (modded_gpt.ModdedGptConfig, modded_gpt.AUTO_CLASSES),
     "backpack": (backpack.BackpackConfig, backpack.AUTO_CLASSES),
+    "latent_wire": (latent_wire.LatentWireConfig, latent_wire.AUTO_CLASSES),
 }
 
 

@@ -88,6 +88,10 @@ class ModelTesterMixin:
         input_ids = torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=generator)
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
+    def export_tokenizer(self, config):
+        """The tokenizer exported with the model in the fresh-process test (a byte-level model ships its own)."""
+        return tiny_tokenizer(config.vocab_size)
+
     def get_labels(self, model_class, config, inputs, generator):
         batch, seq_len = inputs["input_ids"].shape
         name = model_class.__name__
@@ -150,7 +154,7 @@ class ModelTesterMixin:
         the class must come from transformers_modules, with no warnings, empty loading info, and equal logits."""
         for model_class in self.model_classes:
             model = self.build(model_class)
-            folder = export(model, tiny_tokenizer(model.config.vocab_size), tmp_path / model_class.__name__)
+            folder = export(model, self.export_tokenizer(model.config), tmp_path / model_class.__name__)
             checks = {check.name: check for check in verify(folder, reference_model=model)}
             assert "transformers_modules" in checks["fresh-process load"].detail
 

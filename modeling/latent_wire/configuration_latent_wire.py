@@ -1,0 +1,121 @@
+"""Configuration of a LatentWire: one learned latent prefix that conditions several frozen decoder LMs.
+
+The idea of SujeethJinesh/LatentWire (2025): a byte-level encoder reads a text, M learned queries pool it into M
+latent vectors, and one small adapter per decoder turns those into M soft-prefix embeddings for that decoder. Only
+the encoder and the adapters are trained and saved; the decoders are frozen `AutoModelForCausalLM`s, named here and
+re-attached at load.
+"""
+
+from transformers import PretrainedConfig
+
+DECODER_FIELDS = ("name", "hidden_size", "name_or_path", "revision", "anchor_text", "bos_after_prefix",
+                  "embedding_rms", "anchor_ids", "tokenizer_size")
+
+
+class LatentWireConfig(PretrainedConfig):
+    r"""
+    Configuration for [`LatentWireModel`].
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 257):
+            Byte ids 0-255 and the padding id 256 (a zero byte is text, never padding).
+        hidden_size (`int`, *optional*, defaults to 256):
+            Width d_z of the byte encoder and of the latents.
+        num_hidden_layers (`int`, *optional*, defaults to 2):
+            Pre-norm transformer layers of the byte encoder (bidirectional; padding is never attended).
+        num_attention_heads (`int`, *optional*, defaults to 8):
+            Heads of the encoder layers and of the latent queries' cross-attention.
+        intermediate_size (`int`, *optional*):
+            MLP width of the encoder layers and the pooler; defaults to `4 * hidden_size`.
+        num_latents (`int`, *optional*, defaults to 32):
+            M, the number of latent vectors, i.e. of prefix positions each decoder reads.
+        max_position_embeddings (`int`, *optional*, defaults to 2048):
+            The longest byte input (sinusoidal positions; longer inputs are refused, never cut silently).
+        decoders (`list[dict]`, *optional*):
+            One entry per frozen decoder: `name` (an identifier), `hidden_size` (its embedding width, the adapter's
+            output), and optionally `name_or_path` + `revision` (where `load_decoders` finds it), `anchor_text`
+            (read after the prefix; default `"Answer: "`), `bos_after_prefix` (insert the decoder's BOS between prefix
+            and anchor; default False). Set when a decoder is first attached and checked at every later attach:
+            `embedding_rms` (the RMS of its input embeddings, the adapter's output scale), `anchor_ids` (the anchor
+            in its tokenizer) and `tokenizer_size` (the length of its tokenizer).
+        adapter_scale_init (`float`, *optional*, defaults to 1.0):
+            Initial value of each adapter's learnable output scale.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of every LayerNorm.
+        dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the byte embeddings, attention probabilities and residual branches.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Std of the normal init of embeddings, linear weights and latent queries.
+    """
+
+    model_type = "latent_wire"
+
+    def __init__(
+        self,
+        vocab_size=257,
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        intermediate_size=None,
+        num_latents=32,
+        max_position_embeddings=2048,
+        decoders=None,
+        adapter_scale_init=1.0,
+        layer_norm_eps=1e-5,
+        dropout=0.0,
+        initializer_range=0.02,
+        pad_token_id=256,
+        **kwargs,
+    ):
+        if vocab_size < 257 or pad_token_id != vocab_size - 1:
+            raise ValueError(f"the byte vocabulary is ids 0-255 plus padding as the last id: vocab_size must be >= 257 "
+                             f"with pad_token_id = vocab_size - 1, got {vocab_size} and {pad_token_id}")
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"num_attention_heads ({num_attention_heads}) must divide hidden_size ({hidden_size})")
+        if num_latents < 1 or num_hidden_layers < 1:
+            raise ValueError(f"num_latents and num_hidden_layers must be >= 1, got {num_latents}, {num_hidden_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.num_latents = num_latents
+        self.max_position_embeddings = max_position_embeddings
+        self.decoders = [validated_decoder(entry) for entry in (decoders or [])]
+        names = [entry["name"] for entry in self.decoders]
+        if len(set(names)) != len(names):
+            raise ValueError(f"decoder names must be unique, got {names}")
+        self.adapter_scale_init = adapter_scale_init
+        self.layer_norm_eps = layer_norm_eps
+        self.dropout = dropout
+        self.initializer_range = initializer_range
+        kwargs["tie_word_embeddings"] = False  # the wire has no output embedding to tie
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    def decoder(self, name: str) -> dict:
+        for entry in self.decoders:
+            if entry["name"] == name:
+                return entry
+        raise ValueError(f"no decoder named {name!r}; this wire has {[entry['name'] for entry in self.decoders]}")
+
+
+def validated_decoder(entry: dict) -> dict:
+    """A decoder entry with its defaults filled in; unknown or missing fields are refused by name."""
+    unknown = set(entry) - set(DECODER_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown decoder fields {sorted(unknown)}; known: {list(DECODER_FIELDS)}")
+    missing = [field for field in ("name", "hidden_size") if entry.get(field) is None]
+    if missing:
+        raise ValueError(f"decoder entry {entry} lacks {missing}")
+    if not str(entry["name"]).isidentifier():
+        raise ValueError(f"decoder name must be an identifier (it names the adapter's weights), got {entry['name']!r}")
+    if int(entry["hidden_size"]) < 1:
+        raise ValueError(f"decoder {entry['name']!r}: hidden_size must be positive, got {entry['hidden_size']}")
+    defaults = {"name_or_path": None, "revision": None, "anchor_text": "Answer: ", "bos_after_prefix": False,
+                "embedding_rms": None, "anchor_ids": None, "tokenizer_size": None}
+    return {**defaults, **entry}
+
+
+__all__ = ["LatentWireConfig"]
