@@ -1,0 +1,123 @@
+"""Training a LatentWire: a collator that pairs the texts' bytes with each decoder's answer tokens, and a `Trainer`
+whose loss is, per decoder, teacher-forced cross-entropy on the answer (plus a weighted first-token term), normalised
+over the answer tokens of the whole optimizer step, across gradient accumulation and processes."""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+
+from trainers.mlm_trainer import CollatorCheckedMixin
+
+
+class LatentWireCollator:
+    """Rows {"text", "answer"} -> `input_ids`/`attention_mask` (the text's UTF-8 bytes, right-padded) and, per decoder
+    `name`, `answer_ids.name`/`answer_mask.name`: the answer in that decoder's tokenizer, without special tokens,
+    followed by its EOS (so that every decoder learns to stop), right-padded. Too long a text is refused, not cut."""
+
+    def __init__(self, byte_tokenizer, decoder_tokenizers: dict, max_bytes: int):
+        missing = [name for name, tokenizer in decoder_tokenizers.items() if tokenizer.eos_token_id is None]
+        if missing:
+            raise ValueError(f"decoders {missing} have no EOS token: answers could never end")
+        self.byte_tokenizer, self.decoder_tokenizers, self.max_bytes = byte_tokenizer, decoder_tokenizers, max_bytes
+        self.vocabulary_size = len(byte_tokenizer)  # ids range-checked here, on the CPU (CollatorCheckedMixin)
+
+    def __call__(self, rows):
+        texts, answers = [row["text"] for row in rows], [row["answer"] for row in rows]
+        if not all(texts):
+            raise ValueError("an empty text gives the wire nothing to read")
+        too_long = [len(text.encode()) for text in texts if len(text.encode()) > self.max_bytes]
+        if too_long:
+            raise ValueError(f"{len(too_long)} texts exceed the wire's {self.max_bytes} bytes (longest "
+                             f"{max(too_long)}): filter or shorten them before training")
+        batch = dict(self.byte_tokenizer(texts, padding=True, return_tensors="pt"))
+        for name, tokenizer in self.decoder_tokenizers.items():
+            ids = [tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+                   for answer in answers]
+            width = max(map(len, ids))
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            batch[f"answer_ids.{name}"] = torch.tensor([row + [pad] * (width - len(row)) for row in ids])
+            batch[f"answer_mask.{name}"] = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+        return batch
+
+
+@dataclass
+class LatentWireTrainingArguments(TrainingArguments):
+    first_token_weight: float = field(default=0.5, metadata={"help": "λ of the first-answer-token cross-entropy."})
+    scale_l2: float = field(default=0.05, metadata={"help": "Weight of Σ (adapter scale - 1)² (keeps the prefix "
+                                                            "near the decoder's embedding RMS)."})
+    # The batch holds no `labels`; the answer columns must reach compute_loss.
+    remove_unused_columns: bool = field(default=False)
+
+
+class LatentWireTrainer(CollatorCheckedMixin, Trainer):
+    """Loss = mean over decoders of (answer CE per answer token + λ · first-token CE per row) + scale_l2 · Σ (s-1)².
+    Each decoder's denominators (its answer tokens; the rows) are counted over the whole optimizer step, on every
+    process, so the gradient does not depend on how a step is split into micro-batches or ranks."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.compute_loss_func is not None or self.args.label_smoothing_factor:
+            raise ValueError("LatentWireTrainer computes its own loss: no compute_loss_func or label smoothing")
+        wire = self.accelerator.unwrap_model(self.model)
+        self.decoder_names = [entry["name"] for entry in wire.config.decoders]
+        missing = [name for name in self.decoder_names if name not in wire.decoders]
+        if missing:
+            raise ValueError(f"decoders {missing} are not attached: attach_decoder or load_decoders first")
+        # With this, Trainer passes our step-wide counts to compute_loss and does not divide by GA itself.
+        self.model_accepts_loss_kwargs = True
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        """(answer tokens of each decoder..., rows) over every micro-batch of the step, summed over processes."""
+        counts = torch.stack([torch.tensor([batch[f"answer_mask.{name}"].sum().item() for name in self.decoder_names]
+                                           + [len(batch["input_ids"])], dtype=torch.float64)
+                              for batch in batch_samples]).sum(0).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.gather(counts[None]).sum(0)
+        return counts
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        wire = self.accelerator.unwrap_model(model)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        global_step = num_items_in_batch is not None and model.training
+        losses = {}
+        for index, name in enumerate(self.decoder_names):
+            answer_sum, first_sum = answer_losses(wire, name, outputs.prefixes[index], inputs[f"answer_ids.{name}"],
+                                                  inputs[f"answer_mask.{name}"])
+            if global_step:
+                tokens, rows = num_items_in_batch[index], num_items_in_batch[-1]
+            else:
+                tokens, rows = inputs[f"answer_mask.{name}"].sum(), len(inputs["input_ids"])
+            losses[name] = (answer_sum / tokens + self.args.first_token_weight * first_sum / rows).float()
+        loss = torch.stack(list(losses.values())).mean()
+        if global_step and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the counts are global sums
+        scales = torch.stack([adapter.scale for adapter in wire.adapters.values()])
+        regulariser = self.args.scale_l2 * (scales - 1).pow(2).sum()
+        if global_step:
+            regulariser = regulariser / self.args.gradient_accumulation_steps  # once per step, not per micro-batch
+        loss = loss + regulariser
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad():
+            loss = self.compute_loss(model, self._prepare_inputs(inputs))
+        return loss.detach(), None, None
+
+    def train(self, *args, **kwargs):
+        with self._device_checks():
+            return super().train(*args, **kwargs)
+
+
+def answer_losses(wire, name: str, prefix, answer_ids, answer_mask):
+    """(Σ CE over the answer tokens, Σ CE of each row's first answer token) of decoder `name` teacher-forced on
+    [prefix ⊕ anchor ⊕ answer]. The logits at position t score the label at t + 1: the one shift, done here."""
+    inputs = wire.decoder_inputs(name, prefix, answer_ids, answer_mask)
+    labels = inputs.pop("labels")
+    logits = wire.decoders[name](**inputs, use_cache=False).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    answer_sum = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    first = labels.shape[1] - answer_ids.shape[1] - 1  # the last anchor position predicts the first answer token
+    first_sum = F.cross_entropy(logits[:, first], targets[:, first], reduction="sum")
+    return answer_sum, first_sum
