@@ -1,0 +1,71 @@
+"""The three-condition evaluation of a LatentWire (text, latent, truncated text) with two tiny real decoders: the
+metrics and files it writes, and properties that pin the conditions down — with M at least every prompt's length the
+truncated condition IS the text condition; left padding changes no row; the teacher-forced NLL and first-token rank
+agree with a one-row computation by hand."""
+
+import json
+
+import torch
+
+from eval_suites import wire_conditions
+from modeling.latent_wire import byte_tokenizer
+from tests.models.latent_wire.test_latent_wire_decoders import attached_wire
+
+RECORDS = [{"id": f"q{i}", "context": context, "question": question, "answers": answers}
+           for i, (context, question, answers) in enumerate([
+               ("Ana keeps two owls.", "What does Ana keep?", ["two owls", "owls"]),
+               ("Bo keeps nine red keys in a box.", "Who keeps keys?", ["Bo"]),
+               ("Cy keeps six.", "How many?", ["six"])])]
+
+
+def test_metrics_files_and_compression(tmp_path):
+    wire = attached_wire()
+    result = wire_conditions.evaluate_conditions(wire, RECORDS, byte_tokenizer(256), batch_size=2, max_new_tokens=3)
+    for name in ("llama", "qwen"):
+        per_decoder = result["decoders"][name]
+        tokenizer = wire.decoder_tokenizers[name]
+        lengths = [len(tokenizer(wire_conditions.qa_text(r), add_special_tokens=False).input_ids) for r in RECORDS]
+        assert per_decoder["compression"] == sum(lengths) / 3 / 4
+        anchor = len(wire.config.decoder(name)["anchor_ids"])
+        assert per_decoder["latent"]["mean_prompt_positions"] == 4 + anchor
+        assert per_decoder["truncated"]["mean_prompt_positions"] == 4 + anchor  # every prompt is longer than M = 4
+        for condition in wire_conditions.CONDITIONS:
+            metrics = per_decoder[condition]
+            assert 0 <= metrics["exact_match"] <= metrics["f1"] + 1e-9 <= 100 + 1e-9
+            assert metrics["nll_per_token"] > 0 and 0 <= metrics["first_token_top1"] <= metrics["first_token_top5"]
+    assert len(result["predictions"]) == 2 * 3 * 3
+    folder = wire_conditions.write_results(result, tmp_path)
+    lines = (folder / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 18 and {"id", "decoder", "condition", "prediction"} <= set(json.loads(lines[0]))
+    assert "predictions" not in json.loads((folder / "metrics.json").read_text())
+    assert "| llama | latent |" in wire_conditions.markdown_report(result)
+
+
+def test_truncation_to_at_least_the_prompt_is_the_text_condition():
+    wire = attached_wire()
+    wire.config.num_latents = 10_000  # only the truncation reads it here; the wire's queries are untouched
+    text = wire_conditions.evaluate_conditions(wire, RECORDS, byte_tokenizer(256), conditions=("text", "truncated"),
+                                               max_new_tokens=3)
+    for name in ("llama", "qwen"):
+        full, cut = text["decoders"][name]["text"], text["decoders"][name]["truncated"]
+        assert full == cut
+
+
+def test_rows_do_not_depend_on_left_padding_and_match_a_hand_computation():
+    wire = attached_wire()
+    options = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    batch = wire_conditions.run_condition(wire, "qwen", "text", RECORDS, byte_tokenizer(256), options)
+    for index, record in enumerate(RECORDS):
+        alone = wire_conditions.run_condition(wire, "qwen", "text", [record], byte_tokenizer(256), options)
+        assert alone["predictions"][0] == batch["predictions"][index]
+        assert abs(alone["nll"][0] - batch["nll"][index]) < 1e-4 and alone["rank"][0] == batch["rank"][index]
+    # By hand for one row: the decoder on [prompt + anchor + gold + EOS], no padding at all.
+    decoder, tokenizer = wire.decoders["qwen"], wire.decoder_tokenizers["qwen"]
+    prompt = tokenizer(wire_conditions.qa_text(RECORDS[1]), add_special_tokens=False).input_ids
+    prompt += wire.config.decoder("qwen")["anchor_ids"]
+    gold = tokenizer("Bo", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    log_probs = decoder(torch.tensor([prompt + gold])).logits[0].log_softmax(-1)
+    nll = -sum(log_probs[len(prompt) - 1 + j, token] for j, token in enumerate(gold))
+    assert abs(batch["nll"][1] - nll.item()) < 1e-4 and batch["tokens"][1] == len(gold)
+    first_logits = log_probs[len(prompt) - 1]
+    assert batch["rank"][1] == int((first_logits > first_logits[gold[0]]).sum())
