@@ -3,6 +3,7 @@ whose loss is, per decoder, teacher-forced cross-entropy on the answer (plus a w
 over the answer tokens of the whole optimizer step, across gradient accumulation and processes."""
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,8 @@ class LatentWireTrainingArguments(TrainingArguments):
     first_token_weight: float = field(default=0.5, metadata={"help": "λ of the first-answer-token cross-entropy."})
     scale_l2: float = field(default=0.05, metadata={"help": "Weight of Σ (adapter scale - 1)² (keeps the prefix "
                                                             "near the decoder's embedding RMS)."})
+    max_train_minutes: Optional[float] = field(default=None, metadata={"help": "Stop training after this many "
+                                                                                 "minutes (wall clock)."})
     # The batch holds no `labels`; the answer columns must reach compute_loss.
     remove_unused_columns: bool = field(default=False)
 
