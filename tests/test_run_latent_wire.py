@@ -15,7 +15,8 @@ def test_tiny_run(tmp_path, capsys):
         "--output_dir", str(tmp_path), "--num_train", "48", "--num_eval", "6", "--demo_decoder_steps", "4",
         "--demo_decoder_batch_size", "8", "--max_steps", "3", "--per_device_train_batch_size", "8",
         "--learning_rate", "1e-3", "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no",
-        "--dataloader_num_workers", "0", "--max_new_tokens", "3", "--eval_batch_size", "4", "--logging_steps", "1"])
+        "--dataloader_num_workers", "0", "--max_new_tokens", "3", "--eval_batch_size", "4", "--logging_steps", "1",
+        "--distillation_weight", "0.5"])
     args.demo_decoder_overrides = {"llama": TINY_DECODER, "qwen": {**TINY_DECODER, "hidden_size": 24}}
     args.wire_overrides = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_latents": 4}
     run_latent_wire.main(args, training_args)

@@ -37,10 +37,6 @@ class CausalLMTrainer(CollatorCheckedMixin, MuonOptimizerMixin, Trainer):
             loss = self.compute_loss(model, self._prepare_inputs(inputs))
         return loss.detach(), None, None
 
-    def train(self, *args, **kwargs):
-        with self._device_checks():
-            return super().train(*args, **kwargs)
-
     def evaluate(self, eval_dataset=None, *args, **kwargs):
         """The evaluation loss is the cross-entropy per predicted token over the whole set (every row's first token
         is not predicted)."""

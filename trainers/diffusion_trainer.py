@@ -130,8 +130,7 @@ class MaskedDiffusionTrainer(CollatorCheckedMixin, Trainer):
     def train(self, resume_from_checkpoint=None, **kwargs):
         if self.ema_callback is not None:
             self.ema_callback.resume_from = self._resolve_checkpoint(resume_from_checkpoint)
-        with self._device_checks():
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)  # with the device checks off
 
     def _resolve_checkpoint(self, resume_from_checkpoint):
         if resume_from_checkpoint is True:

@@ -15,13 +15,16 @@ from trainers.mlm_trainer import CollatorCheckedMixin
 class LatentWireCollator:
     """Rows {"text", "answer"} -> `input_ids`/`attention_mask` (the text's UTF-8 bytes, right-padded) and, per decoder
     `name`, `answer_ids.name`/`answer_mask.name`: the answer in that decoder's tokenizer, without special tokens,
-    followed by its EOS (so that every decoder learns to stop), right-padded. Too long a text is refused, not cut."""
+    followed by its EOS (so that every decoder learns to stop), right-padded. Too long a text is refused, not cut.
+    With `anchor_ids` ({name: ids}), also `prompt_ids.name`/`prompt_mask.name`: the text in that decoder's tokens
+    followed by the anchor, left-padded (the teacher's prompt for distillation)."""
 
-    def __init__(self, byte_tokenizer, decoder_tokenizers: dict, max_bytes: int):
+    def __init__(self, byte_tokenizer, decoder_tokenizers: dict, max_bytes: int, anchor_ids: Optional[dict] = None):
         missing = [name for name, tokenizer in decoder_tokenizers.items() if tokenizer.eos_token_id is None]
         if missing:
             raise ValueError(f"decoders {missing} have no EOS token: answers could never end")
         self.byte_tokenizer, self.decoder_tokenizers, self.max_bytes = byte_tokenizer, decoder_tokenizers, max_bytes
+        self.anchor_ids = anchor_ids
         self.vocabulary_size = len(byte_tokenizer)  # ids range-checked here, on the CPU (CollatorCheckedMixin)
 
     def __call__(self, rows):
@@ -40,6 +43,13 @@ class LatentWireCollator:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             batch[f"answer_ids.{name}"] = torch.tensor([row + [pad] * (width - len(row)) for row in ids])
             batch[f"answer_mask.{name}"] = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+            if self.anchor_ids is not None:
+                prompts = [tokenizer(text, add_special_tokens=False).input_ids + list(self.anchor_ids[name])
+                           for text in texts]
+                width = max(map(len, prompts))
+                batch[f"prompt_ids.{name}"] = torch.tensor([[pad] * (width - len(row)) + row for row in prompts])
+                batch[f"prompt_mask.{name}"] = torch.tensor([[0] * (width - len(row)) + [1] * len(row)
+                                                             for row in prompts])
         return batch
 
 
@@ -48,6 +58,9 @@ class LatentWireTrainingArguments(TrainingArguments):
     first_token_weight: float = field(default=0.5, metadata={"help": "λ of the first-answer-token cross-entropy."})
     scale_l2: float = field(default=0.05, metadata={"help": "Weight of Σ (adapter scale - 1)² (keeps the prefix "
                                                             "near the decoder's embedding RMS)."})
+    distillation_weight: float = field(default=0.0, metadata={
+        "help": "Weight of KL(decoder reading the text ‖ decoder reading the prefix) on the answer tokens; needs the "
+                "collator's text prompts (anchor_ids)."})
     max_train_minutes: Optional[float] = field(default=None, metadata={"help": "Stop training after this many "
                                                                                  "minutes (wall clock)."})
     # The batch holds no `labels`; the answer columns must reach compute_loss.
@@ -86,13 +99,20 @@ class LatentWireTrainer(CollatorCheckedMixin, Trainer):
         global_step = num_items_in_batch is not None and model.training
         losses = {}
         for index, name in enumerate(self.decoder_names):
-            answer_sum, first_sum = answer_losses(wire, name, outputs.prefixes[index], inputs[f"answer_ids.{name}"],
-                                                  inputs[f"answer_mask.{name}"])
+            teacher_prompt = None
+            if self.args.distillation_weight:
+                if f"prompt_ids.{name}" not in inputs:
+                    raise ValueError("distillation_weight needs the text prompts: LatentWireCollator(..., anchor_ids=)")
+                teacher_prompt = (inputs[f"prompt_ids.{name}"], inputs[f"prompt_mask.{name}"])
+            answer_sum, first_sum, kl_sum = answer_losses(wire, name, outputs.prefixes[index],
+                                                          inputs[f"answer_ids.{name}"], inputs[f"answer_mask.{name}"],
+                                                          teacher_prompt)
             if global_step:
                 tokens, rows = num_items_in_batch[index], num_items_in_batch[-1]
             else:
                 tokens, rows = inputs[f"answer_mask.{name}"].sum(), len(inputs["input_ids"])
-            losses[name] = (answer_sum / tokens + self.args.first_token_weight * first_sum / rows).float()
+            losses[name] = ((answer_sum + self.args.distillation_weight * kl_sum) / tokens
+                            + self.args.first_token_weight * first_sum / rows).float()
         loss = torch.stack(list(losses.values())).mean()
         if global_step and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the counts are global sums
@@ -108,19 +128,28 @@ class LatentWireTrainer(CollatorCheckedMixin, Trainer):
             loss = self.compute_loss(model, self._prepare_inputs(inputs))
         return loss.detach(), None, None
 
-    def train(self, *args, **kwargs):
-        with self._device_checks():
-            return super().train(*args, **kwargs)
 
-
-def answer_losses(wire, name: str, prefix, answer_ids, answer_mask):
-    """(Σ CE over the answer tokens, Σ CE of each row's first answer token) of decoder `name` teacher-forced on
-    [prefix ⊕ anchor ⊕ answer]. The logits at position t score the label at t + 1: the one shift, done here."""
+def answer_losses(wire, name: str, prefix, answer_ids, answer_mask, teacher_prompt=None):
+    """(Σ CE over the answer tokens, Σ CE of each row's first answer token, Σ KL over the answer tokens) of decoder
+    `name` teacher-forced on [prefix ⊕ anchor ⊕ answer]. The logits at position t score the label at t + 1: the one
+    shift, done here. With `teacher_prompt` (left-padded text + anchor ids and mask), the KL is that of the same
+    decoder reading the text instead of the prefix (no gradient) from the prefix-reading one; else it is 0."""
     inputs = wire.decoder_inputs(name, prefix, answer_ids, answer_mask)
     labels = inputs.pop("labels")
-    logits = wire.decoders[name](**inputs, use_cache=False).logits[:, :-1].float()
+    decoder = wire.decoders[name]
+    logits = decoder(**inputs, use_cache=False).logits[:, :-1].float()
     targets = labels[:, 1:]
     answer_sum = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
     first = labels.shape[1] - answer_ids.shape[1] - 1  # the last anchor position predicts the first answer token
     first_sum = F.cross_entropy(logits[:, first], targets[:, first], reduction="sum")
-    return answer_sum, first_sum
+    if teacher_prompt is None:
+        return answer_sum, first_sum, answer_sum.new_zeros(())
+    student = logits[:, first:first + answer_ids.shape[1]]  # position first + j predicts answer token j
+    prompt_ids, prompt_mask = teacher_prompt
+    mask = torch.cat([prompt_mask, answer_mask], dim=1)
+    with torch.no_grad():
+        teacher = decoder(input_ids=torch.cat([prompt_ids, answer_ids], dim=1), attention_mask=mask,
+                          position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False).logits.float()
+    teacher = teacher[:, prompt_ids.shape[1] - 1:-1]  # left padding puts every prompt's end in one column
+    kl = F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    return answer_sum, first_sum, (kl * answer_mask).sum()

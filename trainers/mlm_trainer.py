@@ -60,6 +60,10 @@ class CollatorCheckedMixin:
             return nullcontext()
         return device_value_checks(self.accelerator.unwrap_model(self.model), False)
 
+    def train(self, *args, **kwargs):
+        with self._device_checks():
+            return super().train(*args, **kwargs)
+
 
 class MaskedLMTrainer(CollatorCheckedMixin, Trainer):
     def __init__(self, *args, **kwargs):
@@ -81,10 +85,6 @@ class MaskedLMTrainer(CollatorCheckedMixin, Trainer):
         # 33.4 ms without; eager, the two are within 2%).
         unwrapped = self.accelerator.unwrap_model(self.model)
         self._sparse_prediction = self.args.device.type == "cpu" and supports_sparse_prediction(unwrapped)
-
-    def train(self, *args, **kwargs):
-        with self._device_checks():
-            return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)  # a copy: prediction_step still reads the labels from its own dict for metrics

@@ -194,9 +194,11 @@ def main(args: WireArguments, training_args: LatentWireTrainingArguments) -> Non
     rows = [{"text": wire_conditions.qa_text(r), "answer": r["answers"][0]} for r in train_records]
     held_out = [{"text": wire_conditions.qa_text(r), "answer": r["answers"][0]} for r in eval_records]
     tokenizer = byte_tokenizer(args.max_bytes)
+    anchors = {name: wire.config.decoder(name)["anchor_ids"] for name in wire.decoders}
+    collator = LatentWireCollator(tokenizer, wire.decoder_tokenizers, args.max_bytes,
+                                  anchor_ids=anchors if training_args.distillation_weight else None)
     trainer = LatentWireTrainer(model=wire, args=training_args, train_dataset=Dataset.from_list(rows),
-                                eval_dataset=Dataset.from_list(held_out),
-                                data_collator=LatentWireCollator(tokenizer, wire.decoder_tokenizers, args.max_bytes))
+                                eval_dataset=Dataset.from_list(held_out), data_collator=collator)
     if training_args.max_train_minutes:
         trainer.add_callback(TimeBudgetCallback(training_args.max_train_minutes))
     logger.info("wire: %s trainable parameters; decoders %s", f"{wire.num_parameters():,}",

@@ -102,6 +102,32 @@ def test_answer_loss_shifts_once():
         torch.testing.assert_close(first_sum, first, atol=1e-5, rtol=1e-5)
 
 
+def test_distillation_term_matches_a_row_by_row_computation():
+    """KL(decoder reading the text ‖ decoder reading the prefix) over the answer tokens: the batched, left-padded
+    teacher equals each row run alone and unpadded, position by position."""
+    wire = attached_wire()
+    anchors = {name: wire.config.decoder(name)["anchor_ids"] for name in ("llama", "qwen")}
+    batch = LatentWireCollator(byte_tokenizer(96), wire.decoder_tokenizers, 96, anchor_ids=anchors)(ROWS)
+    prefixes = wire(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).prefixes
+    for index, name in enumerate(["llama", "qwen"]):
+        decoder, tokenizer = wire.decoders[name], wire.decoder_tokenizers[name]
+        ids, mask = batch[f"answer_ids.{name}"], batch[f"answer_mask.{name}"]
+        _, _, kl_sum = answer_losses(wire, name, prefixes[index], ids, mask,
+                                     (batch[f"prompt_ids.{name}"], batch[f"prompt_mask.{name}"]))
+        expected = 0.0
+        for row, data in enumerate(ROWS):
+            answer = ids[row, :int(mask[row].sum())]
+            prompt = tokenizer(data["text"], add_special_tokens=False).input_ids + anchors[name]
+            teacher = decoder(torch.tensor([prompt + answer.tolist()])).logits[0, len(prompt) - 1:-1]
+            inputs = wire.decoder_inputs(name, prefixes[index][row:row + 1], answer[None])
+            inputs.pop("labels")
+            start = inputs["inputs_embeds"].shape[1] - len(answer) - 1
+            student = decoder(**inputs).logits[0, start:-1]
+            expected += (teacher.softmax(-1) * (teacher.log_softmax(-1) - student.log_softmax(-1))).sum()
+        torch.testing.assert_close(kl_sum, expected, atol=1e-4, rtol=1e-4)
+        assert kl_sum > 0
+
+
 def test_latents_do_not_depend_on_batch_mates():
     wire = attached_wire()
     tokenizer = byte_tokenizer(96)
