@@ -9,7 +9,7 @@ import torch
 
 from eval_suites import wire_conditions
 from modeling.latent_wire import byte_tokenizer
-from tests.models.latent_wire.test_latent_wire_decoders import attached_wire
+from tests.latent_wire_trainer_driver import attached_wire
 
 RECORDS = [{"id": f"q{i}", "context": context, "question": question, "answers": answers}
            for i, (context, question, answers) in enumerate([

@@ -1,58 +1,27 @@
 """LatentWire with two tiny, different real decoders (a Llama and a Qwen2 with their own byte-level BPEs, vocabularies
-and widths): the decoder inputs, one label shift, batch-mate independence, generation from the prefix, frozen
-decoders, step-wide loss normalisation, refusal of a foreign decoder, and the export reloaded in a fresh process
-with its decoders re-attached."""
+and widths; built in tests/latent_wire_trainer_driver.py): the decoder inputs, one label shift, distillation,
+batch-mate independence, generation from the prefix, frozen decoders, step-wide loss normalisation over micro-batches
+and processes, refusal of a foreign decoder, and the export reloaded in a fresh process with its decoders
+re-attached."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from safetensors.torch import load_file
 
 from hub_exports import export
-from modeling.latent_wire import LatentWireConfig, LatentWireModel, byte_tokenizer
-from trainers.latent_wire_trainer import (LatentWireCollator, LatentWireTrainer, LatentWireTrainingArguments,
-                                          answer_losses)
-from trainers.tokenization import document_separator, train_tokenizer
+from modeling.latent_wire import LatentWireModel, byte_tokenizer
+from tests.latent_wire_trainer_driver import (ROWS, attached_wire, decoder_tokenizer, make_trainer, tiny_decoders,
+                                              wire_config)
+from tests.test_mlm_trainer import launch_two_processes
+from trainers.latent_wire_trainer import LatentWireCollator, answer_losses
 
-CORPUS = [f"Context: {name} keeps {count} {thing}. Question: What does {name} keep? Answer: {count} {thing}"
-          for name in ("Ana", "Bo", "Cy", "Di") for count in ("two", "nine", "six") for thing in ("owls", "keys")]
-ROWS = [{"text": f"Context: {name} keeps {thing}. Question: What?", "answer": thing}
-        for name, thing in [("Ana", "owls"), ("Bo", "red keys"), ("Cy", "six"), ("Di", "nine blue owls")]]
-
-
-def decoder_tokenizer(vocab_size):
-    tokenizer = train_tokenizer(CORPUS, vocab_size, kind="byte_level_bpe", min_frequency=1)
-    document_separator(tokenizer)  # [SEP] becomes the EOS
-    return tokenizer
-
-
-def tiny_decoders(seed=0):
-    """{name: (decoder, tokenizer)}: two architectures, widths 24 and 40, different vocabularies."""
-    torch.manual_seed(seed)
-    llama_tokenizer, qwen_tokenizer = decoder_tokenizer(300), decoder_tokenizer(360)
-    common = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(llama_tokenizer), hidden_size=24, intermediate_size=48,
-                                         pad_token_id=llama_tokenizer.pad_token_id, **common))
-    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(qwen_tokenizer), hidden_size=40, intermediate_size=64,
-                                        pad_token_id=qwen_tokenizer.pad_token_id, **common))
-    return {"llama": (llama.eval(), llama_tokenizer), "qwen": (qwen.eval(), qwen_tokenizer)}
-
-
-def wire_config(**overrides):
-    entries = [{"name": "llama", "hidden_size": 24}, {"name": "qwen", "hidden_size": 40, "bos_after_prefix": False}]
-    return LatentWireConfig(**{**dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                                      num_latents=4, max_position_embeddings=96, decoders=entries), **overrides})
-
-
-def attached_wire(decoders=None, seed=0):
-    torch.manual_seed(seed)
-    wire = LatentWireModel(wire_config()).eval()
-    for name, (decoder, tokenizer) in (decoders or tiny_decoders()).items():
-        wire.attach_decoder(name, decoder, tokenizer)
-    return wire
+DRIVER = Path(__file__).parents[2] / "latent_wire_trainer_driver.py"
 
 
 def collate(wire, rows=ROWS):
@@ -91,7 +60,8 @@ def test_answer_loss_shifts_once():
     prefixes = wire(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).prefixes
     for index, name in enumerate(["llama", "qwen"]):
         ids, mask = batch[f"answer_ids.{name}"], batch[f"answer_mask.{name}"]
-        answer_sum, first_sum = answer_losses(wire, name, prefixes[index], ids, mask)
+        answer_sum, first_sum, kl_sum = answer_losses(wire, name, prefixes[index], ids, mask)
+        assert kl_sum == 0  # no teacher prompt, no distillation
         inputs = wire.decoder_inputs(name, prefixes[index], ids, mask)
         inputs.pop("labels")
         log_probs = wire.decoders[name](**inputs).logits.log_softmax(-1)
@@ -152,19 +122,9 @@ def test_generate_with_matches_stepwise_greedy():
 
 
 def train_steps(tmp_path, batch_size, accumulation, steps=1, optimizer="sgd"):
-    decoders = tiny_decoders()
-    wire = attached_wire(decoders)
-    args = LatentWireTrainingArguments(
-        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation, learning_rate=0.5, optim=optimizer, lr_scheduler_type="constant",
-        max_grad_norm=0.0, weight_decay=0.0, use_cpu=True, report_to="none", save_strategy="no",
-        dataloader_num_workers=0, disable_tqdm=True, seed=0)
-    from datasets import Dataset
-
-    trainer = LatentWireTrainer(model=wire, args=args, train_dataset=Dataset.from_list(ROWS),
-                                data_collator=LatentWireCollator(byte_tokenizer(96), wire.decoder_tokenizers, 96))
+    trainer, decoders = make_trainer(tmp_path, batch_size, accumulation, steps, optimizer)
     trainer.train()
-    return wire, decoders
+    return trainer.model, decoders
 
 
 def test_training_moves_the_wire_and_never_the_decoders(tmp_path):
@@ -188,6 +148,19 @@ def test_step_does_not_depend_on_micro_batching(tmp_path):
     two, _ = train_steps(tmp_path / "two", batch_size=2, accumulation=2)
     for (key, a), b in zip(one.state_dict().items(), two.state_dict().values()):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    # Two gloo ranks of 2 rows each against one process with all 4: the counts are summed over both ranks, so the
+    # SGD step is the same (the rows' answers differ in length: per-rank means would not be).
+    out = launch_two_processes(DRIVER, tmp_path, tmp_path / "two.safetensors", "--batch-size", "2", "--world-size", "2")
+    assert sorted(re.findall(r"rank=\d world_size=2", out.stdout)) == ["rank=0 world_size=2", "rank=1 world_size=2"]
+    one, _ = train_steps(tmp_path / "one", batch_size=4, accumulation=1)
+    two = load_file(tmp_path / "two.safetensors")
+    assert set(two) == set(one.state_dict())
+    for key, value in one.state_dict().items():
+        torch.testing.assert_close(two[key], value, atol=2e-6, rtol=1e-5, msg=key)
 
 
 def test_a_foreign_decoder_is_refused(tmp_path):
