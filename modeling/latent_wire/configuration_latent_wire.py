@@ -45,7 +45,10 @@ class LatentWireConfig(PretrainedConfig):
         dropout (`float`, *optional*, defaults to 0.0):
             Dropout on the byte embeddings, attention probabilities and residual branches.
         initializer_range (`float`, *optional*, defaults to 0.02):
-            Std of the normal init of embeddings, linear weights and latent queries.
+            Std of the normal init of linear weights and latent queries.
+        byte_embedding_std (`float`, *optional*, defaults to 1.0):
+            Std of the byte embeddings' normal init: the scale of the sinusoidal positions added to them (as in the
+            original, which kept torch's N(0, 1)); at 0.02 the positions drown the bytes and the wire learns slowly.
     """
 
     model_type = "latent_wire"
@@ -64,6 +67,7 @@ class LatentWireConfig(PretrainedConfig):
         layer_norm_eps=1e-5,
         dropout=0.0,
         initializer_range=0.02,
+        byte_embedding_std=1.0,
         pad_token_id=256,
         **kwargs,
     ):
@@ -91,6 +95,7 @@ class LatentWireConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.dropout = dropout
         self.initializer_range = initializer_range
+        self.byte_embedding_std = byte_embedding_std
         kwargs["tie_word_embeddings"] = False  # the wire has no output embedding to tie
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 

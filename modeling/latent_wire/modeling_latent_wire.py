@@ -117,13 +117,14 @@ class LatentWirePreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Normal(0, initializer_range) weights and latent queries, zero biases, unit LayerNorm gains, adapter scales
-        at `adapter_scale_init`."""
+        """Normal(0, byte_embedding_std) byte embeddings, normal(0, initializer_range) linear weights and latent
+        queries, zero biases, unit LayerNorm gains, adapter scales at `adapter_scale_init`."""
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.byte_embedding_std)
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=std)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+            nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
