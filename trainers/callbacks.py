@@ -1,4 +1,5 @@
-"""Trainer callbacks: a verified Hub export of every checkpoint, and a loss-curve plot at the end of training."""
+"""Trainer callbacks (a verified Hub export of every checkpoint, a time budget, a loss-curve plot) and the end of a
+run: work on the main process, then every rank closes the process group."""
 
 import logging
 import os

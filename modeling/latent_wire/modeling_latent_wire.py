@@ -231,11 +231,11 @@ class LatentWireModel(LatentWirePreTrainedModel):
             raise ValueError(f"decoder {name!r}: bos_after_prefix is set but its tokenizer has no BOS token")
         for field, value in found.items():
             recorded = entry[field]
-            if recorded is None:
-                entry[field] = value
-            elif recorded != value and not (field == "embedding_rms" and math.isclose(recorded, value, rel_tol=1e-3)):
+            if recorded is not None and recorded != value and not (
+                    field == "embedding_rms" and math.isclose(recorded, value, rel_tol=1e-3)):
                 raise ValueError(f"decoder {name!r}: {field} is {value}, the wire was trained with {recorded}: this "
                                  "is not the decoder (or tokenizer) it was trained for")
+        entry.update({field: value for field, value in found.items() if entry[field] is None})  # all checks passed
         decoder.requires_grad_(False)
         decoder.eval()
         self.decoders[name] = decoder
