@@ -21,7 +21,7 @@ def test_tiny_run(tmp_path, capsys):
     args.wire_overrides = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_latents": 4}
     run_latent_wire.main(args, training_args)
     out = capsys.readouterr().out
-    assert out.count("target MISSED") + out.count("target MET") == 2 and "Exported and verified" in out
+    assert out.count("target ") == 2 and "Exported and verified" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["decoders"]) == {"llama", "qwen"} and metrics["train_steps"] == 3
     assert all(set(metrics["decoders"][name]) == {"compression", "text", "latent", "truncated"}
@@ -32,6 +32,22 @@ def test_tiny_run(tmp_path, capsys):
                                                                        for n in ("llama", "qwen")]
     assert all(entry["embedding_rms"] and entry["anchor_ids"] for entry in config["decoders"])
     assert (tmp_path / "decoders" / "qwen" / "tokenizer.json").is_file()
+
+
+def test_verdict():
+    args = run_latent_wire.WireArguments()
+
+    def outcome(text, latent, truncated, compression=7.0):
+        conditions = {"text": text, "latent": latent, "truncated": truncated}
+        result = {"decoders": {"d": {"compression": compression,
+                                     **{c: {"exact_match": em} for c, em in conditions.items()}}}}
+        return run_latent_wire.verdict(result, args)[0].split("target ")[1]
+
+    assert outcome(80, 72, 10) == "MET"  # 0.90 of text, truncated far below
+    assert outcome(80, 71, 10) == "MISSED"  # 0.89
+    assert outcome(80, 76, 40) == "MISSED"  # truncated not far below the latent
+    assert outcome(80, 80, 0, compression=3.9) == "MISSED"
+    assert outcome(12, 11, 0).startswith("NOT SHOWN")  # every condition near the guessing rate
 
 
 def test_generated_questions_need_their_context():
@@ -50,5 +66,5 @@ def test_demo_config_parses(tmp_path):
     config = run_latent_wire.__file__.replace("run_latent_wire.py", "configs/latent_wire_demo.yaml")
     args, training_args = run_latent_wire.parse([config, "--output_dir", str(tmp_path), "--use_cpu", "true",
                                                   "--bf16", "false", "--tf32", "false"])
-    assert args.wire_overrides["num_latents"] == 8 and not args.decoders
+    assert args.wire_overrides["num_latents"] == 4 and not args.decoders
     assert training_args.max_steps == 3000 and training_args.remove_unused_columns is False

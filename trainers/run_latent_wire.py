@@ -70,6 +70,7 @@ class WireArguments:
     eval_batch_size: int = field(default=64)
     target_ratio: float = field(default=0.9, metadata={"help": "Latent EM must reach this share of text EM ..."})
     target_compression: float = field(default=4.0, metadata={"help": "... at least at this compression."})
+    min_text_em: float = field(default=30.0, metadata={"help": "Below this text-prompt EM the comparison shows nothing."})
 
 
 def load_records(args: WireArguments):
@@ -172,15 +173,22 @@ def build_wire(args: WireArguments, paths: dict, device, dtype) -> LatentWireMod
 
 
 def verdict(result: dict, args: WireArguments) -> List[str]:
-    """One line per decoder: latent EM against the target share of text EM, at the measured compression."""
+    """One line per decoder. The target is met when latent EM reaches `target_ratio` × text EM at least at
+    `target_compression`, with the truncated text far below (at most half the latent EM); it is not shown at all when
+    the decoder cannot answer from the text itself (text EM under `min_text_em`: every condition is then guessing)."""
     lines = []
     for name, per_decoder in result["decoders"].items():
         text, latent = per_decoder["text"]["exact_match"], per_decoder["latent"]["exact_match"]
-        truncated = per_decoder["truncated"]["exact_match"]
+        truncated, compression = per_decoder["truncated"]["exact_match"], per_decoder["compression"]
         ratio = latent / text if text else float("nan")
-        met = text > 0 and ratio >= args.target_ratio and per_decoder["compression"] >= args.target_compression
+        if text < args.min_text_em:
+            outcome = f"NOT SHOWN (text EM under {args.min_text_em:g}: the decoder cannot answer from the text)"
+        elif ratio >= args.target_ratio and compression >= args.target_compression and truncated <= latent / 2:
+            outcome = "MET"
+        else:
+            outcome = "MISSED"
         lines.append(f"{name}: latent EM {latent:.1f} = {ratio:.2f} × text EM {text:.1f} (truncated {truncated:.1f}) at "
-                     f"{per_decoder['compression']:.1f}× compression: target {'MET' if met else 'MISSED'}")
+                     f"{compression:.1f}× compression: target {outcome}")
     return lines
 
 
