@@ -84,7 +84,7 @@ def run_condition(wire, name: str, condition: str, records: Sequence[dict], byte
         inputs = wire.decoder_inputs(name, prefix, answer_ids, answer_mask)
         labels = inputs.pop("labels")
         first = inputs["inputs_embeds"].shape[1] - width - 1
-        generated = wire.generate_with(name, **texts, **generate_options)
+        generated = wire.generate_from_prefix(name, prefix, **generate_options)
         positions = [prefix.shape[1] + len(anchor) + bool(wire.config.decoder(name)["bos_after_prefix"])] * len(records)
     else:
         prompts = [tokenizer(qa_text(r), add_special_tokens=False).input_ids for r in records]

@@ -19,9 +19,8 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from hub_exports.strict_mapping import check_complete
+from hub_exports.strict_mapping import check_complete, load_folder_weights
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
 
 PREFIX = "_orig_mod."
@@ -113,12 +112,7 @@ def _read_stanford(folder: Path):
     missing = [name for name in STANFORD_CONFIG_FIELDS if name not in original]
     if missing:
         raise ValueError(f"{config_path} is not a backpack-gpt2 config: it lacks {missing}")
-    if (folder / "model.safetensors").is_file():
-        state = load_file(folder / "model.safetensors")
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+    state = load_folder_weights(folder)
     d = original["n_embd"]
     config = dict(vocab_size=original["vocab_size"], hidden_size=d, num_senses=original["num_senses"],
                   num_hidden_layers=original["n_layer"], num_attention_heads=original["n_head"],

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file
 
+from hub_exports.strict_mapping import load_folder_weights
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
 
@@ -101,12 +101,7 @@ def _read_hub_folder(folder: Path):
     fields = {ours: original[theirs] for theirs, ours in table.items()}
     if model_type == "bd3lm":
         _check_block_attention(original.get("cross_attn"), original.get("causal"), config_path)
-    if (folder / "model.safetensors").is_file():
-        state = load_file(folder / "model.safetensors")
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+    state = load_folder_weights(folder)
     return model_type, fields, state
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from hub_exports.strict_mapping import load_folder_weights
 from modeling.ltg_bert import (
     LtgBertConfig,
     LtgBertForMaskedLM,
@@ -72,18 +73,6 @@ HEAD_KEYS = {
         (r"head\.nonlinearity\.5\.(weight|bias)", r"classifier.out_proj.\1"),
     ],
 }
-
-
-def load_original_state_dict(source: Path) -> dict:
-    """The checkpoint's tensors; pickles are read with `weights_only=True` (no code execution)."""
-    source = Path(source)
-    if (source / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(source / "model.safetensors")
-    if (source / "pytorch_model.bin").is_file():
-        return torch.load(source / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"No pytorch_model.bin or model.safetensors in {source}")
 
 
 def build_config(original: dict, position_qk_split: str, pad_token_id: int) -> LtgBertConfig:
@@ -179,7 +168,7 @@ def convert_ltg_bert(source, position_qk_split: str, tokenizer=None, pad_token_i
     """Load an original LTG-BERT folder into the matching hubzoo class (strictly). Returns the model in eval mode."""
     source = Path(source)
     original_config = json.loads((source / "config.json").read_text())
-    state_dict = load_original_state_dict(source)
+    state_dict = load_folder_weights(source)
     pad = resolve_pad_token_id(original_config, tokenizer, pad_token_id)
     config = build_config(original_config, position_qk_split, pad)
     model_class = model_class_for(original_config, state_dict)

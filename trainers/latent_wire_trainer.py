@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from eval_suites.wire_conditions import left_padded
 from trainers.mlm_trainer import CollatorCheckedMixin
 
 
@@ -46,10 +47,9 @@ class LatentWireCollator:
             if self.anchor_ids is not None:
                 prompts = [tokenizer(text, add_special_tokens=False).input_ids + list(self.anchor_ids[name])
                            for text in texts]
-                width = max(map(len, prompts))
-                batch[f"prompt_ids.{name}"] = torch.tensor([[pad] * (width - len(row)) + row for row in prompts])
-                batch[f"prompt_mask.{name}"] = torch.tensor([[0] * (width - len(row)) + [1] * len(row)
-                                                             for row in prompts])
+                prompt_batch = left_padded(prompts, [], pad)
+                batch[f"prompt_ids.{name}"] = prompt_batch["input_ids"]
+                batch[f"prompt_mask.{name}"] = prompt_batch["attention_mask"]
         return batch
 
 

@@ -298,9 +298,16 @@ class LatentWireModel(LatentWirePreTrainedModel):
     def generate_with(self, name: str, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                       **generate_kwargs) -> torch.Tensor:
         """The continuation token ids (B, new) that decoder `name` generates after the wire's prefix of the texts
-        (byte ids) and the anchor. Every prompt has the same length (M + anchor), so no prompt is padded."""
-        latents = self(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        inputs = self.decoder_inputs(name, self.adapt(latents, name))
+        (byte ids) and the anchor."""
+        prefixes = self(input_ids=input_ids, attention_mask=attention_mask).prefixes
+        index = [entry["name"] for entry in self.config.decoders].index(self.config.decoder(name)["name"])
+        return self.generate_from_prefix(name, prefixes[index], **generate_kwargs)
+
+    @torch.no_grad()
+    def generate_from_prefix(self, name: str, prefix: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+        """`generate_with` for a prefix already computed. Every prompt has the same length (M + anchor), so no
+        prompt is padded."""
+        inputs = self.decoder_inputs(name, prefix)
         inputs.pop("position_ids")  # generate derives the same 0..n-1 positions from the all-ones mask
         tokenizer = self.decoder_tokenizers[name]
         generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None
