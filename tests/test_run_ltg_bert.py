@@ -42,6 +42,16 @@ def test_config_file_rejects_unknown_keys(tmp_path):
         parse_args(ARGUMENTS, [str(path)])
 
 
+def test_dict_flags_take_json_objects(tmp_path, capsys):
+    model_args, _, _ = parse_args(ARGUMENTS, [str(TINY), "--output_dir", str(tmp_path),
+                                              "--config_overrides", '{"hidden_size": 48, "num_hidden_layers": 1}'])
+    assert model_args.config_overrides == {"hidden_size": 48, "num_hidden_layers": 1}
+    for bad in ('[48]', "hidden_size=48"):
+        with pytest.raises(SystemExit):
+            parse_args(ARGUMENTS, [str(TINY), "--output_dir", str(tmp_path), "--config_overrides", bad])
+        assert "expected a JSON object" in capsys.readouterr().err
+
+
 def test_tiny_run_trains_exports_verifies_and_scores(tmp_path, capsys):
     args = parse_args(ARGUMENTS, [str(TINY), "--output_dir", str(tmp_path), "--max_steps", "4",
                                   "--save_strategy", "steps", "--save_steps", "2", "--embedded_sentences", "600",

@@ -1,5 +1,6 @@
 """Argument dataclasses shared by the `run_<type>.py` scripts, and the "one YAML/JSON file, or flags" parser."""
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -75,7 +76,21 @@ def parse_args(argument_classes, argv=None):
         for action in parser._actions:
             if action.dest in defaults:
                 action.required = False
+    for action in parser._actions:
+        if action.type is dict:  # argparse would call dict('{"a": 1}'): take JSON objects instead
+            action.type = json_object
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def json_object(text: str) -> dict:
+    """A dict-valued flag, e.g. `--config_overrides '{"hidden_size": 384}'`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 @dataclass
