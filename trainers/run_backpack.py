@@ -102,7 +102,8 @@ def build_model(args: ParallelArguments, tokenizer):
     missing = [name for name in REQUIRED_FIELDS if name not in overrides]
     if missing:
         raise ValueError(f"config_overrides must state {missing}")
-    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+    # Rows start with the language tag, not a BOS: the config says so (Trainer would otherwise "align" it, warning).
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
     if args.architecture == "backpack":
         return BackpackForCausalLM(BackpackConfig(**overrides, **ids, max_position_embeddings=args.max_seq_length))
