@@ -28,6 +28,13 @@ def qa_text(record: dict) -> str:
     return f"Context: {record['context']}\nQuestion: {record['question']}\n"
 
 
+def leading_bos(tokenizer) -> List[int]:
+    """[BOS] when the decoder's tokenizer starts every text with it (Llama's), else [] (Qwen's, the demo's): a
+    text-prompted decoder, and a distillation teacher, read their prompts the way the decoder was trained to."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("a").input_ids[:1] == [bos] else []
+
+
 def left_padded(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int) -> dict:
     """[pad … prompt | answer … pad] rows: `input_ids`, `attention_mask`, `position_ids` (real tokens counted from 0)
     and `labels` (-100 except on answers). Without answers, a generation batch."""
@@ -87,10 +94,10 @@ def run_condition(wire, name: str, condition: str, records: Sequence[dict], byte
         generated = wire.generate_from_prefix(name, prefix, **generate_options)
         positions = [prefix.shape[1] + len(anchor) + bool(wire.config.decoder(name)["bos_after_prefix"])] * len(records)
     else:
-        prompts = [tokenizer(qa_text(r), add_special_tokens=False).input_ids for r in records]
-        if condition == "truncated":
-            prompts = [prompt[:wire.config.num_latents] for prompt in prompts]
-        prompts = [prompt + anchor for prompt in prompts]
+        # The original's token budget: the prompt's first M tokens (at small M, context only; the question is cut).
+        budget = wire.config.num_latents if condition == "truncated" else None
+        prompts = [leading_bos(tokenizer) + tokenizer(qa_text(r), add_special_tokens=False).input_ids[:budget] + anchor
+                   for r in records]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         inputs = {k: v.to(device) for k, v in left_padded(prompts, answers, pad).items()}
         labels = inputs.pop("labels")
@@ -107,11 +114,15 @@ def run_condition(wire, name: str, condition: str, records: Sequence[dict], byte
 def evaluate_conditions(wire, records: Sequence[dict], byte_tokenizer, conditions: Sequence[str] = CONDITIONS,
                         batch_size: int = 16, max_new_tokens: int = 12, min_new_tokens: int = 0) -> dict:
     """{"decoders": {name: {condition: metrics}, ...}, "num_questions", "num_latents", "predictions": [...]}.
-    `min_new_tokens` bans EOS for the first steps (the original's early-EOS ban)."""
+    Greedy decoding, with the decoders' own defaults that would treat the conditions unequally switched off (a
+    repetition penalty counts a text prompt's tokens, not a prefix's: copying the answer from the context would be
+    penalised in the text condition only). `min_new_tokens` bans EOS for the first steps (the original's early-EOS
+    ban)."""
     unknown = set(conditions) - set(CONDITIONS)
     if unknown:
         raise ValueError(f"unknown conditions {sorted(unknown)}; known: {CONDITIONS}")
-    options = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False)
+    options = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
+                   repetition_penalty=1.0, no_repeat_ngram_size=0)
     result = {"num_questions": len(records), "num_latents": wire.config.num_latents, "decoders": {}}
     predictions = []
     for name in wire.decoders:

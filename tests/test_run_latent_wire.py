@@ -10,9 +10,10 @@ TINY_DECODER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads"
                 "intermediate_size": 48}
 
 
-def test_tiny_run(tmp_path, capsys):
+def test_tiny_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # a relative output_dir, as in the demo config
     args, training_args = run_latent_wire.parse([
-        "--output_dir", str(tmp_path), "--num_train", "48", "--num_eval", "6", "--demo_decoder_steps", "4",
+        "--output_dir", tmp_path.name, "--num_train", "48", "--num_eval", "6", "--demo_decoder_steps", "4",
         "--demo_decoder_batch_size", "8", "--max_steps", "3", "--per_device_train_batch_size", "8",
         "--learning_rate", "1e-3", "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no",
         "--dataloader_num_workers", "0", "--max_new_tokens", "3", "--eval_batch_size", "4", "--logging_steps", "1",
@@ -28,7 +29,8 @@ def test_tiny_run(tmp_path, capsys):
                for name in ("llama", "qwen"))
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 2 * 3 * 6
     config = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert [entry["name_or_path"] for entry in config["decoders"]] == [str(tmp_path / "decoders" / n)
+    # Recorded absolute: load_decoders then works from any working directory.
+    assert [entry["name_or_path"] for entry in config["decoders"]] == [str(tmp_path.resolve() / "decoders" / n)
                                                                        for n in ("llama", "qwen")]
     assert all(entry["embedding_rms"] and entry["anchor_ids"] for entry in config["decoders"])
     assert (tmp_path / "decoders" / "qwen" / "tokenizer.json").is_file()

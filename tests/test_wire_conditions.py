@@ -5,11 +5,13 @@ agree with a one-row computation by hand."""
 
 import json
 
+import pytest
 import torch
 
 from eval_suites import wire_conditions
 from modeling.latent_wire import byte_tokenizer
 from tests.latent_wire_trainer_driver import attached_wire
+from trainers.latent_wire_trainer import LatentWireCollator
 
 RECORDS = [{"id": f"q{i}", "context": context, "question": question, "answers": answers}
            for i, (context, question, answers) in enumerate([
@@ -39,6 +41,43 @@ def test_metrics_files_and_compression(tmp_path):
     assert len(lines) == 18 and {"id", "decoder", "condition", "prediction"} <= set(json.loads(lines[0]))
     assert "predictions" not in json.loads((folder / "metrics.json").read_text())
     assert "| llama | latent |" in wire_conditions.markdown_report(result)
+
+
+def test_text_prompts_start_as_the_decoder_was_trained():
+    # A tokenizer that starts every text with its BOS (Llama's) gets it in the text, truncated and teacher prompts;
+    # one without (Qwen's, the demo's) gets nothing added.
+    wire = attached_wire()
+    llama = wire.decoder_tokenizers["llama"]
+    assert wire_conditions.leading_bos(llama) == []  # no BOS token at all
+    llama.bos_token = "[MASK]"
+    assert wire_conditions.leading_bos(llama) == []  # a BOS it does not put first
+    llama.bos_token = "[CLS]"  # which this tokenizer's post-processor puts first
+    assert wire_conditions.leading_bos(llama) == [llama.bos_token_id]
+    result = wire_conditions.evaluate_conditions(wire, RECORDS, byte_tokenizer(256), conditions=("text", "truncated"),
+                                                 max_new_tokens=2)
+    anchor = len(wire.config.decoder("llama")["anchor_ids"])
+    lengths = [len(llama(wire_conditions.qa_text(r), add_special_tokens=False).input_ids) for r in RECORDS]
+    per_decoder = result["decoders"]["llama"]
+    assert per_decoder["text"]["mean_prompt_positions"] == pytest.approx(sum(lengths) / 3 + 1 + anchor)
+    assert per_decoder["truncated"]["mean_prompt_positions"] == 1 + 4 + anchor
+    batch = LatentWireCollator(byte_tokenizer(256), wire.decoder_tokenizers, 256,
+                               anchor_ids={n: wire.config.decoder(n)["anchor_ids"] for n in ("llama", "qwen")})(
+        [{"text": wire_conditions.qa_text(RECORDS[0]), "answer": "owls"}])
+    assert batch["prompt_ids.llama"][0, 0] == llama.bos_token_id
+    assert batch["prompt_ids.qwen"][0, 0] != llama.bos_token_id
+
+
+def test_decoder_generation_defaults_do_not_reach_the_conditions():
+    # A repetition penalty would count the text prompt's tokens (the context the answer is copied from), not a
+    # prefix's: the evaluation decodes plainly greedily whatever the decoder's generation_config says.
+    wire = attached_wire()
+    plain = wire_conditions.evaluate_conditions(wire, RECORDS, byte_tokenizer(256), max_new_tokens=4)
+    for decoder in wire.decoders.values():
+        decoder.generation_config.repetition_penalty = 50.0
+        decoder.generation_config.no_repeat_ngram_size = 1
+        decoder.generation_config.num_beams = 3
+    penalised = wire_conditions.evaluate_conditions(wire, RECORDS, byte_tokenizer(256), max_new_tokens=4)
+    assert penalised["predictions"] == plain["predictions"]
 
 
 def test_truncation_to_at_least_the_prompt_is_the_text_condition():

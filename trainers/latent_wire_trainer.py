@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
-from eval_suites.wire_conditions import left_padded
+from eval_suites.wire_conditions import leading_bos, left_padded
 from trainers.mlm_trainer import CollatorCheckedMixin
 
 
@@ -45,8 +45,8 @@ class LatentWireCollator:
             batch[f"answer_ids.{name}"] = torch.tensor([row + [pad] * (width - len(row)) for row in ids])
             batch[f"answer_mask.{name}"] = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
             if self.anchor_ids is not None:
-                prompts = [tokenizer(text, add_special_tokens=False).input_ids + list(self.anchor_ids[name])
-                           for text in texts]
+                prompts = [leading_bos(tokenizer) + tokenizer(text, add_special_tokens=False).input_ids
+                           + list(self.anchor_ids[name]) for text in texts]
                 prompt_batch = left_padded(prompts, [], pad)
                 batch[f"prompt_ids.{name}"] = prompt_batch["input_ids"]
                 batch[f"prompt_mask.{name}"] = prompt_batch["attention_mask"]
@@ -118,8 +118,9 @@ class LatentWireTrainer(CollatorCheckedMixin, Trainer):
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the counts are global sums
         scales = torch.stack([adapter.scale for adapter in wire.adapters.values()])
         regulariser = self.args.scale_l2 * (scales - 1).pow(2).sum()
-        if global_step:
-            regulariser = regulariser / self.args.gradient_accumulation_steps  # once per step, not per micro-batch
+        if global_step:  # once per optimizer step, not per micro-batch (an epoch's last step may have fewer)
+            regulariser = regulariser / getattr(self, "current_gradient_accumulation_steps",
+                                                self.args.gradient_accumulation_steps)
         loss = loss + regulariser
         return (loss, outputs) if return_outputs else loss
 

@@ -100,7 +100,8 @@ def demo_rows(tokenizer, records, anchor_text: str) -> Dataset:
     """Rows a demo decoder is trained on: text ⊕ anchor ⊕ answer ⊕ EOS, tokenized piece by piece exactly as the
     evaluation and the wire assemble them."""
     anchor = tokenizer(anchor_text, add_special_tokens=False).input_ids
-    rows = [tokenizer(wire_conditions.qa_text(r), add_special_tokens=False).input_ids + anchor
+    lead = wire_conditions.leading_bos(tokenizer)
+    rows = [lead + tokenizer(wire_conditions.qa_text(r), add_special_tokens=False).input_ids + anchor
             + tokenizer(r["answers"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
             for r in records]
     return Dataset.from_dict({"input_ids": rows})
@@ -140,8 +141,9 @@ def obtain_decoders(args: WireArguments, training_args, train_records) -> dict:
         pairs = [entry.split("=", 1) for entry in args.decoders]
         if any(len(pair) != 2 or not pair[1] for pair in pairs):
             raise ValueError(f"--decoders takes name=path entries, got {args.decoders}")
-        return dict(pairs)
-    output = Path(training_args.output_dir) / "decoders"
+        # A local folder is recorded absolute in the exported config, so load_decoders works from anywhere.
+        return {name: str(Path(path).resolve()) if Path(path).exists() else path for name, path in pairs}
+    output = Path(training_args.output_dir).resolve() / "decoders"
     paths = {}
     for name in DEMO_DECODERS:
         folder = output / name

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
@@ -105,6 +106,30 @@ class DecoderAdapter(nn.Module):
         return (prefix.float() * rms * (embedding_rms * self.scale)).to(prefix.dtype)
 
 
+def checkpoint_decoder(name: str, decoder, checkpoint_function) -> None:
+    """Turn activation checkpointing of a frozen decoder's layers on (`checkpoint_function`) or off (None). Its layers
+    checkpoint only in training mode, so a decoder whose outputs change in training mode (dropout, router noise) is
+    refused: training the wire through it would silently train against a noisier decoder than the one evaluated."""
+    if checkpoint_function is None:
+        decoder._set_gradient_checkpointing(enable=False)
+        return
+    if not getattr(decoder, "supports_gradient_checkpointing", False):
+        raise ValueError(f"decoder {name!r} ({type(decoder).__name__}) does not support gradient checkpointing")
+    embeddings = decoder.get_input_embeddings()
+    probe = torch.arange(min(8, embeddings.num_embeddings), device=embeddings.weight.device)[None]
+    was_training = decoder.training
+    with torch.no_grad():
+        evaluated = decoder.eval()(input_ids=probe, use_cache=False).logits.float()
+        trained = decoder.train()(input_ids=probe, use_cache=False).logits.float()
+    decoder.train(was_training)
+    difference = (trained - evaluated).abs().max().item()
+    if difference > 1e-3 * (1 + evaluated.abs().max().item()):
+        raise ValueError(f"decoder {name!r} computes differently in training mode (max |logit change| {difference:.3g}:"
+                         " dropout or other train-time noise), and its layers checkpoint only in training mode: "
+                         "load it with that dropout at 0, or train without gradient_checkpointing")
+    decoder._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=checkpoint_function)
+
+
 class LatentWirePreTrainedModel(PreTrainedModel):
     config_class = LatentWireConfig
     base_model_prefix = "wire"
@@ -153,6 +178,7 @@ class LatentWireModel(LatentWirePreTrainedModel):
         # not moved by .to() (the caller places each decoder, e.g. in bf16 on its own device).
         object.__setattr__(self, "decoders", {})
         object.__setattr__(self, "decoder_tokenizers", {})
+        self._decoder_checkpointing = None  # the checkpoint function the decoders' layers use, when enabled
         self.post_init()
 
     def get_input_embeddings(self):
@@ -237,7 +263,9 @@ class LatentWireModel(LatentWirePreTrainedModel):
                                  "is not the decoder (or tokenizer) it was trained for")
         entry.update({field: value for field, value in found.items() if entry[field] is None})  # all checks passed
         decoder.requires_grad_(False)
-        decoder.eval()
+        if self._decoder_checkpointing is not None:
+            checkpoint_decoder(name, decoder, self._decoder_checkpointing)
+        decoder.train(self.training and self._decoder_checkpointing is not None)
         self.decoders[name] = decoder
         self.decoder_tokenizers[name] = tokenizer
 
@@ -256,8 +284,20 @@ class LatentWireModel(LatentWirePreTrainedModel):
     def train(self, mode: bool = True):
         super().train(mode)
         for decoder in self.decoders.values():
-            decoder.eval()  # frozen means no dropout either
+            # Frozen means eval mode (no dropout), except that transformers' layers checkpoint only in training mode:
+            # checkpointed decoders follow the wire, after checkpoint_decoder found training mode to change nothing.
+            decoder.train(mode and self._decoder_checkpointing is not None)
         return self
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=checkpoint, **kwargs):
+        """Trainer's `gradient_checkpointing` reaches the wire's blocks and every attached decoder's layers (the frozen
+        decoders hold nearly all the activations the prefix's gradient flows back through)."""
+        super()._set_gradient_checkpointing(enable=enable, gradient_checkpointing_func=gradient_checkpointing_func,
+                                            **kwargs)
+        self._decoder_checkpointing = gradient_checkpointing_func if enable else None
+        for name, decoder in self.decoders.items():
+            checkpoint_decoder(name, decoder, self._decoder_checkpointing)
+        self.train(self.training)
 
     def decoder_inputs(self, name: str, prefix: torch.Tensor, continuation_ids: Optional[torch.Tensor] = None,
                        continuation_mask: Optional[torch.Tensor] = None) -> dict:

@@ -150,6 +150,63 @@ def test_step_does_not_depend_on_micro_batching(tmp_path):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=key)
 
 
+def test_an_uneven_last_step_counts_the_regulariser_once(tmp_path):
+    # 4 rows, 3 micro-batches per step: the second step has one. Its update must equal one batch of that row.
+    one, _ = train_steps(tmp_path / "one", batch_size=3, accumulation=1, steps=2)
+    three, _ = train_steps(tmp_path / "three", batch_size=1, accumulation=3, steps=2)
+    for (key, a), b in zip(one.state_dict().items(), three.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=key)
+
+
+def enable_checkpointing(wire):
+    # transformers renamed gradient_checkpointing_enable (the name 5.17 has) to activation_checkpointing_enable.
+    (getattr(wire, "activation_checkpointing_enable", None) or wire.gradient_checkpointing_enable)()
+
+
+def test_gradient_checkpointing_reaches_the_decoders():
+    """Checkpointing recomputes the frozen decoders' layers in the backward pass (they hold nearly all the activations)
+    and changes no gradient; the decoders never receive one."""
+    def run(checkpointing):
+        wire = attached_wire()
+        if checkpointing:
+            enable_checkpointing(wire)
+        wire.train()
+        calls = []
+        for decoder in wire.decoders.values():  # counted in forward itself: the recompute skips module hooks
+            mlp = decoder.model.layers[0].mlp
+            mlp.forward = lambda *args, _forward=mlp.forward: calls.append(1) or _forward(*args)
+        batch = collate(wire)
+        prefixes = wire(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).prefixes
+        loss = sum(sum(answer_losses(wire, name, prefixes[index], batch[f"answer_ids.{name}"],
+                                     batch[f"answer_mask.{name}"])[:2]) for index, name in enumerate(["llama", "qwen"]))
+        loss.backward()
+        assert all(p.grad is None for decoder in wire.decoders.values() for p in decoder.parameters())
+        return wire, {key: p.grad for key, p in wire.named_parameters()}, len(calls)
+
+    _, plain, plain_calls = run(False)
+    wire, checkpointed, checkpointed_calls = run(True)
+    assert (plain_calls, checkpointed_calls) == (2, 4)  # each decoder's layer ran again in the backward pass
+    for key, grad in plain.items():
+        torch.testing.assert_close(checkpointed[key], grad, atol=1e-6, rtol=1e-5, msg=key)
+    assert all(decoder.training for decoder in wire.decoders.values())
+    wire.eval()
+    assert not any(decoder.training for decoder in wire.decoders.values())
+    (getattr(wire, "activation_checkpointing_disable", None) or wire.gradient_checkpointing_disable)()
+    wire.train()
+    assert not any(decoder.training or decoder.model.layers[0].gradient_checkpointing
+                   for decoder in wire.decoders.values())
+
+
+def test_gradient_checkpointing_refuses_a_decoder_with_dropout():
+    # Checkpointed layers run in training mode, where this decoder's attention dropout would act.
+    decoders = tiny_decoders()
+    for layer in decoders["qwen"][0].model.layers:
+        layer.self_attn.attention_dropout = 0.3
+    wire = attached_wire(decoders)
+    with pytest.raises(ValueError, match="'qwen' computes differently in training mode"):
+        enable_checkpointing(wire)
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     # Two gloo ranks of 2 rows each against one process with all 4: the counts are summed over both ranks, so the
