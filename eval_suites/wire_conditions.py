@@ -13,7 +13,7 @@ sits in the same column for every row; positions count real tokens only.
 
 import json
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,13 @@ def leading_bos(tokenizer) -> List[int]:
     text-prompted decoder, and a distillation teacher, read their prompts the way the decoder was trained to."""
     bos = tokenizer.bos_token_id
     return [bos] if bos is not None and tokenizer("a").input_ids[:1] == [bos] else []
+
+
+def text_prompts(tokenizer, texts: Sequence[str], anchor: Sequence[int], budget: Optional[int] = None) -> List[List[int]]:
+    """The decoder's prompt for each text, as the demo decoders are trained, the text condition is scored and the
+    distillation teacher reads: (BOS) ⊕ the text's first `budget` tokens (all when None) ⊕ the anchor."""
+    lead = leading_bos(tokenizer)
+    return [lead + ids[:budget] + list(anchor) for ids in tokenizer(list(texts), add_special_tokens=False).input_ids]
 
 
 def left_padded(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int) -> dict:
@@ -96,8 +103,7 @@ def run_condition(wire, name: str, condition: str, records: Sequence[dict], byte
     else:
         # The original's token budget: the prompt's first M tokens (at small M, context only; the question is cut).
         budget = wire.config.num_latents if condition == "truncated" else None
-        prompts = [leading_bos(tokenizer) + tokenizer(qa_text(r), add_special_tokens=False).input_ids[:budget] + anchor
-                   for r in records]
+        prompts = text_prompts(tokenizer, [qa_text(r) for r in records], anchor, budget)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         inputs = {k: v.to(device) for k, v in left_padded(prompts, answers, pad).items()}
         labels = inputs.pop("labels")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
-from eval_suites.wire_conditions import leading_bos, left_padded
+from eval_suites.wire_conditions import left_padded, text_prompts
 from trainers.mlm_trainer import CollatorCheckedMixin
 
 
@@ -45,9 +45,7 @@ class LatentWireCollator:
             batch[f"answer_ids.{name}"] = torch.tensor([row + [pad] * (width - len(row)) for row in ids])
             batch[f"answer_mask.{name}"] = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
             if self.anchor_ids is not None:
-                prompts = [leading_bos(tokenizer) + tokenizer(text, add_special_tokens=False).input_ids
-                           + list(self.anchor_ids[name]) for text in texts]
-                prompt_batch = left_padded(prompts, [], pad)
+                prompt_batch = left_padded(text_prompts(tokenizer, texts, self.anchor_ids[name]), [], pad)
                 batch[f"prompt_ids.{name}"] = prompt_batch["input_ids"]
                 batch[f"prompt_mask.{name}"] = prompt_batch["attention_mask"]
         return batch

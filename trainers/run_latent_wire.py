@@ -100,10 +100,9 @@ def demo_rows(tokenizer, records, anchor_text: str) -> Dataset:
     """Rows a demo decoder is trained on: text ⊕ anchor ⊕ answer ⊕ EOS, tokenized piece by piece exactly as the
     evaluation and the wire assemble them."""
     anchor = tokenizer(anchor_text, add_special_tokens=False).input_ids
-    lead = wire_conditions.leading_bos(tokenizer)
-    rows = [lead + tokenizer(wire_conditions.qa_text(r), add_special_tokens=False).input_ids + anchor
-            + tokenizer(r["answers"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-            for r in records]
+    prompts = wire_conditions.text_prompts(tokenizer, [wire_conditions.qa_text(r) for r in records], anchor)
+    rows = [prompt + tokenizer(r["answers"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            for prompt, r in zip(prompts, records)]
     return Dataset.from_dict({"input_ids": rows})
 
 
