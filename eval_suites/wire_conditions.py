@@ -35,7 +35,8 @@ def leading_bos(tokenizer) -> List[int]:
     return [bos] if bos is not None and tokenizer("a").input_ids[:1] == [bos] else []
 
 
-def text_prompts(tokenizer, texts: Sequence[str], anchor: Sequence[int], budget: Optional[int] = None) -> List[List[int]]:
+def text_prompts(tokenizer, texts: Sequence[str], anchor: Sequence[int],
+                 budget: Optional[int] = None) -> List[List[int]]:
     """The decoder's prompt for each text, as the demo decoders are trained, the text condition is scored and the
     distillation teacher reads: (BOS) ⊕ the text's first `budget` tokens (all when None) ⊕ the anchor."""
     lead = leading_bos(tokenizer)
