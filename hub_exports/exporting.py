@@ -32,6 +32,7 @@ CARD_DIR = Path(__file__).with_name("model_cards")
 MANIFEST = "hubzoo_export.json"
 PROBE_TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world", "A third, somewhat longer probe text."]
 PROBE_SAMPLE_WIDTH = 16  # output features per position kept in the manifest (keeps it small for any vocab size)
+PROBE_DIGEST_SLICES = 64  # slices of all output features per position summed in the manifest (see output_digest)
 
 # What the card says for the class that was saved: pipeline tag and a runnable usage line.
 TASKS = {
@@ -272,17 +273,30 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def output_digest(outputs: torch.Tensor) -> torch.Tensor:
+    """Every output feature, in a few numbers per position: the sums of PROBE_DIGEST_SLICES consecutive slices of the
+    last dimension, each divided by the square root of its width.
+
+    A change to any one feature moves its slice's number by that change over sqrt(width), while the rounding noise
+    of another process (which may sum in another order) stays at the scale of one feature's, so the same tolerance
+    applies as to the features themselves. Summed in float64, so the digest adds no rounding of its own."""
+    slices = outputs.double().tensor_split(min(PROBE_DIGEST_SLICES, outputs.shape[-1]), dim=-1)
+    return torch.stack([part.sum(-1) / part.shape[-1] ** 0.5 for part in slices], dim=-1)
+
+
 def write_manifest(folder: Path, model, tokenizer) -> None:
-    """Fingerprint the export: file hashes (the card may be edited later, so it is left out) and probe outputs."""
+    """Fingerprint the export: file hashes (the card may be edited later, so it is left out) and probe outputs (the
+    first features exactly, all of them through their digest)."""
     probe = dict(tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt"))
-    sample = probe_outputs(model, probe)[..., :PROBE_SAMPLE_WIDTH]
+    outputs = probe_outputs(model, probe)
     manifest = {
         "hubzoo_version": metadata.version("hubzoo"),
         "transformers_version": transformers.__version__,
         "device": "cpu",  # where the probe outputs were computed (see probe_outputs)
         "files": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.name != "README.md"},
         "probe": {key: value.tolist() for key, value in probe.items()},
-        "probe_output_sample": sample.tolist(),
+        "probe_output_sample": outputs[..., :PROBE_SAMPLE_WIDTH].tolist(),
+        "probe_output_digest": output_digest(outputs).tolist(),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hub_exports import CardInfo, Metric, VerificationError, export, verify
 from hub_exports.__main__ import main as cli
-from hub_exports.exporting import load_checkpoint
+from hub_exports.exporting import file_digest, load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from tests.hub_stub import LoopbackHub
 from tests.modeling_common import tiny_tokenizer
@@ -149,6 +149,33 @@ def test_verify_compares_outputs_with_those_recorded_at_export(broken, capsys):
     manifest["probe_output_sample"][0][0][0] += 0.01
     (broken / "hubzoo_export.json").write_text(json.dumps(manifest))
     assert "outputs differ from those recorded at export by 0.01" in failure_report(broken, capsys)
+
+
+def rehash(folder, name):
+    """Record `name`'s current sha256 in the manifest, as someone editing the export on purpose would."""
+    manifest = json.loads((folder / "hubzoo_export.json").read_text())
+    manifest["files"][name] = file_digest(folder / name)
+    (folder / "hubzoo_export.json").write_text(json.dumps(manifest))
+
+
+def test_verify_catches_an_output_change_outside_the_sampled_features(broken, capsys):
+    """One head bias entry past the 16 features sampled in the manifest: only the digest of all features sees it."""
+    tensors = load_file(broken / "model.safetensors")
+    tensors["lm_head.decoder.bias"][40] += 0.01
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    rehash(broken, "model.safetensors")
+    report = failure_report(broken, capsys)
+    assert "[PASS] manifest" in report
+    assert "outputs differ from those recorded at export by 0.01 (digest of all 64 features)" in report
+
+
+def test_verify_refuses_a_manifest_without_the_output_digest(broken, capsys):
+    """An older manifest vouches for 16 features only; deleting the digest must not be a way around it."""
+    manifest = json.loads((broken / "hubzoo_export.json").read_text())
+    del manifest["probe_output_digest"]
+    (broken / "hubzoo_export.json").write_text(json.dumps(manifest))
+    assert "lacks ['probe_output_digest'] (written by an older hubzoo); re-export the model" in \
+        failure_report(broken, capsys)
 
 
 def test_verify_detects_a_class_that_forgot_its_tie(exported):
