@@ -4,7 +4,8 @@ The folder holds: `config.json` with the full `auto_map`, the configuration/mode
 (the files the model was trained with), `model.safetensors`, the tokenizer, a model card (`README.md`) and
 `hubzoo_export.json` (the sha256 of every other file, plus probe inputs and the outputs the exported model gave on
 them). Everything is written into a staging folder next to the target and verified there; only a folder that passes
-replaces the target, and an existing export survives any failure.
+replaces the target, and an existing export survives any failure. Only an empty folder or a hubzoo export is ever
+replaced (`check_export_target`).
 """
 
 import copy
@@ -301,21 +302,62 @@ def write_manifest(folder: Path, model, tokenizer) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
+def check_export_target(out_dir, sources=()) -> Path:
+    """Refuse, with a ValueError naming it, an `out_dir` that an export may not replace; return its absolute path.
+
+    An export replaces only an empty folder or an earlier hubzoo export holding nothing beyond its own files, never a
+    file, a symbolic link (whose target may be anyone's) or a folder that is or holds one of `sources` (the
+    checkpoint or tokenizer being exported). Cheap and side-effect free: call it before training or converting."""
+    target = Path(os.path.abspath(out_dir))
+    target = target.parent.resolve() / target.name  # a symlink in the last component is judged, not followed
+    for source in map(Path, sources):
+        source = source.resolve()
+        if source == target or target in source.parents:
+            raise ValueError(f"{target} holds the source {source}: the export would delete it; choose another "
+                             "output folder")
+    if target.is_symlink():
+        raise ValueError(f"{target} is a symbolic link: name the folder itself as the output")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} is a file, not a folder for an export")
+    if target.is_dir():
+        entries = sorted(target.iterdir())
+        recorded = read_json_object(target / MANIFEST).get("files") if entries else {}
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{target} is neither empty nor a hubzoo export (no readable {MANIFEST}): refusing to "
+                             "replace it; choose an empty or new output folder")
+        shipped = set(recorded) | {"README.md", MANIFEST}
+        foreign = [p.name for p in entries if p.name not in shipped or p.is_symlink() or not p.is_file()]
+        if foreign:
+            raise ValueError(f"{target} is a hubzoo export but also holds {foreign}, which replacing it would "
+                             "delete: move them away or choose another output folder")
+    return target
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in `path`; empty if the file is missing, unreadable or holds anything else."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None, run_verify: bool = True) -> Path:
     """Write `model` + `tokenizer` as a Hub-ready folder at `out_dir`. Returns its path.
 
-    With `run_verify` (the default) the staged folder must pass `verify` against the in-memory model before it
-    replaces `out_dir`; otherwise `VerificationError` is raised and `out_dir` is left as it was.
+    `out_dir` must be new, empty or an earlier export (see `check_export_target`). With `run_verify` (the default)
+    the staged folder must pass `verify` against the in-memory model before it replaces `out_dir`; otherwise
+    `VerificationError` is raised and `out_dir` is left as it was.
     """
     from hub_exports.verification import format_report, verify  # verification imports this module
 
+    target = check_export_target(out_dir)
     problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
     if problems:
         raise ValueError(f"Tokenizer does not fit the model: {'; '.join(problems)}")
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     # No leading dot: the folder name becomes part of the transformers_modules package path during verification.
-    staging = Path(tempfile.mkdtemp(prefix=f"staging_{out_dir.name}_", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"staging_{target.name}_", dir=target.parent))
     try:
         model.config.auto_map = modeling.auto_map(model.config.model_type)  # every task class, not just this one
         model.save_pretrained(staging)
@@ -324,12 +366,13 @@ def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None, run_verif
         build_model_card(model, card or CardInfo()).save(staging / "README.md")
         write_manifest(staging, model, tokenizer)
         if run_verify:
-            logger.info("%s", format_report(out_dir, verify(staging, reference_model=model)))
-        _replace_dir(staging, out_dir)
+            logger.info("%s", format_report(target, verify(staging, reference_model=model)))
+        check_export_target(target)  # again: the folder may have been changed while the export was written
+        _replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir
+    return target
 
 
 def _write_portable_tokenizer_config(tokenizer_config: Path, model) -> None:

@@ -32,7 +32,7 @@ from transformers import AutoTokenizer
 
 import modeling
 from hub_exports.exporting import (MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, output_digest, probe_outputs,
-                                   tokenizer_problems)
+                                   read_json_object, tokenizer_problems)
 
 SOURCE_ROOT = Path(modeling.__file__).parent
 FRESH_LOADER = Path(__file__).with_name("fresh_process_load.py")
@@ -63,7 +63,7 @@ def verify(folder, reference_model=None, python: Optional[str] = None, atol: Opt
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise VerificationError(f"verify {folder}: not a directory", [])
-    manifest = _read_json(folder / MANIFEST)
+    manifest = read_json_object(folder / MANIFEST)
     checks = [_run_check("files", _check_files, folder), _run_check("manifest", _check_manifest, folder, manifest)]
     config = _read_config(folder)
     if isinstance(config, Check):
@@ -96,13 +96,6 @@ def _run_check(name: str, step, *args) -> Check:
         return Check(name, False, f"could not be checked: {type(error).__name__}: {error}")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _check_files(folder: Path) -> Check:
     present = {p.name for p in folder.iterdir()}
     required = {"config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json", MANIFEST}
@@ -114,7 +107,7 @@ def _check_files(folder: Path) -> Check:
 
 
 def _read_config(folder: Path):
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json")
     if config.get("model_type") not in modeling.ARCHITECTURES:
         return Check("config", False, f"model_type {config.get('model_type')!r} is not a hubzoo architecture")
     config_class = modeling.ARCHITECTURES[config["model_type"]][0]

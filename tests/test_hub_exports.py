@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hub_exports import CardInfo, Metric, VerificationError, export, verify
 from hub_exports.__main__ import main as cli
-from hub_exports.exporting import file_digest, load_checkpoint
+from hub_exports.exporting import check_export_target, file_digest, load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from tests.hub_stub import LoopbackHub
 from tests.modeling_common import tiny_tokenizer
@@ -242,6 +242,11 @@ def snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
+def everything(folder):
+    """Every path under `folder`, with the bytes of its files."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
 def test_export_is_atomic(exported, tmp_path, monkeypatch):
     target = Path(shutil.copytree(exported, tmp_path / "existing"))
     before = snapshot(target)
@@ -283,6 +288,63 @@ def test_a_failed_swap_puts_the_previous_export_back(exported, tmp_path, monkeyp
         export(tiny_model(), tiny_tokenizer(64), target, run_verify=False)
     assert snapshot(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_export_refuses_an_out_dir_that_is_not_an_export(exported, tmp_path):
+    """Only an empty folder or an earlier export is replaced; anything else is refused before any work."""
+    own = tmp_path / "my_files"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    run = tmp_path / "run"
+    (run / "checkpoint-10").mkdir(parents=True)
+    (run / "trainer_log.jsonl").write_text("{}")
+    extended = Path(shutil.copytree(exported, tmp_path / "extended"))
+    (extended / "blimp.json").write_text("{}")
+    file = tmp_path / "file"
+    file.write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(shutil.copytree(exported, tmp_path / "linked"))
+    contents = everything(tmp_path)
+    for out, reason in ((own, "neither empty nor a hubzoo export"), (run, "neither empty nor a hubzoo export"),
+                        (extended, r"also holds \['blimp.json'\]"), (file, "is a file"), (link, "symbolic link")):
+        with pytest.raises(ValueError, match=f"{out}.*{reason}"):
+            export(tiny_model(), tiny_tokenizer(64), out, run_verify=False)
+    assert everything(tmp_path) == contents
+
+
+def test_export_replaces_an_empty_folder_and_an_earlier_export(exported, tmp_path):
+    (tmp_path / "empty").mkdir()
+    export(tiny_model(), tiny_tokenizer(64), tmp_path / "empty", run_verify=False)
+    earlier = Path(shutil.copytree(exported, tmp_path / "earlier"))
+    export(tiny_model(hidden_size=16), tiny_tokenizer(64), earlier, run_verify=False)
+    assert json.loads((earlier / "config.json").read_text())["hidden_size"] == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "empty"]
+
+
+def test_check_export_target_refuses_a_folder_holding_a_source(exported, tmp_path):
+    earlier = Path(shutil.copytree(exported, tmp_path / "earlier"))
+    for source in (earlier, earlier / "model.safetensors"):
+        with pytest.raises(ValueError, match=f"{earlier} holds the source {source}"):
+            check_export_target(earlier, sources=[source])
+    assert check_export_target(tmp_path / "new", sources=[earlier]) == tmp_path / "new"
+
+
+def test_cli_refuses_an_out_dir_it_may_not_replace_before_any_work(tmp_path, capsys):
+    """`export --out` over a user's folder and `convert` into its own source: exit 1, one message, nothing lost
+    (the sources are not even valid checkpoints: the refusal comes before they are read)."""
+    own = tmp_path / "my_files"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    original = tmp_path / "orig"
+    original.mkdir()
+    (original / "pytorch_model.bin").write_bytes(b"the only copy")
+    contents = everything(tmp_path)
+    assert cli(["export", "--model", str(original), "--out", str(own)]) == 1
+    assert capsys.readouterr().err == f"Not exported: {own} is neither empty nor a hubzoo export (no " \
+        "readable hubzoo_export.json): refusing to replace it; choose an empty or new output folder\n"
+    assert cli(["convert", "ltg_bert", str(original), str(original), "--position-qk-split", "chunk_first"]) == 1
+    assert capsys.readouterr().err.startswith(f"Not exported: {original} holds the source {original}")
+    assert everything(tmp_path) == contents
 
 
 def test_export_refuses_a_checkpoint_saved_by_other_code(tmp_path):
