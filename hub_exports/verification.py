@@ -32,7 +32,7 @@ from transformers import AutoTokenizer
 
 import modeling
 from hub_exports.exporting import (MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, output_digest, probe_outputs,
-                                   read_json_object, tokenizer_problems)
+                                   read_json_object, recover_killed_exports, tokenizer_problems)
 
 SOURCE_ROOT = Path(modeling.__file__).parent
 FRESH_LOADER = Path(__file__).with_name("fresh_process_load.py")
@@ -59,8 +59,11 @@ def verify(folder, reference_model=None, python: Optional[str] = None, atol: Opt
 
     `reference_model`: the in-memory model the export came from, compared on the probe as well. `python`:
     interpreter for the fresh-process load (default: this one). `atol`: output tolerance (default 1e-5).
+    A missing `folder` that a killed export left in a staging folder beside it is put back first.
     """
     folder = Path(folder).resolve()
+    if not folder.is_dir():
+        recover_killed_exports(folder)
     if not folder.is_dir():
         raise VerificationError(f"verify {folder}: not a directory", [])
     manifest = read_json_object(folder / MANIFEST)

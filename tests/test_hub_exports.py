@@ -1,10 +1,12 @@
-"""export -> verify -> push on a tiny LTG-BERT: the complete folder, loud failures for broken exports, atomic writes,
-and an upload that lands byte-identical on a loopback Hub."""
+"""export -> verify -> push on a tiny LTG-BERT: the complete folder, loud failures for broken exports, atomic writes
+that survive a kill at any step, refusal of output folders an export may not replace, and an upload that lands
+byte-identical on a loopback Hub."""
 
 import importlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -273,21 +275,88 @@ def test_a_failing_verification_keeps_the_previous_export(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
 
 
-def test_a_failed_swap_puts_the_previous_export_back(exported, tmp_path, monkeypatch):
+@pytest.mark.parametrize("swap", ["exchange", "renames"])
+def test_a_failed_swap_puts_the_previous_export_back(exported, tmp_path, monkeypatch, swap):
+    """The atomic exchange failing, or (where there is none) the second of the two renames."""
+    exporting = importlib.import_module("hub_exports.exporting")
     target = Path(shutil.copytree(exported, tmp_path / "existing"))
     before = snapshot(target)
     real_rename = Path.rename
 
+    def fail(*args):
+        raise OSError("device busy")
+
     def rename(self, destination):
-        if Path(destination) == target and self.name.startswith("staging_"):
-            raise OSError("device busy")
+        if Path(destination) == target and self.name == target.name:  # the new export, not the one put back
+            fail()
         return real_rename(self, destination)
 
+    monkeypatch.setattr(exporting, "_exchange", fail if swap == "exchange" else lambda first, second: False)
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(OSError, match="device busy"):
         export(tiny_model(), tiny_tokenizer(64), target, run_verify=False)
     assert snapshot(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_step_leaves_the_old_or_the_new_export(exported, tmp_path):
+    """Real deaths (os._exit in a forked child, no cleanup runs) before every disk-changing step of an export that
+    replaces an earlier one: the target holds the old or the new export (with no atomic exchange: once the next
+    export or verify has put the old one back), and the next export leaves nothing beside it."""
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "export_kill_driver.py"), str(exported),
+                           str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    for swap, kills in report.items():
+        assert len(kills) > 20, f"{swap}: only {len(kills)} steps"
+        states = {kill["after_recovery"] for kill in kills}
+        assert states == {"old", "new"}, f"{swap}: {kills}"
+        assert all(kill["left"] == ["export"] for kill in kills), f"{swap}: {kills}"
+        assert any(len(kill["left_by_kill"]) > 1 for kill in kills), f"{swap}: no kill left anything to clean up"
+    assert snapshot(tmp_path / "renames" / "export") == snapshot(tmp_path / "exchange" / "export")
+    verify(tmp_path / "exchange" / "export")  # the new export (the old one is `exported`, verified elsewhere)
+    assert {kill["after_kill"] for kill in report["exchange"]} == {"old", "new"}, report["exchange"]
+    assert "missing" in {kill["after_kill"] for kill in report["renames"]}, "the fallback was not exercised"
+
+
+def dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_verify_puts_back_an_export_left_between_the_two_renames(exported, tmp_path, capsys):
+    """Where there is no atomic exchange, a kill between the renames leaves the old export inside the staging
+    folder; verify (like the next export) puts it back instead of saying "not a directory"."""
+    dead = dead_pid()
+    staging = tmp_path / f"staging_existing_{dead}_0123abcd"
+    shutil.copytree(exported, staging / "existing.previous")
+    (staging / "hubzoo_staging.json").write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
+    assert cli(["verify", str(tmp_path / "existing")]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    assert snapshot(tmp_path / "existing") == snapshot(exported)
+
+
+def test_the_next_export_removes_only_staging_folders_of_dead_exports(tmp_path):
+    dead = dead_pid()
+
+    def staging(name, marker_pid=None, host=socket.gethostname(), files=("file.txt",)):
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_text("something")
+        if marker_pid is not None:
+            (tmp_path / name / "hubzoo_staging.json").write_text(json.dumps({"pid": marker_pid, "host": host}))
+        return name
+
+    staging(f"staging_out_{dead}_0123abcd", marker_pid=int(dead))  # ours, killed
+    staging(f"staging_out_{dead}_4567abcd", files=())  # ours, killed before its marker was written
+    kept = [staging(f"staging_out_{os.getpid()}_89abcdef", marker_pid=os.getpid()),  # a live export (this process)
+            staging(f"staging_out_{dead}_cdef0123"),  # our name but no marker: could be anyone's
+            staging(f"staging_out_{dead}_01234567", marker_pid=int(dead), host="elsewhere"),  # pid of another host
+            staging("staging_notes")]
+    export(tiny_model(), tiny_tokenizer(64), tmp_path / "out", run_verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", *kept])
 
 
 def test_export_refuses_an_out_dir_that_is_not_an_export(exported, tmp_path):
