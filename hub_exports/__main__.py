@@ -6,7 +6,7 @@ import sys
 
 from transformers import AutoTokenizer
 
-from hub_exports.exporting import CardInfo, Metric, export, load_checkpoint
+from hub_exports.exporting import CardInfo, Metric, check_export_target, export, load_checkpoint
 from hub_exports.publishing import push
 from hub_exports.verification import VerificationError, format_report, verify
 
@@ -45,7 +45,19 @@ def _export_and_verify(model, tokenizer, out, card) -> int:
     return 0
 
 
+def _refuse_out(out, *sources) -> bool:
+    """True (after saying why on stderr) if `out` may not receive the export; checked before anything is loaded."""
+    try:
+        check_export_target(out, sources=[source for source in sources if source])
+    except ValueError as error:
+        print(f"Not exported: {error}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_export(args) -> int:
+    if _refuse_out(args.out, args.model, args.tokenizer):
+        return 1
     model = load_checkpoint(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     return _export_and_verify(model, tokenizer, args.out, _card(args))
@@ -71,6 +83,8 @@ def cmd_push(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    if _refuse_out(args.out, args.source, args.tokenizer):
+        return 1
     if args.source_format in ("modded_gpt", "backpack"):
         return convert_gpt_family_command(args)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.source)

@@ -4,17 +4,24 @@ The folder holds: `config.json` with the full `auto_map`, the configuration/mode
 (the files the model was trained with), `model.safetensors`, the tokenizer, a model card (`README.md`) and
 `hubzoo_export.json` (the sha256 of every other file, plus probe inputs and the outputs the exported model gave on
 them). Everything is written into a staging folder next to the target and verified there; only a folder that passes
-replaces the target, and an existing export survives any failure.
+replaces the target, and an existing export survives any failure or kill: the two folders are exchanged in one step
+where the system can (Linux, macOS), and the next export or `verify` repairs a kill between the two renames of the
+fallback. Only an empty folder or a hubzoo export is ever replaced (`check_export_target`).
 """
 
 import copy
+import ctypes
+import errno
+import functools
 import hashlib
 import itertools
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -32,6 +39,10 @@ CARD_DIR = Path(__file__).with_name("model_cards")
 MANIFEST = "hubzoo_export.json"
 PROBE_TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world", "A third, somewhat longer probe text."]
 PROBE_SAMPLE_WIDTH = 16  # output features per position kept in the manifest (keeps it small for any vocab size)
+PROBE_DIGEST_SLICES = 64  # slices of all output features per position summed in the manifest (see output_digest)
+# A staging folder: `staging_<target name>_<pid>_<8 hex>`, holding STAGING_MARKER (written first) and the export.
+STAGING_NAME = re.compile(r"staging_(?P<target>.+)_(?P<pid>[0-9]+)_[0-9a-f]{8}")
+STAGING_MARKER = "hubzoo_staging.json"
 
 # What the card says for the class that was saved: pipeline tag and a runnable usage line.
 TASKS = {
@@ -272,50 +283,107 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def output_digest(outputs: torch.Tensor) -> torch.Tensor:
+    """Every output feature, in a few numbers per position: the sums of PROBE_DIGEST_SLICES consecutive slices of the
+    last dimension, each divided by the square root of its width.
+
+    A change to any one feature moves its slice's number by that change over sqrt(width), while the rounding noise
+    of another process (which may sum in another order) stays at the scale of one feature's, so the same tolerance
+    applies as to the features themselves. Summed in float64, so the digest adds no rounding of its own."""
+    slices = outputs.double().tensor_split(min(PROBE_DIGEST_SLICES, outputs.shape[-1]), dim=-1)
+    return torch.stack([part.sum(-1) / part.shape[-1] ** 0.5 for part in slices], dim=-1)
+
+
 def write_manifest(folder: Path, model, tokenizer) -> None:
-    """Fingerprint the export: file hashes (the card may be edited later, so it is left out) and probe outputs."""
+    """Fingerprint the export: file hashes (the card may be edited later, so it is left out) and probe outputs (the
+    first features exactly, all of them through their digest)."""
     probe = dict(tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt"))
-    sample = probe_outputs(model, probe)[..., :PROBE_SAMPLE_WIDTH]
+    outputs = probe_outputs(model, probe)
     manifest = {
         "hubzoo_version": metadata.version("hubzoo"),
         "transformers_version": transformers.__version__,
         "device": "cpu",  # where the probe outputs were computed (see probe_outputs)
         "files": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.name != "README.md"},
         "probe": {key: value.tolist() for key, value in probe.items()},
-        "probe_output_sample": sample.tolist(),
+        "probe_output_sample": outputs[..., :PROBE_SAMPLE_WIDTH].tolist(),
+        "probe_output_digest": output_digest(outputs).tolist(),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def check_export_target(out_dir, sources=()) -> Path:
+    """Refuse, with a ValueError naming it, an `out_dir` that an export may not replace; return its absolute path.
+
+    An export replaces only an empty folder or an earlier hubzoo export holding nothing beyond its own files, never a
+    file, a symbolic link (whose target may be anyone's) or a folder that is or holds one of `sources` (the
+    checkpoint or tokenizer being exported). Cheap and side-effect free: call it before training or converting."""
+    target = Path(os.path.abspath(out_dir))
+    target = target.parent.resolve() / target.name  # a symlink in the last component is judged, not followed
+    for source in map(Path, sources):
+        source = source.resolve()
+        if source == target or target in source.parents:
+            raise ValueError(f"{target} holds the source {source}: the export would delete it; choose another "
+                             "output folder")
+    if target.is_symlink():
+        raise ValueError(f"{target} is a symbolic link: name the folder itself as the output")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} is a file, not a folder for an export")
+    if target.is_dir():
+        entries = sorted(target.iterdir())
+        recorded = read_json_object(target / MANIFEST).get("files") if entries else {}
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{target} is neither empty nor a hubzoo export (no readable {MANIFEST}): refusing to "
+                             "replace it; choose an empty or new output folder")
+        shipped = set(recorded) | {"README.md", MANIFEST}
+        foreign = [p.name for p in entries if p.name not in shipped or p.is_symlink() or not p.is_file()]
+        if foreign:
+            raise ValueError(f"{target} is a hubzoo export but also holds {foreign}, which replacing it would "
+                             "delete: move them away or choose another output folder")
+    return target
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in `path`; empty if the file is missing, unreadable or holds anything else."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None, run_verify: bool = True) -> Path:
     """Write `model` + `tokenizer` as a Hub-ready folder at `out_dir`. Returns its path.
 
-    With `run_verify` (the default) the staged folder must pass `verify` against the in-memory model before it
-    replaces `out_dir`; otherwise `VerificationError` is raised and `out_dir` is left as it was.
+    `out_dir` must be new, empty or an earlier export (see `check_export_target`). With `run_verify` (the default)
+    the staged folder must pass `verify` against the in-memory model before it replaces `out_dir`; otherwise
+    `VerificationError` is raised and `out_dir` is left as it was.
     """
     from hub_exports.verification import format_report, verify  # verification imports this module
 
+    target = check_export_target(out_dir)
     problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
     if problems:
         raise ValueError(f"Tokenizer does not fit the model: {'; '.join(problems)}")
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # No leading dot: the folder name becomes part of the transformers_modules package path during verification.
-    staging = Path(tempfile.mkdtemp(prefix=f"staging_{out_dir.name}_", dir=out_dir.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_killed_exports(target)
+    staging = _make_staging(target)
+    # Staged under the target's own name: it becomes part of the transformers_modules package path in verification.
+    folder = staging / target.name
     try:
+        folder.mkdir()
         model.config.auto_map = modeling.auto_map(model.config.model_type)  # every task class, not just this one
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        _write_portable_tokenizer_config(staging / "tokenizer_config.json", model)
-        build_model_card(model, card or CardInfo()).save(staging / "README.md")
-        write_manifest(staging, model, tokenizer)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        _write_portable_tokenizer_config(folder / "tokenizer_config.json", model)
+        build_model_card(model, card or CardInfo()).save(folder / "README.md")
+        write_manifest(folder, model, tokenizer)
         if run_verify:
-            logger.info("%s", format_report(out_dir, verify(staging, reference_model=model)))
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+            logger.info("%s", format_report(target, verify(folder, reference_model=model)))
+        check_export_target(target)  # again: the folder may have been changed while the export was written
+        _move_into_place(folder, target)
+    finally:
+        _discard_staging(staging)
+    return target
 
 
 def _write_portable_tokenizer_config(tokenizer_config: Path, model) -> None:
@@ -333,18 +401,119 @@ def _write_portable_tokenizer_config(tokenizer_config: Path, model) -> None:
     tokenizer_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` to `target`. An existing `target` is moved aside first, put back if the swap fails, and deleted
-    only once the new folder is in place."""
-    os.chmod(new, 0o755)  # mkdtemp creates 0700 folders
-    if not target.exists():
-        new.rename(target)
-        return
-    old = target.with_name(f"{target.name}.old-{os.getpid()}")
-    target.rename(old)
+def recover_killed_exports(out_dir) -> None:
+    """Clean up after exports into `out_dir`'s parent that were killed: put back an earlier export that a kill left
+    inside a staging folder (between the two renames of the fallback swap) and delete every staging folder of a dead
+    export. Only folders provably ours are touched (see `_abandoned`)."""
+    parent = Path(os.path.abspath(out_dir)).parent
+    for staging in sorted(parent.glob("staging_*")) if parent.is_dir() else ():
+        if _abandoned(staging):
+            logger.info("removing %s, left by an export that was killed", staging)
+            _discard_staging(staging)
+
+
+def _make_staging(target: Path) -> Path:
+    """A new staging folder next to `target`, marked as ours (by name and marker file) before anything goes in."""
+    staging = target.with_name(f"staging_{target.name}_{os.getpid()}_{secrets.token_hex(4)}")
+    staging.mkdir()
     try:
-        new.rename(target)
+        with open(staging / STAGING_MARKER, "x") as marker:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, marker)
     except BaseException:
-        old.rename(target)
+        _discard_staging(staging)
         raise
-    shutil.rmtree(old)
+    return staging
+
+
+def _abandoned(folder: Path) -> bool:
+    """A staging folder of a dead export on this host: our name, our marker (or nothing at all: killed before the
+    marker was written), and no running process of its pid."""
+    match = STAGING_NAME.fullmatch(folder.name)
+    try:
+        if not match or folder.is_symlink() or not folder.is_dir():
+            return False
+        if (folder / STAGING_MARKER).is_file():
+            # An unreadable marker is one a kill interrupted while it was written, on this host.
+            if read_json_object(folder / STAGING_MARKER).get("host", socket.gethostname()) != socket.gethostname():
+                return False
+        elif any(folder.iterdir()):
+            return False
+    except OSError:  # e.g. another user's folder: not ours to judge
+        return False
+    return not _running(int(match["pid"]))
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there; never judge a folder abandoned
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _discard_staging(staging: Path) -> None:
+    """Delete a staging folder of ours, after putting back an earlier export that the fallback swap had moved into
+    it if the target is still missing (killed between its renames). The marker goes last, so that a folder half
+    deleted by a kill is still recognisably ours. A failure is logged: the next export retries."""
+    target = staging.parent / STAGING_NAME.fullmatch(staging.name)["target"]
+    previous = staging / f"{target.name}.previous"
+    try:
+        if previous.is_dir() and not os.path.lexists(target):
+            previous.rename(target)
+            logger.warning("put the earlier export back at %s (an export was killed while replacing it)", target)
+        for entry in staging.iterdir():
+            if entry.name != STAGING_MARKER:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        (staging / STAGING_MARKER).unlink(missing_ok=True)
+        staging.rmdir()
+    except OSError as error:
+        logger.warning("could not remove the staging folder %s (%s); the next export there retries", staging, error)
+
+
+def _move_into_place(new: Path, target: Path) -> None:
+    """Put the folder `new` (inside its staging folder) at `target`. An earlier export there is exchanged with it in
+    one step where the system can; it then lies at `new` and goes with the staging folder. Elsewhere it is moved
+    into the staging folder first: a kill before the second rename leaves it there for `_discard_staging` to put
+    back, and a failed second rename puts it back at once."""
+    if not os.path.lexists(target):
+        new.rename(target)
+    elif not _exchange(new, target):
+        previous = new.with_name(f"{target.name}.previous")
+        target.rename(previous)
+        try:
+            new.rename(target)
+        except BaseException:
+            previous.rename(target)
+            raise
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically: Linux `renameat2(RENAME_EXCHANGE)`, macOS `renamex_np(RENAME_SWAP)`. False where
+    the system or the filesystem offers no such swap."""
+    libc = _libc()
+    paths = (os.fsencode(first), os.fsencode(second))
+    if hasattr(libc, "renameat2"):  # glibc >= 2.28
+        at_fdcwd, rename_exchange = -100, 2
+        libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        failed = libc.renameat2(at_fdcwd, paths[0], at_fdcwd, paths[1], rename_exchange)
+    elif hasattr(libc, "renamex_np"):
+        rename_swap = 2
+        libc.renamex_np.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        failed = libc.renamex_np(*paths, rename_swap)
+    else:
+        return False
+    if not failed:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))

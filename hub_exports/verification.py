@@ -10,7 +10,8 @@
   model card  parses, with metadata and a `trust_remote_code=True` usage snippet
   fresh-process load   Auto class + `trust_remote_code=True` in a new `python -I`: class from
               `transformers_modules`, empty loading info, zero warnings, head tied when the config ties it
-  outputs     the fresh process reproduces the outputs recorded at export (and the in-memory model's, if given)
+  outputs     the fresh process reproduces the outputs recorded at export, its first features and the digest of
+              all of them (and the in-memory model's outputs, if given)
 """
 
 import json
@@ -30,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 import modeling
-from hub_exports.exporting import MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, probe_outputs, tokenizer_problems
+from hub_exports.exporting import (MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, output_digest, probe_outputs,
+                                   read_json_object, recover_killed_exports, tokenizer_problems)
 
 SOURCE_ROOT = Path(modeling.__file__).parent
 FRESH_LOADER = Path(__file__).with_name("fresh_process_load.py")
@@ -56,13 +58,15 @@ def verify(folder, reference_model=None, python: Optional[str] = None, atol: Opt
     """Run every check on `folder`; return the checks or raise `VerificationError`.
 
     `reference_model`: the in-memory model the export came from, compared on the probe as well. `python`:
-    interpreter for the fresh-process load (default: this one). `atol`: output tolerance (default 1e-5; 1e-4 for
-    manifests of older hubzoo versions, whose probe ran on the training accelerator).
+    interpreter for the fresh-process load (default: this one). `atol`: output tolerance (default 1e-5).
+    A missing `folder` that a killed export left in a staging folder beside it is put back first.
     """
     folder = Path(folder).resolve()
     if not folder.is_dir():
+        recover_killed_exports(folder)
+    if not folder.is_dir():
         raise VerificationError(f"verify {folder}: not a directory", [])
-    manifest = _read_json(folder / MANIFEST)
+    manifest = read_json_object(folder / MANIFEST)
     checks = [_run_check("files", _check_files, folder), _run_check("manifest", _check_manifest, folder, manifest)]
     config = _read_config(folder)
     if isinstance(config, Check):
@@ -72,8 +76,8 @@ def verify(folder, reference_model=None, python: Optional[str] = None, atol: Opt
             ("auto_map", _check_auto_map), ("sources", _check_sources), ("weights", _check_weights),
             ("tokenizer", _check_tokenizer), ("model card", _check_card))]
     if all(check.ok for check in checks):
-        tolerance = atol if atol is not None else (1e-5 if manifest.get("device") == "cpu" else 1e-4)
-        checks += _check_fresh_load(folder, config, manifest, reference_model, python or sys.executable, tolerance)
+        checks += _check_fresh_load(folder, config, manifest, reference_model, python or sys.executable,
+                                    1e-5 if atol is None else atol)
     if not all(check.ok for check in checks):
         raise VerificationError(format_report(folder, checks), checks)
     return checks
@@ -95,13 +99,6 @@ def _run_check(name: str, step, *args) -> Check:
         return Check(name, False, f"could not be checked: {type(error).__name__}: {error}")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _check_files(folder: Path) -> Check:
     present = {p.name for p in folder.iterdir()}
     required = {"config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json", MANIFEST}
@@ -113,7 +110,7 @@ def _check_files(folder: Path) -> Check:
 
 
 def _read_config(folder: Path):
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json")
     if config.get("model_type") not in modeling.ARCHITECTURES:
         return Check("config", False, f"model_type {config.get('model_type')!r} is not a hubzoo architecture")
     config_class = modeling.ARCHITECTURES[config["model_type"]][0]
@@ -125,8 +122,12 @@ def _read_config(folder: Path):
 
 def _check_manifest(folder: Path, manifest: dict) -> Check:
     recorded = manifest.get("files")
-    if not recorded or "probe" not in manifest:
-        return Check("manifest", False, f"{MANIFEST} missing or incomplete; re-export the model")
+    if not recorded:
+        return Check("manifest", False, f"{MANIFEST} missing or without file hashes; re-export the model")
+    # Manifests written before the digest of all outputs was recorded are refused: they vouch for 16 features only.
+    lacking = [key for key in ("probe", "probe_output_sample", "probe_output_digest") if key not in manifest]
+    if lacking:
+        return Check("manifest", False, f"{MANIFEST} lacks {lacking} (written by an older hubzoo); re-export the model")
     present = {p.name for p in folder.iterdir()} - {"README.md", MANIFEST}
     changed = sorted(name for name in present & set(recorded) if file_digest(folder / name) != recorded[name])
     problems = ([f"changed since export: {changed}"] if changed else []) + \
@@ -228,12 +229,21 @@ def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, pyt
             return [Check("fresh-process load", False, error)]
         remote = load_file(scratch / "outputs.safetensors")["outputs"]
     checks = [_judge_fresh_load(report, config)]
-    recorded = torch.tensor(manifest["probe_output_sample"])
     problems, details = [], []
-    diff = (remote[..., :PROBE_SAMPLE_WIDTH] - recorded).abs().max().item()
-    details.append(f"max |diff| {diff:.3g} vs outputs recorded at export")
-    if diff > atol:
-        problems.append(f"outputs differ from those recorded at export by {diff:.3g}")
+    fresh = {  # manifest key: what it holds, and the same taken from the fresh process's outputs
+        "probe_output_sample": (f"first {PROBE_SAMPLE_WIDTH} features", remote[..., :PROBE_SAMPLE_WIDTH]),
+        "probe_output_digest": (f"digest of all {remote.shape[-1]} features", output_digest(remote)),
+    }
+    for key, (what, ours) in fresh.items():
+        recorded = torch.tensor(manifest[key], dtype=ours.dtype)
+        if recorded.shape != ours.shape:
+            problems.append(f"{key} recorded at export has shape {tuple(recorded.shape)}, the outputs give "
+                            f"{tuple(ours.shape)}")
+            continue
+        diff = (ours - recorded).abs().max().item()
+        details.append(f"max |diff| {diff:.3g} ({what}) vs outputs recorded at export")
+        if diff > atol:
+            problems.append(f"outputs differ from those recorded at export by {diff:.3g} ({what})")
     if reference_model is not None:
         diff = (probe_outputs(reference_model, probe) - remote).abs().max().item()
         details.append(f"{diff:.3g} vs the in-memory model")

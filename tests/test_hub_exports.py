@@ -1,10 +1,12 @@
-"""export -> verify -> push on a tiny LTG-BERT: the complete folder, loud failures for broken exports, atomic writes,
-and an upload that lands byte-identical on a loopback Hub."""
+"""export -> verify -> push on a tiny LTG-BERT: the complete folder, loud failures for broken exports, atomic writes
+that survive a kill at any step, refusal of output folders an export may not replace, and an upload that lands
+byte-identical on a loopback Hub."""
 
 import importlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from hub_exports import CardInfo, Metric, VerificationError, export, verify
 from hub_exports.__main__ import main as cli
-from hub_exports.exporting import load_checkpoint
+from hub_exports.exporting import check_export_target, file_digest, load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from tests.hub_stub import LoopbackHub
 from tests.modeling_common import tiny_tokenizer
@@ -151,6 +153,33 @@ def test_verify_compares_outputs_with_those_recorded_at_export(broken, capsys):
     assert "outputs differ from those recorded at export by 0.01" in failure_report(broken, capsys)
 
 
+def rehash(folder, name):
+    """Record `name`'s current sha256 in the manifest, as someone editing the export on purpose would."""
+    manifest = json.loads((folder / "hubzoo_export.json").read_text())
+    manifest["files"][name] = file_digest(folder / name)
+    (folder / "hubzoo_export.json").write_text(json.dumps(manifest))
+
+
+def test_verify_catches_an_output_change_outside_the_sampled_features(broken, capsys):
+    """One head bias entry past the 16 features sampled in the manifest: only the digest of all features sees it."""
+    tensors = load_file(broken / "model.safetensors")
+    tensors["lm_head.decoder.bias"][40] += 0.01
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    rehash(broken, "model.safetensors")
+    report = failure_report(broken, capsys)
+    assert "[PASS] manifest" in report
+    assert "outputs differ from those recorded at export by 0.01 (digest of all 64 features)" in report
+
+
+def test_verify_refuses_a_manifest_without_the_output_digest(broken, capsys):
+    """An older manifest vouches for 16 features only; deleting the digest must not be a way around it."""
+    manifest = json.loads((broken / "hubzoo_export.json").read_text())
+    del manifest["probe_output_digest"]
+    (broken / "hubzoo_export.json").write_text(json.dumps(manifest))
+    assert "lacks ['probe_output_digest'] (written by an older hubzoo); re-export the model" in \
+        failure_report(broken, capsys)
+
+
 def test_verify_detects_a_class_that_forgot_its_tie(exported):
     """Judged on the loaded model, not on what the class declares."""
     report = {"class_module": "transformers_modules.x", "class_name": "LtgBertForMaskedLM", "loading_info": {},
@@ -215,6 +244,11 @@ def snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
+def everything(folder):
+    """Every path under `folder`, with the bytes of its files."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
 def test_export_is_atomic(exported, tmp_path, monkeypatch):
     target = Path(shutil.copytree(exported, tmp_path / "existing"))
     before = snapshot(target)
@@ -241,21 +275,145 @@ def test_a_failing_verification_keeps_the_previous_export(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
 
 
-def test_a_failed_swap_puts_the_previous_export_back(exported, tmp_path, monkeypatch):
+@pytest.mark.parametrize("swap", ["exchange", "renames"])
+def test_a_failed_swap_puts_the_previous_export_back(exported, tmp_path, monkeypatch, swap):
+    """The atomic exchange failing, or (where there is none) the second of the two renames."""
+    exporting = importlib.import_module("hub_exports.exporting")
     target = Path(shutil.copytree(exported, tmp_path / "existing"))
     before = snapshot(target)
     real_rename = Path.rename
 
+    def fail(*args):
+        raise OSError("device busy")
+
     def rename(self, destination):
-        if Path(destination) == target and self.name.startswith("staging_"):
-            raise OSError("device busy")
+        if Path(destination) == target and self.name == target.name:  # the new export, not the one put back
+            fail()
         return real_rename(self, destination)
 
+    monkeypatch.setattr(exporting, "_exchange", fail if swap == "exchange" else lambda first, second: False)
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(OSError, match="device busy"):
         export(tiny_model(), tiny_tokenizer(64), target, run_verify=False)
     assert snapshot(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_step_leaves_the_old_or_the_new_export(exported, tmp_path):
+    """Real deaths (os._exit in a forked child, no cleanup runs) before every disk-changing step of an export that
+    replaces an earlier one: the target holds the old or the new export (with no atomic exchange: once the next
+    export or verify has put the old one back), and the next export leaves nothing beside it."""
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "export_kill_driver.py"), str(exported),
+                           str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    for swap, kills in report.items():
+        assert len(kills) > 20, f"{swap}: only {len(kills)} steps"
+        states = {kill["after_recovery"] for kill in kills}
+        assert states == {"old", "new"}, f"{swap}: {kills}"
+        assert all(kill["left"] == ["export"] for kill in kills), f"{swap}: {kills}"
+        assert any(len(kill["left_by_kill"]) > 1 for kill in kills), f"{swap}: no kill left anything to clean up"
+    assert snapshot(tmp_path / "renames" / "export") == snapshot(tmp_path / "exchange" / "export")
+    verify(tmp_path / "exchange" / "export")  # the new export (the old one is `exported`, verified elsewhere)
+    assert {kill["after_kill"] for kill in report["exchange"]} == {"old", "new"}, report["exchange"]
+    assert "missing" in {kill["after_kill"] for kill in report["renames"]}, "the fallback was not exercised"
+
+
+def dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_verify_puts_back_an_export_left_between_the_two_renames(exported, tmp_path, capsys):
+    """Where there is no atomic exchange, a kill between the renames leaves the old export inside the staging
+    folder; verify (like the next export) puts it back instead of saying "not a directory"."""
+    dead = dead_pid()
+    staging = tmp_path / f"staging_existing_{dead}_0123abcd"
+    shutil.copytree(exported, staging / "existing.previous")
+    (staging / "hubzoo_staging.json").write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
+    assert cli(["verify", str(tmp_path / "existing")]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    assert snapshot(tmp_path / "existing") == snapshot(exported)
+
+
+def test_the_next_export_removes_only_staging_folders_of_dead_exports(tmp_path):
+    dead = dead_pid()
+
+    def staging(name, marker_pid=None, host=socket.gethostname(), files=("file.txt",)):
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_text("something")
+        if marker_pid is not None:
+            (tmp_path / name / "hubzoo_staging.json").write_text(json.dumps({"pid": marker_pid, "host": host}))
+        return name
+
+    staging(f"staging_out_{dead}_0123abcd", marker_pid=int(dead))  # ours, killed
+    staging(f"staging_out_{dead}_4567abcd", files=())  # ours, killed before its marker was written
+    kept = [staging(f"staging_out_{os.getpid()}_89abcdef", marker_pid=os.getpid()),  # a live export (this process)
+            staging(f"staging_out_{dead}_cdef0123"),  # our name but no marker: could be anyone's
+            staging(f"staging_out_{dead}_01234567", marker_pid=int(dead), host="elsewhere"),  # pid of another host
+            staging("staging_notes")]
+    export(tiny_model(), tiny_tokenizer(64), tmp_path / "out", run_verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", *kept])
+
+
+def test_export_refuses_an_out_dir_that_is_not_an_export(exported, tmp_path):
+    """Only an empty folder or an earlier export is replaced; anything else is refused before any work."""
+    own = tmp_path / "my_files"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    run = tmp_path / "run"
+    (run / "checkpoint-10").mkdir(parents=True)
+    (run / "trainer_log.jsonl").write_text("{}")
+    extended = Path(shutil.copytree(exported, tmp_path / "extended"))
+    (extended / "blimp.json").write_text("{}")
+    file = tmp_path / "file"
+    file.write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(shutil.copytree(exported, tmp_path / "linked"))
+    contents = everything(tmp_path)
+    for out, reason in ((own, "neither empty nor a hubzoo export"), (run, "neither empty nor a hubzoo export"),
+                        (extended, r"also holds \['blimp.json'\]"), (file, "is a file"), (link, "symbolic link")):
+        with pytest.raises(ValueError, match=f"{out}.*{reason}"):
+            export(tiny_model(), tiny_tokenizer(64), out, run_verify=False)
+    assert everything(tmp_path) == contents
+
+
+def test_export_replaces_an_empty_folder_and_an_earlier_export(exported, tmp_path):
+    (tmp_path / "empty").mkdir()
+    export(tiny_model(), tiny_tokenizer(64), tmp_path / "empty", run_verify=False)
+    earlier = Path(shutil.copytree(exported, tmp_path / "earlier"))
+    export(tiny_model(hidden_size=16), tiny_tokenizer(64), earlier, run_verify=False)
+    assert json.loads((earlier / "config.json").read_text())["hidden_size"] == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "empty"]
+
+
+def test_check_export_target_refuses_a_folder_holding_a_source(exported, tmp_path):
+    earlier = Path(shutil.copytree(exported, tmp_path / "earlier"))
+    for source in (earlier, earlier / "model.safetensors"):
+        with pytest.raises(ValueError, match=f"{earlier} holds the source {source}"):
+            check_export_target(earlier, sources=[source])
+    assert check_export_target(tmp_path / "new", sources=[earlier]) == tmp_path / "new"
+
+
+def test_cli_refuses_an_out_dir_it_may_not_replace_before_any_work(tmp_path, capsys):
+    """`export --out` over a user's folder and `convert` into its own source: exit 1, one message, nothing lost
+    (the sources are not even valid checkpoints: the refusal comes before they are read)."""
+    own = tmp_path / "my_files"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    original = tmp_path / "orig"
+    original.mkdir()
+    (original / "pytorch_model.bin").write_bytes(b"the only copy")
+    contents = everything(tmp_path)
+    assert cli(["export", "--model", str(original), "--out", str(own)]) == 1
+    assert capsys.readouterr().err == f"Not exported: {own} is neither empty nor a hubzoo export (no " \
+        "readable hubzoo_export.json): refusing to replace it; choose an empty or new output folder\n"
+    assert cli(["convert", "ltg_bert", str(original), str(original), "--position-qk-split", "chunk_first"]) == 1
+    assert capsys.readouterr().err.startswith(f"Not exported: {original} holds the source {original}")
+    assert everything(tmp_path) == contents
 
 
 def test_export_refuses_a_checkpoint_saved_by_other_code(tmp_path):
