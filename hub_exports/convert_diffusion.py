@@ -161,6 +161,9 @@ def _read_lightning(path: Path, weights: str):
             raise ConversionError(f"{path}: hyper_parameters.config lacks block_size")
         # The Lightning DIT always has adaLN for its bidirectional denoiser, whatever model.adaln says.
         fields.update(block_size=config["block_size"], adaln=True)
+        # The configured interval, which the searched buffers replace (announced like a Hub config's).
+        training = config.get("training") or {}
+        fields.update({name: training[name] for name in ("sampling_eps_min", "sampling_eps_max") if name in training})
     state = dict(checkpoint["state_dict"])
     shadow = None
     if weights == "ema":
