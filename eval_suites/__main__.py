@@ -1,4 +1,4 @@
-"""python -m eval_suites blimp --model <export folder or Hub id> --data <dir of BLiMP-format jsonl[.gz]> ...
+"""python -m eval_suites blimp --model <export folder or Hub id> --data <dir of BLiMP-format jsonl[.gz]> --output DIR
 python -m eval_suites classification --model <export folder> --data <tsv/csv/json/jsonl> --labels "0=neg,1=pos" ...
 
 python -m eval_suites translation --model <causal LM export> --source test.en --target test.fr --num-beams 1 4
@@ -34,10 +34,14 @@ def load_model(name: str, scorer: str):
 
 
 def run_blimp(args) -> int:
+    try:  # the data is checked before the model is loaded
+        pairs = load_pairs(args.data, limit_per_paradigm=args.limit_per_paradigm)
+    except ValueError as error:
+        print(f"BLiMP data refused: {error}", file=sys.stderr)
+        return 1
     model, tokenizer = load_model(args.model, args.scorer)
     if args.device:
         model.to(args.device)
-    pairs = load_pairs(args.data, limit_per_paradigm=args.limit_per_paradigm)
     result = evaluate_blimp(model, tokenizer, pairs, scorer=args.scorer, token_budget=args.token_budget)
     result.update(model=args.model, data=str(args.data))
     output = Path(args.output)
@@ -286,7 +290,9 @@ def main(argv=None) -> int:
     blimp.add_argument("--token-budget", type=int, default=8192, help="tokens per forward pass (masked copies)")
     blimp.add_argument("--limit-per-paradigm", type=int, help="score only the first N pairs of each file")
     blimp.add_argument("--device", help="e.g. cuda; default: where the model loads (CPU)")
-    blimp.add_argument("--output", default="blimp_results")
+    blimp.add_argument("--output", required=True,
+                       help="folder for blimp.json and blimp.md (required: no default, so results never land in "
+                            "the current directory, e.g. a source checkout, nor inside the model's folder)")
     blimp.add_argument("--write-card", action="store_true", help="add the result to the export's model card")
     blimp.set_defaults(run=run_blimp)
     add_classification_parser(commands)

@@ -39,27 +39,51 @@ class MinimalPair:
 
 
 def load_pairs(directory, limit_per_paradigm: Optional[int] = None) -> List[MinimalPair]:
-    """Every pair in every `*.jsonl`/`*.jsonl.gz` file of `directory` (sorted by file name)."""
-    files = sorted(p for p in Path(directory).iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
+    """Every pair in every `*.jsonl`/`*.jsonl.gz` file of `directory` (sorted by file name). A missing or empty
+    folder, a line that is not a JSON object with string `sentence_good`/`sentence_bad`, an unreadable file and a file
+    without pairs are ValueErrors naming the folder, or the file and line."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a folder of BLiMP-format *.jsonl / *.jsonl.gz files"
+                         + ("" if directory.exists() else " (it does not exist)"))
+    files = sorted(p for p in directory.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
     if not files:
-        raise FileNotFoundError(f"No *.jsonl or *.jsonl.gz files in {directory}")
+        raise ValueError(f"No *.jsonl or *.jsonl.gz files in {directory}")
     pairs = []
     for path in files:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        default_paradigm = path.name.split(".jsonl")[0]
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if limit_per_paradigm is not None and line_number > limit_per_paradigm:
-                    break
-                if not line.strip():
-                    continue
+        try:
+            paradigm_pairs = _read_pairs(path, limit_per_paradigm)
+        except (OSError, EOFError, UnicodeDecodeError) as error:  # a damaged gzip stream, bytes that are not UTF-8
+            raise ValueError(f"{path} cannot be read: {error}") from None
+        if not paradigm_pairs:
+            raise ValueError(f"{path} holds no minimal pairs" + (" (only blank lines)" if limit_per_paradigm is None
+                                                                 else f" in its first {limit_per_paradigm} lines"))
+        pairs += paradigm_pairs
+    return pairs
+
+
+def _read_pairs(path: Path, limit: Optional[int]) -> List[MinimalPair]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    default_paradigm = path.name.split(".jsonl")[0]
+    pairs = []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if limit is not None and line_number > limit:
+                break
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
-                if not {"sentence_good", "sentence_bad"} <= set(record):
-                    raise ValueError(f"{path}:{line_number} lacks sentence_good/sentence_bad")
-                paradigm = record.get("UID", default_paradigm)
-                pairs.append(MinimalPair(record["sentence_good"], record["sentence_bad"], paradigm,
-                                         record.get("linguistics_term", paradigm),
-                                         str(record.get("pairID", line_number - 1))))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number} is not valid JSON: {error}") from None
+            if not isinstance(record, dict) or not all(isinstance(record.get(key), str)
+                                                       for key in ("sentence_good", "sentence_bad")):
+                raise ValueError(f"{path}:{line_number} is not a JSON object with string sentence_good and "
+                                 "sentence_bad")
+            paradigm = record.get("UID", default_paradigm)
+            pairs.append(MinimalPair(record["sentence_good"], record["sentence_bad"], paradigm,
+                                     record.get("linguistics_term", paradigm),
+                                     str(record.get("pairID", line_number - 1))))
     return pairs
 
 

@@ -3,11 +3,13 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from hub_exports.exporting import CardInfo, Metric, check_export_target, export, load_checkpoint
 from hub_exports.publishing import push
+from hub_exports.strict_mapping import ConversionError, first_line
 from hub_exports.verification import VerificationError, format_report, verify
 
 
@@ -83,53 +85,83 @@ def cmd_push(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    """Only a ConversionError (the checkpoint, its tokenizer or a flag it needs, named) ends the command with one
+    message and status 1; anything else is a bug and keeps its traceback."""
     if _refuse_out(args.out, args.source, args.tokenizer):
         return 1
-    if args.source_format in ("modded_gpt", "backpack"):
-        return convert_gpt_family_command(args)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.source)
+    try:
+        if args.source_format == "ltg_bert" and args.position_qk_split is None:
+            raise ConversionError("convert ltg_bert needs --position-qk-split (it is not visible in the checkpoint's "
+                                  "keys)")
+        tokenizer = conversion_tokenizer(args)
+        model, description = convert(args, tokenizer)
+    except ConversionError as error:
+        print(f"Not converted: {error}", file=sys.stderr)
+        return 1
+    print(description)
+    return _export_and_verify(model, tokenizer, args.out, _card(args))
+
+
+# Files one of which every tokenizer folder holds (GPT-2's BPE pair may carry the `gpt2_` prefix).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "gpt2_vocab.json")
+GPT2_TOKENIZER_HINT = "a folder with GPT-2's vocab.json and merges.txt, or any tokenizer folder"
+
+
+def conversion_tokenizer(args):
+    """The tokenizer the converted model is exported with, loaded before any conversion work: --tokenizer, else the
+    source folder's own (ltg_bert, mdlm, bd3lm) or GPT-2's from the Hub (modded_gpt, backpack). A source that ships
+    none, a folder that holds none, or a tokenizer that cannot be loaded is a ConversionError saying how to give it."""
+    gpt_family = args.source_format in ("modded_gpt", "backpack")
+    name = args.tokenizer or ("gpt2" if gpt_family else args.source)
+    how = ("pass --tokenizer with the folder (or Hub id) of the tokenizer the checkpoint was trained with"
+           + (f" ({GPT2_TOKENIZER_HINT})" if gpt_family else ""))
+    folder = Path(name)
+    if (args.tokenizer is None and not gpt_family) or folder.exists():
+        if not folder.is_dir() or not any((folder / file).is_file() for file in TOKENIZER_FILES):
+            what = f"--tokenizer {name} is not a tokenizer folder" if args.tokenizer else \
+                f"{args.source} ships no tokenizer"
+            raise ConversionError(f"{what} (none of {', '.join(TOKENIZER_FILES)}): {how}")
+    from hub_exports.convert_modded_gpt import load_tokenizer
+
+    try:
+        return load_tokenizer(name) if gpt_family else AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, ImportError) as error:  # offline Hub, unknown id, missing tokenizer backend
+        default = "" if args.tokenizer else " (the default: GPT-2's, from the Hub)"
+        raise ConversionError(f"the tokenizer {name!r}{default} cannot be loaded ({first_line(error)}): "
+                              f"{how}") from None
+
+
+def convert(args, tokenizer):
+    """(model, what was converted, in a paragraph) for `args.source_format`."""
+    from hub_exports import convert_backpack, convert_modded_gpt
+
+    if args.source_format == "modded_gpt":
+        model, checkpoint_format = convert_modded_gpt.convert_modded_gpt(
+            args.source, tokenizer, eot_token_id=args.eot_token_id, head_dim=args.head_dim,
+            sliding_window_num_blocks=None if args.window_blocks == 0 else args.window_blocks,
+            max_position_embeddings=args.max_length)
+        return model, convert_modded_gpt.describe(model, checkpoint_format)
+    if args.source_format == "backpack":
+        model, checkpoint_format = convert_backpack.convert_backpack(args.source, tokenizer)
+        return model, convert_backpack.describe(model, checkpoint_format)
     if args.source_format == "ltg_bert":
         from hub_exports.convert_ltg_bert import convert_ltg_bert
 
-        if args.position_qk_split is None:
-            raise SystemExit("convert ltg_bert needs --position-qk-split (it is not visible in the checkpoint's keys)")
         model = convert_ltg_bert(args.source, args.position_qk_split, tokenizer=tokenizer,
                                  pad_token_id=args.pad_token_id)
-    else:
-        from hub_exports.convert_diffusion import convert_diffusion
+        return model, f"Converted ltg_bert ({args.position_qk_split}): {model.num_parameters():,} parameters"
+    from hub_exports.convert_diffusion import convert_diffusion
 
-        model = convert_diffusion(args.source, tokenizer=tokenizer, mask_token_id=args.mask_token_id,
-                                  weights=args.weights)
-        if model.config.model_type != args.source_format:
-            raise SystemExit(f"{args.source} holds a {model.config.model_type} checkpoint, not {args.source_format}")
-        if tokenizer.mask_token_id is None:  # the original appended the mask id after the tokenizer's vocabulary
-            tokenizer.add_special_tokens({"mask_token": "[MASK]"})
-            if tokenizer.mask_token_id != model.config.mask_token_id:
-                raise SystemExit(f"could not give the tokenizer the mask id {model.config.mask_token_id}")
-        print(f"Converted {model.config.model_type} ({args.weights} weights): {model.num_parameters():,} parameters, "
-              f"mask id {model.config.mask_token_id}")
-    return _export_and_verify(model, tokenizer, args.out, _card(args))
-
-
-def convert_gpt_family_command(args) -> int:
-    """modded_gpt and backpack: the GPT-2 tokenizer by default; what was detected is printed before the export."""
-    from hub_exports import convert_backpack, convert_modded_gpt
-
-    tokenizer = convert_modded_gpt.load_tokenizer(args.tokenizer or "gpt2")
-    try:
-        if args.source_format == "modded_gpt":
-            model, checkpoint_format = convert_modded_gpt.convert_modded_gpt(
-                args.source, tokenizer, eot_token_id=args.eot_token_id, head_dim=args.head_dim,
-                sliding_window_num_blocks=None if args.window_blocks == 0 else args.window_blocks,
-                max_position_embeddings=args.max_length)
-            print(convert_modded_gpt.describe(model, checkpoint_format))
-        else:
-            model, checkpoint_format = convert_backpack.convert_backpack(args.source, tokenizer)
-            print(convert_backpack.describe(model, checkpoint_format))
-    except ValueError as error:
-        print(f"Not converted: {error}", file=sys.stderr)
-        return 1
-    return _export_and_verify(model, tokenizer, args.out, _card(args))
+    model = convert_diffusion(args.source, tokenizer=tokenizer, mask_token_id=args.mask_token_id, weights=args.weights)
+    if model.config.model_type != args.source_format:
+        raise ConversionError(f"{args.source} holds a {model.config.model_type} checkpoint, not {args.source_format}")
+    if tokenizer.mask_token_id is None:  # the original appended the mask id after the tokenizer's vocabulary
+        tokenizer.add_special_tokens({"mask_token": "[MASK]"})
+        if tokenizer.mask_token_id != model.config.mask_token_id:
+            raise ConversionError(f"could not give the tokenizer the mask id {model.config.mask_token_id}")
+    return model, (f"Converted {model.config.model_type} ({args.weights} weights): {model.num_parameters():,} "
+                   f"parameters, mask id {model.config.mask_token_id}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--position-qk-split", choices=["chunk_first", "per_head_interleaved"],
                    help="ltg_bert (required): relative-position split the checkpoint was trained with")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the source folder; modded_gpt: 'gpt2' from the "
-                                       "Hub, or a folder with GPT-2's vocab.json and merges.txt)")
+    p.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the source folder's, refused when it "
+                                       "ships none; modded_gpt/backpack: 'gpt2' from the Hub). modded_gpt/backpack "
+                                       "also take a folder with GPT-2's vocab.json and merges.txt")
     p.add_argument("--pad-token-id", type=int, help="ltg_bert: checked against the tokenizer's pad id")
     p.add_argument("--mask-token-id", type=int, help="mdlm/bd3lm: checked against the tokenizer's (or its size)")
     p.add_argument("--weights", choices=["ema", "live"], default="ema",
@@ -174,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eot-token-id", type=int, help="modded_gpt: checked against the tokenizer's EOS id")
     p.add_argument("--head-dim", type=int, default=128, help="modded_gpt: not visible in the shapes (default 128)")
     p.add_argument("--window-blocks", type=int, default=-1,
-                   help="modded_gpt: long sliding window in 128-token blocks (default -1: the era's final training "
-                        "window, small 14 / medium 27; 0: none)")
+                   help="modded_gpt: long sliding window in 128-token blocks; 0: none. Default: the window the "
+                        "training script stored in the checkpoint sets at its step (read as text, never run); "
+                        "required when the checkpoint records none")
     p.add_argument("--max-length", type=int, default=4096, help="modded_gpt: max_position_embeddings")
     _add_card_arguments(p)
     p.set_defaults(run=cmd_convert)

@@ -14,13 +14,19 @@ Both are read with `torch.load(weights_only=True)` (or safetensors); unknown key
 conversion with their names.
 """
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from hub_exports.strict_mapping import check_complete, load_folder_weights
+from hub_exports.strict_mapping import (
+    ConversionError,
+    check_complete,
+    load_folder_weights,
+    load_torch_file,
+    make_config,
+    read_json_config,
+)
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
 
 PREFIX = "_orig_mod."
@@ -81,38 +87,41 @@ NANO_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", 
 
 def convert_backpack(source, tokenizer=None):
     """A backpack-gpt2 folder or a nanoBackpackLM `ckpt.pt` -> (`BackpackForCausalLM` in float32 eval mode, format
-    name: "backpack-gpt2" or "nanobackpacklm")."""
+    name: "backpack-gpt2" or "nanobackpacklm"). A checkpoint that cannot be converted raises ConversionError naming
+    the file and the keys or fields."""
     source = Path(source)
     if source.is_dir():
-        config, state, checkpoint_format = _read_stanford(source)
+        weights_file, config, state, checkpoint_format = _read_stanford(source)
     else:
-        config, state, checkpoint_format = _read_nano(source)
-    if tokenizer is not None:
-        if len(tokenizer) > config["vocab_size"]:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} ids, the checkpoint's embedding "
-                             f"{config['vocab_size']} rows: wrong tokenizer")
-        config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
-    model = BackpackForCausalLM(BackpackConfig(**config))
-    mapping = STANFORD_KEYS if checkpoint_format == "backpack-gpt2" else NANO_KEYS
-    mapped = map_keys(state, mapping, checkpoint_format)
-    if checkpoint_format == "nanobackpacklm":
-        _to_sense_major(mapped, model.config)
-    mapped["lm_head.weight"] = mapped[EMBEDDING]  # tied
-    check_complete(mapped, model.state_dict(), checkpoint_format)
+        weights_file, (config, state, checkpoint_format) = source, _read_nano(source)
+    try:
+        if tokenizer is not None:
+            if len(tokenizer) > config["vocab_size"]:
+                raise ConversionError(f"the tokenizer has {len(tokenizer)} ids, the checkpoint's embedding "
+                                      f"{config['vocab_size']} rows: wrong tokenizer")
+            config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id)
+        model = BackpackForCausalLM(make_config(BackpackConfig, config, "its config"))
+        mapping = STANFORD_KEYS if checkpoint_format == "backpack-gpt2" else NANO_KEYS
+        mapped = map_keys(state, mapping, checkpoint_format)
+        if checkpoint_format == "nanobackpacklm":
+            _to_sense_major(mapped, model.config)
+        if EMBEDDING in mapped:
+            mapped["lm_head.weight"] = mapped[EMBEDDING]  # tied
+        check_complete(mapped, model.state_dict(), f"the {checkpoint_format} checkpoint")
+    except ConversionError as error:
+        raise ConversionError(f"{weights_file}: {error}") from None
     model.load_state_dict(mapped, strict=True)
     return model.eval(), checkpoint_format
 
 
 def _read_stanford(folder: Path):
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json")
-    original = json.loads(config_path.read_text())
+    original = read_json_config(config_path)
     missing = [name for name in STANFORD_CONFIG_FIELDS if name not in original]
     if missing:
-        raise ValueError(f"{config_path} is not a backpack-gpt2 config: it lacks {missing}")
-    state = load_folder_weights(folder)
+        raise ConversionError(f"{config_path} is not a backpack-gpt2 config: it lacks {missing}")
+    weights_file, state = load_folder_weights(folder)
     d = original["n_embd"]
     config = dict(vocab_size=original["vocab_size"], hidden_size=d, num_senses=original["num_senses"],
                   num_hidden_layers=original["n_layer"], num_attention_heads=original["n_head"],
@@ -125,24 +134,23 @@ def _read_stanford(folder: Path):
                   layer_norm_eps=original.get("layer_norm_epsilon", 1e-5),
                   dropout=original.get("resid_pdrop", 0.1))
     if not original.get("scale_attn_weights", True) or original.get("reorder_and_upcast_attn", False):
-        raise ValueError("only GPT-2 contextualizers with scale_attn_weights=True and reorder_and_upcast_attn=False "
-                         "convert")
-    return config, state, "backpack-gpt2"
+        raise ConversionError(f"{config_path}: only GPT-2 contextualizers with scale_attn_weights=True and "
+                              "reorder_and_upcast_attn=False convert")
+    return weights_file, config, state, "backpack-gpt2"
 
 
 def _read_nano(path: Path):
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - the message names the cause
-        raise ValueError(f"{path} cannot be read with torch.load(weights_only=True): {error}") from error
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
-        raise ValueError(f"{path} is not a nanoBackpackLM train.py checkpoint (no 'model' and 'model_args')")
+    checkpoint = load_torch_file(path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) \
+            or not isinstance(checkpoint.get("model_args"), dict):
+        raise ConversionError(f"{path} is not a nanoBackpackLM train.py checkpoint (no 'model' and 'model_args')")
     args = checkpoint["model_args"]
     missing = [name for name in NANO_ARGS if name not in args]
     if missing:
-        raise ValueError(f"{path}: model_args lacks {missing}")
+        raise ConversionError(f"{path}: model_args lacks {missing}")
     if args["n_layer"] < 2:
-        raise ValueError(f"{path}: n_layer {args['n_layer']} leaves no contextualization block (it builds n_layer-1)")
+        raise ConversionError(f"{path}: n_layer {args['n_layer']} leaves no contextualization block (it builds "
+                              "n_layer-1)")
     d = args["n_embd"]
     config = dict(vocab_size=args["vocab_size"], hidden_size=d, num_senses=args["n_sense_vector"],
                   num_hidden_layers=args["n_layer"] - 1, num_attention_heads=args["n_head"], intermediate_size=4 * d,
@@ -166,14 +174,14 @@ def map_keys(state: dict, mapping, checkpoint_format: str) -> dict:
             target = match.expand(template) if "\\" in template else template
             tensor = tensor.t() if transpose and tensor.dim() == 2 else tensor
             if target in mapped and not torch.equal(mapped[target], tensor):
-                raise ValueError(f"{checkpoint_format}: {key} should alias the tensor already read for {target}, "
-                                 "but its values differ")
+                raise ConversionError(f"{checkpoint_format}: {key} should alias the tensor already read for {target}, "
+                                      "but its values differ")
             mapped[target] = tensor.float().contiguous()
             break
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"unknown keys in the {checkpoint_format} checkpoint: {sorted(unknown)}")
+        raise ConversionError(f"unknown keys in the {checkpoint_format} checkpoint: {sorted(unknown)}")
     return mapped
 
 

@@ -17,7 +17,6 @@ the original's rule) or is stated. For BD3-LM the checkpoint's `sampling_eps_min
 trained values and win over the config's fields; a disagreement is logged.
 """
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -25,7 +24,15 @@ from typing import Optional
 
 import torch
 
-from hub_exports.strict_mapping import load_folder_weights
+from hub_exports.strict_mapping import (
+    ConversionError,
+    check_complete,
+    checkpoint_folder,
+    load_folder_weights,
+    load_torch_file,
+    make_config,
+    read_json_config,
+)
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
 
@@ -59,122 +66,148 @@ BD3LM_HUB_FIELDS = {"block_size": "block_size", "sampling_eps_min": "sampling_ep
 
 def convert_diffusion(source, tokenizer=None, mask_token_id: Optional[int] = None, weights: str = "ema"):
     """Original checkpoint (a Hub folder or a Lightning `.ckpt` file) -> `MdlmForMaskedDiffusionLM` or
-    `Bd3lmForMaskedDiffusionLM` in eval mode. The architecture is read from the checkpoint's config."""
+    `Bd3lmForMaskedDiffusionLM` in eval mode. The architecture is read from the checkpoint's config. A checkpoint that
+    cannot be converted raises ConversionError naming the file and the keys or fields."""
     source = Path(source)
     if weights not in ("ema", "live"):
         raise ValueError(f"weights must be 'ema' or 'live', got {weights!r}")
+    shadow = None
     if source.is_file():
-        model_type, fields, state = _read_lightning(source, weights)
+        weights_file = source
+        model_type, fields, state, shadow = _read_lightning(source, weights)
     else:
         if weights != "ema":
-            raise ValueError(f"{source} is a Hub export, which holds the EMA weights only; the live weights are in "
-                             "the training run's Lightning .ckpt")
-        model_type, fields, state = _read_hub_folder(source)
-    fields["vocab_size"] = _vocab_size(state, fields)
-    fields["mask_token_id"] = _mask_token_id(fields["vocab_size"], tokenizer, mask_token_id)
-    if tokenizer is not None:
-        fields["pad_token_id"] = tokenizer.pad_token_id
+            raise ConversionError(f"{source} is a Hub export, which holds the EMA weights only; the live weights are "
+                                  "in the training run's Lightning .ckpt")
+        weights_file, model_type, fields, state = _read_hub_folder(source)
+    try:
+        fields["vocab_size"] = _vocab_size(state, fields)
+        fields["mask_token_id"] = _mask_token_id(fields["vocab_size"], tokenizer, mask_token_id)
+        if tokenizer is not None:
+            fields["pad_token_id"] = tokenizer.pad_token_id
+        if model_type == "bd3lm":
+            _take_buffer_interval(fields, state)
+        model = _build_model(model_type, fields)
+        # The state dict is checked by name first: a key missing, extra or mis-shaped there is named, and the EMA
+        # shadow list (which has no names) is then matched, shape by shape, against a state dict known to be complete.
+        mapped = _map_keys(state, model_type, model.config)
+        check_complete(mapped, model.state_dict(), "the checkpoint")
+        if shadow is not None:
+            mapped = _map_keys(_with_ema_weights(state, shadow), model_type, model.config)
+    except ConversionError as error:
+        raise ConversionError(f"{weights_file}: {error}") from None
+    model.load_state_dict(mapped, strict=True)
     if model_type == "bd3lm":
-        _take_buffer_interval(fields, state)
-    config_class, model_class = ((Bd3lmConfig, Bd3lmForMaskedDiffusionLM) if model_type == "bd3lm"
-                                 else (MdlmConfig, MdlmForMaskedDiffusionLM))
-    model = model_class(config_class(**fields))
-    mapped = _map_keys(state, model_type, model.config)
-    model.load_state_dict(mapped, strict=True)  # a RuntimeError naming every missing or unexpected key
-    if model_type == "bd3lm":
-        model.sampling_interval  # validates the loaded buffers
+        try:
+            model.sampling_interval  # validates the loaded buffers
+        except ValueError as error:
+            raise ConversionError(f"{weights_file}: {error}") from None
     return model.eval()
 
 
+def _build_model(model_type: str, fields: dict):
+    config_class, model_class = ((Bd3lmConfig, Bd3lmForMaskedDiffusionLM) if model_type == "bd3lm"
+                                 else (MdlmConfig, MdlmForMaskedDiffusionLM))
+    return model_class(make_config(config_class, fields, "its config"))
+
+
 def _read_hub_folder(folder: Path):
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json")
-    original = json.loads(config_path.read_text())
+    config_path = checkpoint_folder(folder) / "config.json"
+    original = read_json_config(config_path)
     model_type = original.get("model_type")
     if model_type not in ("mdlm", "bd3lm"):
-        raise ValueError(f"{config_path}: model_type {model_type!r} is neither 'mdlm' nor 'bd3lm'")
+        raise ConversionError(f"{config_path}: model_type {model_type!r} is neither 'mdlm' nor 'bd3lm'")
     table = {**HUB_CONFIG_FIELDS, **(BD3LM_HUB_FIELDS if model_type == "bd3lm" else {})}
     missing = sorted(name for name in table if name not in original)
     if missing:
-        raise ValueError(f"{config_path} lacks required fields {missing}")
+        raise ConversionError(f"{config_path} lacks required fields {missing}")
     fields = {ours: original[theirs] for theirs, ours in table.items()}
     if model_type == "bd3lm":
         _check_block_attention(original.get("cross_attn"), original.get("causal"), config_path)
-    state = load_folder_weights(folder)
-    return model_type, fields, state
+    weights_file, state = load_folder_weights(folder)
+    return weights_file, model_type, fields, state
 
 
 def _read_lightning(path: Path, weights: str):
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a pickled object (e.g. an omegaconf config) is refused, never executed
-        raise ValueError(f"{path} cannot be read with weights_only=True ({error}). Real Lightning checkpoints may "
-                         "pickle their Hydra config; re-save `state_dict`, `ema` and the config as plain "
-                         "dicts/tensors in the original environment.") from error
-    for key in ("state_dict", "hyper_parameters"):
-        if key not in checkpoint:
-            raise ValueError(f"{path} is not a Lightning checkpoint of the original code: no {key!r}")
+    """(model type, config fields, the state dict's live tensors, the EMA shadow list or None for weights='live')."""
+    checkpoint = load_torch_file(path, refusal_hint="Lightning checkpoints of the original code may pickle their "
+                                 "Hydra config: re-save state_dict, ema and hyper_parameters.config as plain dicts "
+                                 "and tensors in the original environment")
+    if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(key), dict)
+                                                   for key in ("state_dict", "hyper_parameters")):
+        raise ConversionError(f"{path} is not a Lightning checkpoint of the original code: no 'state_dict' and "
+                              "'hyper_parameters' dicts")
     config = checkpoint["hyper_parameters"].get("config")
-    if not isinstance(config, dict) or "model" not in config:
-        raise ValueError(f"{path}: hyper_parameters.config is missing or not a plain dict")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ConversionError(f"{path}: hyper_parameters.config is missing or not a plain dict")
     algo = config.get("algo") or {}
     model_type = "bd3lm" if algo.get("name") == "bd3lm" else "mdlm"
     if algo.get("name") not in (None, "mdlm", "bd3lm") or config.get("parameterization", algo.get("parameterization")) \
             != "subs":
-        raise ValueError(f"{path}: only the SUBS masked-diffusion models (mdlm, bd3lm) convert, got algo "
-                         f"{algo.get('name')!r}, parameterization {config.get('parameterization')!r}")
+        raise ConversionError(f"{path}: only the SUBS masked-diffusion models (mdlm, bd3lm) convert, got algo "
+                              f"{algo.get('name')!r}, parameterization {config.get('parameterization')!r}")
     model = config["model"]
     missing = sorted(name for name in ("hidden_size", "n_blocks", "n_heads", "cond_dim", "length", "dropout")
                      if name not in model)
     if missing:
-        raise ValueError(f"{path}: hyper_parameters.config.model lacks {missing}")
+        raise ConversionError(f"{path}: hyper_parameters.config.model lacks {missing}")
     fields = {"hidden_size": model["hidden_size"], "num_hidden_layers": model["n_blocks"],
               "num_attention_heads": model["n_heads"], "cond_dim": model["cond_dim"],
               "max_position_embeddings": model["length"], "dropout": model["dropout"],
               "time_conditioning": bool(algo.get("time_conditioning", config.get("time_conditioning", False)))}
     if model_type == "bd3lm":
         _check_block_attention(algo.get("cross_attn"), algo.get("causal_attention"), path)
+        if "block_size" not in config:
+            raise ConversionError(f"{path}: hyper_parameters.config lacks block_size")
         # The Lightning DIT always has adaLN for its bidirectional denoiser, whatever model.adaln says.
         fields.update(block_size=config["block_size"], adaln=True)
+        # The configured interval, which the searched buffers replace (announced like a Hub config's).
+        training = config.get("training") or {}
+        fields.update({name: training[name] for name in ("sampling_eps_min", "sampling_eps_max") if name in training})
     state = dict(checkpoint["state_dict"])
+    shadow = None
     if weights == "ema":
-        state = _with_ema_weights(state, checkpoint.get("ema"), path)
+        ema = checkpoint.get("ema")
+        if not isinstance(ema, dict) or "shadow_params" not in ema:
+            raise ConversionError(f"{path} has no EMA weights (ckpt['ema']['shadow_params']); convert with "
+                                  "weights='live'")
+        shadow = ema["shadow_params"]
     for name in ("sampling_eps_min", "sampling_eps_max"):  # on_save_checkpoint's top-level copies
         if name in checkpoint and name in state and not torch.equal(checkpoint[name], state[name]):
-            raise ValueError(f"{path}: top-level {name} {checkpoint[name].item()} disagrees with the state_dict's "
-                             f"{state[name].item()}")
-    return model_type, fields, state
+            raise ConversionError(f"{path}: top-level {name} {checkpoint[name].item()} disagrees with the "
+                                  f"state_dict's {state[name].item()}")
+    return model_type, fields, state, shadow
 
 
-def _with_ema_weights(state: dict, ema, path: Path) -> dict:
+def _with_ema_weights(state: dict, shadow) -> dict:
     """Replace the parameters by the EMA shadow parameters. The shadow list follows `backbone.parameters()`, which is
     the order of the state dict's parameter keys (buffers left out); shapes are checked one by one."""
-    if not ema or "shadow_params" not in ema:
-        raise ValueError(f"{path} has no EMA weights (ckpt['ema']['shadow_params']); convert with weights='live'")
     names = [key for key in state if key.startswith("backbone.") and not BUFFER_KEYS.fullmatch(key)]
-    shadow = ema["shadow_params"]
-    if len(shadow) != len(names):
-        raise ValueError(f"{path}: {len(shadow)} EMA shadow parameters for {len(names)} backbone parameters")
+    if not isinstance(shadow, (list, tuple)) or len(shadow) != len(names):
+        count = len(shadow) if isinstance(shadow, (list, tuple)) else type(shadow).__name__
+        raise ConversionError(f"ema.shadow_params holds {count} EMA shadow parameters, but the state_dict (complete "
+                              f"for the architecture) has {len(names)} backbone parameters: the EMA list belongs to "
+                              "another model")
     for name, tensor in zip(names, shadow):
-        if tuple(tensor.shape) != tuple(state[name].shape):
-            raise ValueError(f"{path}: EMA shadow parameter for {name} has shape {tuple(tensor.shape)}, the weight "
-                             f"{tuple(state[name].shape)}: the shadow list is not in parameter order")
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(state[name].shape):
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ConversionError(f"the EMA shadow parameter for {name} has shape {shape}, the weight "
+                                  f"{tuple(state[name].shape)}: the shadow list is not in parameter order")
     return {**state, **dict(zip(names, shadow))}
 
 
 def _check_block_attention(cross_attn, causal, where) -> None:
     if cross_attn is not True or causal:
-        raise ValueError(f"{where}: only block-diffusion checkpoints with cross_attn=True and causal=False convert "
-                         f"(got cross_attn={cross_attn!r}, causal={causal!r})")
+        raise ConversionError(f"{where}: only block-diffusion checkpoints with cross_attn=True and causal=False "
+                              f"convert (got cross_attn={cross_attn!r}, causal={causal!r})")
 
 
 def _vocab_size(state: dict, fields: dict) -> int:
     embedding = state.get("backbone.vocab_embed.embedding")
     if embedding is None:
-        raise ValueError("Checkpoint lacks backbone.vocab_embed.embedding")
+        raise ConversionError("Checkpoint lacks backbone.vocab_embed.embedding")
     if "vocab_size" in fields and fields["vocab_size"] != embedding.shape[0]:
-        raise ValueError(f"config vocab_size {fields['vocab_size']} != embedding rows {embedding.shape[0]}")
+        raise ConversionError(f"config vocab_size {fields['vocab_size']} != embedding rows {embedding.shape[0]}")
     return embedding.shape[0]
 
 
@@ -184,13 +217,13 @@ def _mask_token_id(vocab_size: int, tokenizer, mask_token_id: Optional[int]) -> 
     if tokenizer is not None:
         from_tokenizer = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else len(tokenizer)
     if mask_token_id is not None and from_tokenizer is not None and mask_token_id != from_tokenizer:
-        raise ValueError(f"mask_token_id={mask_token_id} contradicts the tokenizer's mask id {from_tokenizer}")
+        raise ConversionError(f"mask_token_id={mask_token_id} contradicts the tokenizer's mask id {from_tokenizer}")
     chosen = mask_token_id if mask_token_id is not None else from_tokenizer
     if chosen is None:
-        raise ValueError("The mask id is not stored in the weights: pass the tokenizer the model was trained with, "
-                         f"or mask_token_id (for GPT-2-based originals it is {vocab_size - 1})")
+        raise ConversionError("The mask id is not stored in the weights: pass the tokenizer the model was trained "
+                              f"with, or mask_token_id (for GPT-2-based originals it is {vocab_size - 1})")
     if not 0 <= chosen < vocab_size:
-        raise ValueError(f"mask id {chosen} does not fit the checkpoint's vocabulary of {vocab_size}")
+        raise ConversionError(f"mask id {chosen} does not fit the checkpoint's vocabulary of {vocab_size}")
     return chosen
 
 
@@ -199,7 +232,8 @@ def _take_buffer_interval(fields: dict, state: dict) -> None:
     defaults (the original export script never updates them)."""
     buffers = {name: state[name].item() for name in ("sampling_eps_min", "sampling_eps_max") if name in state}
     if len(buffers) != 2:
-        raise ValueError(f"BD3-LM checkpoint lacks the sampling_eps_min/sampling_eps_max buffers (found {buffers})")
+        raise ConversionError(f"BD3-LM checkpoint lacks the sampling_eps_min/sampling_eps_max buffers (found "
+                              f"{buffers})")
     configured = (fields.get("sampling_eps_min"), fields.get("sampling_eps_max"))
     if configured != (None, None) and configured != (buffers["sampling_eps_min"], buffers["sampling_eps_max"]):
         logger.warning("BD3-LM sampling interval: the checkpoint's buffers (%.6g, %.6g) differ from its config "
@@ -225,7 +259,7 @@ def _map_keys(state: dict, model_type: str, config) -> dict:
     if model_type == "mdlm":
         unknown += [key for key in mapped if key.startswith("sampling_eps_")]
     if unknown:
-        raise ValueError(f"Unknown keys in the {model_type} checkpoint: {sorted(unknown)}")
+        raise ConversionError(f"Unknown keys in the {model_type} checkpoint: {sorted(unknown)}")
     return mapped
 
 
@@ -233,5 +267,5 @@ def _check_inv_freq(stored: torch.Tensor, config) -> None:
     head_dim = config.hidden_size // config.num_attention_heads
     expected = 1.0 / (config.rotary_base ** (torch.arange(0, head_dim, 2).float() / head_dim))
     if stored.shape != expected.shape or not torch.allclose(stored.float(), expected, rtol=1e-6, atol=0):
-        raise ValueError("backbone.rotary_emb.inv_freq does not match rotary base "
-                         f"{config.rotary_base} and head size {head_dim}")
+        raise ConversionError("backbone.rotary_emb.inv_freq does not match rotary base "
+                              f"{config.rotary_base} and head size {head_dim}")

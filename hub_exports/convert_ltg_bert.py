@@ -11,14 +11,20 @@ stated by the caller:
   (`[PAD]` is 3). The id is taken from the tokenizer when one is given, or from `pad_token_id=`.
 """
 
-import json
 import re
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from hub_exports.strict_mapping import load_folder_weights
+from hub_exports.strict_mapping import (
+    ConversionError,
+    check_complete,
+    checkpoint_folder,
+    load_folder_weights,
+    make_config,
+    read_json_config,
+)
 from modeling.ltg_bert import (
     LtgBertConfig,
     LtgBertForMaskedLM,
@@ -78,12 +84,16 @@ HEAD_KEYS = {
 def build_config(original: dict, position_qk_split: str, pad_token_id: int) -> LtgBertConfig:
     missing = sorted(name for name in REQUIRED_CONFIG_FIELDS if name not in original)
     if missing:
-        raise ValueError(f"Original config lacks required fields {missing}; refusing to guess them.")
+        raise ConversionError(f"config.json lacks required fields {missing}; refusing to guess them.")
     fields = {ours: original[theirs] for theirs, ours in REQUIRED_CONFIG_FIELDS.items()}
     fields.update({name: original[name] for name in OPTIONAL_CONFIG_FIELDS if name in original})
     if "id2label" in fields:  # JSON turns the int keys into strings
-        fields["id2label"] = {int(k): v for k, v in fields["id2label"].items()}
-    return LtgBertConfig(position_qk_split=position_qk_split, pad_token_id=pad_token_id, **fields)
+        labels = fields["id2label"]
+        if not isinstance(labels, dict) or not all(str(key).isdigit() for key in labels):
+            raise ConversionError(f"config.json: id2label must map label ids to names, got {labels!r}")
+        fields["id2label"] = {int(key): name for key, name in labels.items()}
+    return make_config(LtgBertConfig, dict(fields, position_qk_split=position_qk_split, pad_token_id=pad_token_id),
+                       "config.json")
 
 
 def model_class_for(original_config: dict, state_dict: dict):
@@ -96,11 +106,11 @@ def model_class_for(original_config: dict, state_dict: dict):
             return LtgBertForTokenClassification
         if "SequenceClassification" in architectures:
             return LtgBertForSequenceClassification
-        raise ValueError(
+        raise ConversionError(
             f"Checkpoint has a classification head but config.architectures={architectures!r} does not say "
             "whether it is sequence or token classification."
         )
-    raise ValueError("Checkpoint has neither an MLM head (classifier.*) nor a classification head (head.*).")
+    raise ConversionError("Checkpoint has neither an MLM head (classifier.*) nor a classification head (head.*).")
 
 
 def map_state_dict(state_dict: dict, model_class, config: LtgBertConfig) -> dict:
@@ -117,7 +127,7 @@ def map_state_dict(state_dict: dict, model_class, config: LtgBertConfig) -> dict
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"Unknown keys in the original checkpoint (no mapping rule): {sorted(unknown)}")
+        raise ConversionError(f"Unknown keys in the original checkpoint (no mapping rule): {sorted(unknown)}")
     _check_derived_tensors(state_dict, config)
     embedding = mapped.get("ltg_bert.embeddings.word_embeddings.weight")
     if model_class is LtgBertForMaskedLM and embedding is not None:
@@ -132,11 +142,11 @@ def _check_derived_tensors(state_dict: dict, config: LtgBertConfig) -> None:
     )
     for key, tensor in state_dict.items():
         if key.endswith("attention.position_indices") and not torch.equal(tensor.long(), expected):
-            raise ValueError(f"{key} differs from the relative-position buckets implied by the config")
+            raise ConversionError(f"{key} differs from the relative-position buckets implied by the config")
     head = state_dict.get("classifier.nonlinearity.5.weight")
     embedding = state_dict.get("embedding.word_embedding.weight")
     if head is not None and embedding is not None and not torch.equal(head, embedding):
-        raise ValueError(
+        raise ConversionError(
             "classifier.nonlinearity.5.weight differs from embedding.word_embedding.weight: this checkpoint has an "
             "untied MLM head, which the LTG-BERT architecture does not have."
         )
@@ -145,19 +155,19 @@ def _check_derived_tensors(state_dict: dict, config: LtgBertConfig) -> None:
 def _set_num_labels(config: LtgBertConfig, state_dict: dict, original_config: dict) -> None:
     num_labels = state_dict["head.nonlinearity.5.weight"].shape[0]
     if "id2label" in original_config and config.num_labels != num_labels:
-        raise ValueError(f"config.id2label has {config.num_labels} labels but the head predicts {num_labels}")
+        raise ConversionError(f"config.id2label has {config.num_labels} labels but the head predicts {num_labels}")
     config.num_labels = num_labels
 
 
 def resolve_pad_token_id(original_config: dict, tokenizer=None, pad_token_id: Optional[int] = None) -> int:
     tokenizer_pad = None if tokenizer is None else tokenizer.pad_token_id
     if tokenizer is not None and tokenizer_pad is None:
-        raise ValueError("The tokenizer has no pad token; cannot fix the original pad id.")
+        raise ConversionError("The tokenizer has no pad token; cannot fix the original pad id.")
     if pad_token_id is not None and tokenizer_pad is not None and pad_token_id != tokenizer_pad:
-        raise ValueError(f"pad_token_id={pad_token_id} contradicts the tokenizer's pad token id {tokenizer_pad}")
+        raise ConversionError(f"pad_token_id={pad_token_id} contradicts the tokenizer's pad token id {tokenizer_pad}")
     resolved = pad_token_id if pad_token_id is not None else tokenizer_pad
     if resolved is None:
-        raise ValueError(
+        raise ConversionError(
             f"The original config says pad_token_id={original_config.get('pad_token_id')}, which the original code "
             "never used and which is [MASK] in the BabyLM tokenizer. Pass the tokenizer or pad_token_id explicitly."
         )
@@ -165,18 +175,24 @@ def resolve_pad_token_id(original_config: dict, tokenizer=None, pad_token_id: Op
 
 
 def convert_ltg_bert(source, position_qk_split: str, tokenizer=None, pad_token_id: Optional[int] = None):
-    """Load an original LTG-BERT folder into the matching hubzoo class (strictly). Returns the model in eval mode."""
-    source = Path(source)
-    original_config = json.loads((source / "config.json").read_text())
-    state_dict = load_folder_weights(source)
-    pad = resolve_pad_token_id(original_config, tokenizer, pad_token_id)
-    config = build_config(original_config, position_qk_split, pad)
-    model_class = model_class_for(original_config, state_dict)
-    if model_class is not LtgBertForMaskedLM:
-        _set_num_labels(config, state_dict, original_config)
-    mapped = map_state_dict(state_dict, model_class, config)
-    model = model_class(config)
-    model.load_state_dict(mapped, strict=True)  # raises with the missing / unexpected key lists
+    """Load an original LTG-BERT folder into the matching hubzoo class (strictly). Returns the model in eval mode.
+    A checkpoint that cannot be converted raises ConversionError naming the file and the keys or fields."""
+    source = checkpoint_folder(source)
+    original_config = read_json_config(source / "config.json")
+    weights, state_dict = load_folder_weights(source)
+    try:
+        pad = resolve_pad_token_id(original_config, tokenizer, pad_token_id)
+        config = build_config(original_config, position_qk_split, pad)
+        model_class = model_class_for(original_config, state_dict)
+        if model_class is not LtgBertForMaskedLM:
+            _set_num_labels(config, state_dict, original_config)
+        mapped = map_state_dict(state_dict, model_class, config)
+        model = model_class(config)
+        check_complete(mapped, model.state_dict(), "the checkpoint")
+    except ConversionError as error:
+        raise ConversionError(f"{weights} (with {source / 'config.json'}): {error}") from None
+    model.load_state_dict(mapped, strict=True)
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
-        raise ValueError(f"Tokenizer has {len(tokenizer)} tokens but the checkpoint's vocab_size is {config.vocab_size}")
+        raise ConversionError(f"Tokenizer has {len(tokenizer)} tokens but the checkpoint's vocab_size is "
+                              f"{config.vocab_size}")
     return model.eval()

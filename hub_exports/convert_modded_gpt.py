@@ -19,6 +19,8 @@ tokenizer. Medium-format embeddings are padded with zero rows to the head's size
 """
 
 import json
+import logging
+import math
 import re
 from pathlib import Path
 from typing import Optional
@@ -26,14 +28,18 @@ from typing import Optional
 import torch
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
-from hub_exports.strict_mapping import check_complete
+from hub_exports.strict_mapping import ConversionError, check_complete, load_torch_file, make_config
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
 from modeling.modded_gpt.configuration_modded_gpt import small_track_layout
 
+logger = logging.getLogger(__name__)
+
 PREFIX = "_orig_mod."
 IGNORED_ENTRIES = {"step", "code", "optimizers"}
-# Sliding windows at the end of training, in 128-token blocks (what the records validate with): the default window.
+# Sliding windows at the end of the record runs, in 128-token blocks (what they validate with): named when a
+# checkpoint records no window, never taken silently.
 FINAL_WINDOW_BLOCKS = {"small": 14, "medium": 27}
+FROM_CHECKPOINT = -1  # sliding_window_num_blocks: the window the checkpoint's training script records
 # (format, original key regex, hubzoo key template)
 KEY_MAP = {
     "small": [
@@ -81,20 +87,68 @@ def load_tokenizer(name_or_folder: str):
 
 def read_checkpoint(path) -> dict:
     """The model's state dict of a speedrun checkpoint (or of a bare state dict file), `_orig_mod.` stripped."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - the message names the cause
-        raise ValueError(f"{path} cannot be read with torch.load(weights_only=True): {error}") from error
+    return state_dict_of(load_torch_file(path), path)
+
+
+def state_dict_of(checkpoint, path) -> dict:
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+        raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     if "model" in checkpoint:
         unknown = sorted(set(checkpoint) - IGNORED_ENTRIES - {"model"})
         if unknown:
-            raise ValueError(f"{path}: unknown top-level entries {unknown} (expected model, step, code, optimizers)")
+            raise ConversionError(f"{path}: unknown top-level entries {unknown} (expected model, step, code, "
+                                  "optimizers)")
         checkpoint = checkpoint["model"]
-    if not checkpoint or not all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
-        raise ValueError(f"{path} has no state dict of tensors under 'model'")
+    if not isinstance(checkpoint, dict) or not checkpoint \
+            or not all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        raise ConversionError(f"{path} has no state dict of tensors under 'model'")
     return {key.removeprefix(PREFIX): value for key, value in checkpoint.items()}
+
+
+def recorded_window_blocks(checkpoint) -> Optional[int]:
+    """The long sliding window (in 128-token blocks) at the checkpoint's `step`, read from the training script the
+    speedrun stores in `code` (parsed as text, never run). Both convertible eras grow the window in
+    `get_window_size_blocks` with the progress `x = step / args.num_iterations`: `next_multiple_of_n(W * x, n=128)`
+    (small, linear) or `next_multiple_of_n(W * factor, n=128)`, `factor = 4 * x ** 3 - 6 * x ** 2 + 3 * x` (medium,
+    cubic). None unless the script states W, the schedule and `num_iterations` once each."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("code"), str) \
+            or not isinstance(checkpoint.get("step"), int):
+        return None
+    code = checkpoint["code"]
+    windows = set(re.findall(
+        r"window_size\s*=\s*next_multiple_of_n\(\s*(\d+)\s*\*\s*(x|factor)\s*,\s*n\s*=\s*128\s*\)", code))
+    iterations = set(re.findall(r"^\s*num_iterations\s*(?::\s*int\s*)?=\s*(\d+)\b", code, re.MULTILINE))
+    progress_defined = re.search(r"\bx\s*=\s*step\s*/\s*(args\.)?num_iterations\b", code)
+    if len(windows) != 1 or len(iterations) != 1 or not progress_defined:
+        return None
+    [(tokens, schedule)] = windows
+    x = checkpoint["step"] / int(iterations.pop())
+    if not 0 <= x <= 1:
+        return None
+    if schedule == "factor":
+        cubic = r"\bfactor\s*=\s*4\s*\*\s*x\s*\*\*\s*3\s*-\s*6\s*\*\s*x\s*\*\*\s*2\s*\+\s*3\s*\*\s*x\s*(#.*)?$"
+        if not re.search(cubic, code, re.MULTILINE):
+            return None
+        x = 4 * x ** 3 - 6 * x ** 2 + 3 * x
+    return max(1, math.ceil(int(tokens) * x / 128))  # next_multiple_of_n starts at one block
+
+
+def _window_blocks(stated: Optional[int], recorded: Optional[int], checkpoint_format: str) -> Optional[int]:
+    """The stated window (None: no window), else the recorded one; a checkpoint that records none needs it stated,
+    since a wrong window gives a model that loads, verifies and computes different logits."""
+    if stated != FROM_CHECKPOINT:
+        if recorded is not None and stated != recorded:
+            logger.warning("sliding window: %s blocks as stated; the checkpoint's training script records %s",
+                           stated, recorded)
+        return stated
+    if recorded is None:
+        raise ConversionError(
+            "the checkpoint does not record its sliding window (its `code` holds no training script whose window "
+            "schedule and num_iterations can be read): pass --window-blocks N (sliding_window_num_blocks), the long "
+            "window in 128-token blocks the model was trained and evaluated with (the "
+            f"{checkpoint_format} record runs end at {FINAL_WINDOW_BLOCKS[checkpoint_format]}), or 0 for none")
+    logger.info("sliding window: %s blocks, from the training script recorded in the checkpoint", recorded)
+    return recorded
 
 
 def detect_format(state: dict) -> str:
@@ -104,13 +158,14 @@ def detect_format(state: dict) -> str:
         return "small"
     if any(re.fullmatch(r"blocks\.\d+\.attn\.qkvo_w", key) for key in keys) and "lm_head_w" in keys:
         if any(re.fullmatch(r"blocks\.\d+\.mlp\.c_fc(\.weight)?", key) for key in keys):
-            raise ValueError("qkvo_w with mlp.c_fc: a train_gpt.py checkpoint of 2025-08 or later (sparse attention "
-                             "gate, FA3 era), which hubzoo does not convert")
+            raise ConversionError("qkvo_w with mlp.c_fc: a train_gpt.py checkpoint of 2025-08 or later (sparse "
+                                  "attention gate, FA3 era), which hubzoo does not convert")
         return "medium"
     if "skip_weights" in keys or any(key.endswith(".lambdas") for key in keys):
-        raise ValueError("separate skip_weights/lambdas: a train_gpt.py checkpoint from before 2025-05-30 (no "
-                         "`scalars`), which hubzoo does not convert")
-    raise ValueError(f"not a modded-nanogpt small (qkv_w) or medium (qkvo_w) checkpoint; keys: {sorted(keys)[:12]}...")
+        raise ConversionError("separate skip_weights/lambdas: a train_gpt.py checkpoint from before 2025-05-30 (no "
+                              "`scalars`), which hubzoo does not convert")
+    raise ConversionError(f"not a modded-nanogpt small (qkv_w) or medium (qkvo_w) checkpoint; keys: "
+                          f"{sorted(keys)[:12]}...")
 
 
 def architecture(state: dict, checkpoint_format: str, head_dim: int) -> dict:
@@ -120,22 +175,22 @@ def architecture(state: dict, checkpoint_format: str, head_dim: int) -> dict:
     blocks = {int(m.group(1)) for key in state if (m := re.match(r"blocks\.(\d+)\.", key))}
     num_layers = max(blocks) + 1
     if blocks != set(range(num_layers)):
-        raise ValueError(f"blocks {sorted(set(range(num_layers)) - blocks)} are missing from the checkpoint")
+        raise ConversionError(f"blocks {sorted(set(range(num_layers)) - blocks)} are missing from the checkpoint")
     attn_key = "qkv_w" if checkpoint_format == "small" else "qkvo_w"
     with_attention = [i for i in range(num_layers) if f"blocks.{i}.attn.{attn_key}" in state]
     if not with_attention:
-        raise ValueError("no block has attention weights")
+        raise ConversionError("no block has attention weights")
     attention = state[f"blocks.{with_attention[0]}.attn.{attn_key}"]
     hidden_size, inner = embed.shape[1], attention.shape[1]
     if inner % head_dim:
-        raise ValueError(f"attention width {inner} is not a multiple of head_dim={head_dim}")
+        raise ConversionError(f"attention width {inner} is not a multiple of head_dim={head_dim}")
     up = state.get(f"blocks.0.mlp.{'c_fc.weight' if checkpoint_format == 'small' else 'fc_w'}")
     if up is None:
-        raise ValueError("blocks.0 has no MLP input weight")
+        raise ConversionError("blocks.0 has no MLP input weight")
     scalars = _tensor(state, "scalars")
     if scalars.dim() != 1 or scalars.shape[0] < 5 * num_layers:
-        raise ValueError(f"scalars has shape {tuple(scalars.shape)}; {num_layers} blocks need at least "
-                         f"{5 * num_layers} entries (skip weights, block lambdas, value lambdas, then padding)")
+        raise ConversionError(f"scalars has shape {tuple(scalars.shape)}; {num_layers} blocks need at least "
+                              f"{5 * num_layers} entries (skip weights, block lambdas, value lambdas, then padding)")
     value_embeddings = sorted(int(m.group(1)) for key in state
                               if (m := re.fullmatch(r"value_embeds\.(\d+)\.weight", key)))
     fields = dict(vocab_size=head.shape[0], hidden_size=hidden_size, num_hidden_layers=num_layers,
@@ -145,21 +200,21 @@ def architecture(state: dict, checkpoint_format: str, head_dim: int) -> dict:
     fields.update(_era_layout(checkpoint_format, num_layers, hidden_size))
     expected_ve = sorted({i for i in fields["value_embedding_layers"] if i is not None})
     if value_embeddings != expected_ve:
-        raise ValueError(f"the {checkpoint_format} format has value embeddings {expected_ve}, the checkpoint "
-                         f"{value_embeddings}")
+        raise ConversionError(f"the {checkpoint_format} format has value embeddings {expected_ve}, the checkpoint "
+                              f"{value_embeddings}")
     return fields
 
 
 def _era_layout(checkpoint_format: str, num_layers: int, hidden_size: int) -> dict:
     if checkpoint_format == "small":
         if num_layers != 12:
-            raise ValueError(f"the small format hard-codes 12 blocks (windows, skips, block 7); got {num_layers}")
+            raise ConversionError(f"the small format hard-codes 12 blocks (windows, skips, block 7); got {num_layers}")
         layout = small_track_layout(num_layers)
         layout.pop("num_scalars")
         return dict(layout, logit_softcap="sigmoid", logit_softcap_cap=30.0,
                     logit_softcap_temperature=7.5 * hidden_size ** 0.5)
     if num_layers != 16:
-        raise ValueError(f"the medium format hard-codes 16 blocks (windows, skip map, block 7); got {num_layers}")
+        raise ConversionError(f"the medium format hard-codes 16 blocks (windows, skip map, block 7); got {num_layers}")
     return dict(value_embedding_layers=[0, 1, 2] + [None] * 10 + [0, 1, 2],
                 skip_connections=[[6, 9, 6], [4, 10, 4], [2, 11, 2]], block_lambdas_offset=num_layers,
                 value_lambdas_offset=3 * num_layers, attention_windows=MEDIUM_WINDOWS, attention_input_norm=False,
@@ -169,33 +224,45 @@ def _era_layout(checkpoint_format: str, num_layers: int, hidden_size: int) -> di
 
 def _tensor(state: dict, key: str) -> torch.Tensor:
     if key not in state:
-        raise ValueError(f"the checkpoint lacks {key}")
+        raise ConversionError(f"the checkpoint lacks {key}")
     return state[key]
 
 
 def convert_modded_gpt(source, tokenizer=None, *, tokenizer_vocab_size: Optional[int] = None,
                        eot_token_id: Optional[int] = None, head_dim: int = 128,
-                       sliding_window_num_blocks: Optional[int] = -1, max_position_embeddings: int = 4096):
+                       sliding_window_num_blocks: Optional[int] = FROM_CHECKPOINT,
+                       max_position_embeddings: int = 4096):
     """A speedrun checkpoint (path, or a state dict already read) -> (`ModdedGptForCausalLM` in float32 eval mode,
     detected format). The real vocabulary and EOT come from the medium format's embeddings and the tokenizer (its size
-    and `eos_token_id`), or are stated; `sliding_window_num_blocks=-1` takes the era's final training window
-    (small 14, medium 27 blocks of 128 tokens), `None` disables the window."""
-    state = read_checkpoint(source) if not isinstance(source, dict) else dict(source)
-    checkpoint_format = detect_format(state)
-    fields = architecture(state, checkpoint_format, head_dim)
-    fields["tokenizer_vocab_size"] = _real_vocab(state, checkpoint_format, tokenizer, tokenizer_vocab_size,
-                                                 fields["vocab_size"])
-    fields["eot_token_id"] = _eot(tokenizer, eot_token_id)
-    if sliding_window_num_blocks == -1:
-        sliding_window_num_blocks = FINAL_WINDOW_BLOCKS[checkpoint_format]
-    if tokenizer is not None:
-        fields["pad_token_id"] = tokenizer.pad_token_id
-        fields["eos_token_id"] = tokenizer.eos_token_id
-        fields["bos_token_id"] = tokenizer.bos_token_id
-    config = ModdedGptConfig(**fields, sliding_window_num_blocks=sliding_window_num_blocks,
-                             max_position_embeddings=max_position_embeddings)
-    model = ModdedGptForCausalLM(config)
-    model.load_state_dict(map_keys(state, checkpoint_format, model.state_dict()), strict=True)
+    and `eos_token_id`), or are stated; the window is the one the checkpoint's training script records
+    (`FROM_CHECKPOINT`, see `recorded_window_blocks`), else stated (`None`: no window). A checkpoint that cannot be
+    converted raises ConversionError naming the file and the keys."""
+    if isinstance(source, dict):
+        checkpoint, state = None, dict(source)
+    else:
+        checkpoint = load_torch_file(source)
+        state = state_dict_of(checkpoint, source)
+    try:
+        checkpoint_format = detect_format(state)
+        fields = architecture(state, checkpoint_format, head_dim)
+        fields["tokenizer_vocab_size"] = _real_vocab(state, checkpoint_format, tokenizer, tokenizer_vocab_size,
+                                                     fields["vocab_size"])
+        fields["eot_token_id"] = _eot(tokenizer, eot_token_id)
+        window = _window_blocks(sliding_window_num_blocks, recorded_window_blocks(checkpoint), checkpoint_format)
+        if tokenizer is not None:
+            fields["pad_token_id"] = tokenizer.pad_token_id
+            fields["eos_token_id"] = tokenizer.eos_token_id
+            fields["bos_token_id"] = tokenizer.bos_token_id
+        config = make_config(ModdedGptConfig, dict(fields, sliding_window_num_blocks=window,
+                                                   max_position_embeddings=max_position_embeddings),
+                             "the detected architecture")
+        model = ModdedGptForCausalLM(config)
+        mapped = map_keys(state, checkpoint_format, model.state_dict())
+    except ConversionError as error:
+        if checkpoint is None:
+            raise
+        raise ConversionError(f"{source}: {error}") from None
+    model.load_state_dict(mapped, strict=True)
     return model.eval(), checkpoint_format
 
 
@@ -204,31 +271,31 @@ def _real_vocab(state, checkpoint_format, tokenizer, stated, padded) -> int:
     if checkpoint_format == "medium":
         candidates["the medium embeddings' rows"] = state["embed.weight"].shape[0]
     elif state["embed.weight"].shape[0] != padded:
-        raise ValueError(f"small format: embed has {state['embed.weight'].shape[0]} rows but the head {padded}; the "
-                         "small format pads both")
+        raise ConversionError(f"small format: embed has {state['embed.weight'].shape[0]} rows but the head "
+                              f"{padded}; the small format pads both")
     if tokenizer is not None:
         candidates["the tokenizer's size"] = len(tokenizer)
     if stated is not None:
         candidates["tokenizer_vocab_size"] = stated
     if not candidates:
-        raise ValueError("the small format does not store the real vocabulary size: pass the tokenizer or "
-                         "tokenizer_vocab_size")
+        raise ConversionError("the small format does not store the real vocabulary size: pass the tokenizer or "
+                              "tokenizer_vocab_size")
     if len(set(candidates.values())) > 1:
-        raise ValueError(f"vocabulary sizes disagree: {candidates}")
+        raise ConversionError(f"vocabulary sizes disagree: {candidates}")
     real = next(iter(candidates.values()))
     if real > padded:
-        raise ValueError(f"{real} token ids do not fit the checkpoint's {padded} head rows: wrong tokenizer")
+        raise ConversionError(f"{real} token ids do not fit the checkpoint's {padded} head rows: wrong tokenizer")
     return real
 
 
 def _eot(tokenizer, stated) -> int:
     from_tokenizer = None if tokenizer is None else tokenizer.eos_token_id
     if stated is not None and from_tokenizer is not None and stated != from_tokenizer:
-        raise ValueError(f"eot_token_id={stated} contradicts the tokenizer's EOS id {from_tokenizer}")
+        raise ConversionError(f"eot_token_id={stated} contradicts the tokenizer's EOS id {from_tokenizer}")
     chosen = stated if stated is not None else from_tokenizer
     if chosen is None:
-        raise ValueError("the EOT (document separator) id is not stored in the weights: pass the tokenizer (GPT-2: "
-                         "<|endoftext|> = 50256) or eot_token_id")
+        raise ConversionError("the EOT (document separator) id is not stored in the weights: pass the tokenizer "
+                              "(GPT-2: <|endoftext|> = 50256) or eot_token_id")
     return chosen
 
 
@@ -250,10 +317,10 @@ def map_keys(state: dict, checkpoint_format: str, target: dict) -> dict:
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"unknown keys in the {checkpoint_format}-format checkpoint: {sorted(unknown)}")
+        raise ConversionError(f"unknown keys in the {checkpoint_format}-format checkpoint: {sorted(unknown)}")
     for key in ("model.embed_tokens.weight", *(k for k in mapped if k.startswith("model.value_embeddings."))):
         mapped[key] = _pad_rows(mapped[key], target[key].shape[0])
-    check_complete(mapped, target, f"{checkpoint_format}-format")
+    check_complete(mapped, target, f"the {checkpoint_format}-format checkpoint")
     return {key: tensor.float() for key, tensor in mapped.items()}
 
 

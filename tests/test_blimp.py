@@ -152,3 +152,44 @@ def test_cli_writes_reports_and_card(tmp_path, subword_tokenizer, capsys):
     card = (folder / "README.md").read_text()
     assert "type: blimp" in card and f"value: {round(result['accuracy'], 4)}" in card
     verify(folder)  # the card is outside the manifest: adding results keeps the export valid
+
+
+def blimp_cli_refuses(capsys, data, output, *named):
+    """Issue 14.20: exit 1 with one message naming the file (and line), no traceback; the data is checked before the
+    model is loaded (here: a model that does not exist) and nothing is written."""
+    code = eval_cli(["blimp", "--model", str(data.parent / "no_model"), "--data", str(data), "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err and err.count("BLiMP data refused:") == 1, err
+    for text in named:
+        assert text in err, err
+    assert not output.exists()
+
+
+def test_cli_names_the_file_and_line_of_bad_data(tmp_path, capsys):
+    data = write_minimal_pairs(tmp_path / "pairs", pairs_per_paradigm=3)
+    broken = sorted(data.iterdir())[1]
+    lines = broken.read_text().splitlines()
+    broken.write_text("\n".join(lines[:2] + ['{"sentence_good": "A cat sleeps.", "sentence_bad": '] + lines[2:]) + "\n")
+    blimp_cli_refuses(capsys, data, tmp_path / "out", f"{broken}:3 is not valid JSON")
+    broken.write_text("\n".join(lines[:1] + ['["A cat sleeps.", "A cat sleep."]']) + "\n")
+    blimp_cli_refuses(capsys, data, tmp_path / "out", f"{broken}:2 is not a JSON object")
+    broken.write_text("\n\n  \n")
+    blimp_cli_refuses(capsys, data, tmp_path / "out", f"{broken} holds no minimal pairs")
+
+
+def test_cli_names_an_empty_or_missing_data_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    blimp_cli_refuses(capsys, tmp_path / "empty", tmp_path / "out",
+                      f"No *.jsonl or *.jsonl.gz files in {tmp_path / 'empty'}")
+    blimp_cli_refuses(capsys, tmp_path / "missing", tmp_path / "out", f"{tmp_path / 'missing'} is not a folder")
+
+
+def test_cli_requires_an_output_folder(tmp_path, capsys, monkeypatch):
+    """Issue 14.23: no default into the current directory (a checkout, a user's source tree): --output is named."""
+    monkeypatch.chdir(tmp_path)
+    data = write_minimal_pairs(tmp_path / "pairs", pairs_per_paradigm=2)
+    with pytest.raises(SystemExit) as exit_info:
+        eval_cli(["blimp", "--model", str(tmp_path / "model"), "--data", str(data)])
+    assert exit_info.value.code == 2 and "--output" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pairs"]

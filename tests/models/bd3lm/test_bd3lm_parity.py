@@ -87,6 +87,15 @@ def test_buffers_win_over_the_hub_config(hub_model, caplog, fixture_dir):
     assert "buffers (0.3, 0.8) differ from its config (0.001, 0.999)" in caplog.text
 
 
+def test_buffers_win_over_the_lightning_config_and_the_converter_says_so(fixture_dir, caplog):
+    """Issue 14.23: the training config asks for (1e-3, 1); the searched buffers (0.3, 0.8) are used, and a Lightning
+    checkpoint announces it like a Hub folder."""
+    with caplog.at_level(logging.WARNING):
+        model = convert_diffusion(fixture_dir / "lightning" / "bd3lm_tiny_bs4.ckpt", mask_token_id=MASK)
+    torch.testing.assert_close(torch.tensor(model.sampling_interval), torch.tensor([0.3, 0.8]))
+    assert "buffers (0.3, 0.8) differ from its config (0.001, 1.0)" in caplog.text
+
+
 def test_lightning_checkpoint_ema_and_live_weights(fixture_dir, hub_model, io):
     ema = convert_diffusion(fixture_dir / "lightning" / "bd3lm_tiny_bs4.ckpt", mask_token_id=MASK)
     for (name, ours), theirs in zip(ema.state_dict().items(), hub_model.state_dict().values()):

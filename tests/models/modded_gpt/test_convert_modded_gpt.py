@@ -2,7 +2,9 @@
 (unknown, missing, mis-shaped tensors; foreign pickles), the tokenizer checks, and the CLI export with the fixtures
 and with GPT-2's real tokenizer (`../shared/data/tokenizers/gpt2`)."""
 
+import logging
 import pickle
+from typing import Optional
 
 import pytest
 import torch
@@ -11,7 +13,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from hub_exports.__main__ import main as hub_exports_cli
-from hub_exports.convert_modded_gpt import convert_modded_gpt, load_tokenizer, read_checkpoint
+from hub_exports.convert_modded_gpt import (
+    convert_modded_gpt,
+    load_tokenizer,
+    read_checkpoint,
+    recorded_window_blocks,
+)
+from hub_exports.strict_mapping import ConversionError
 
 from tests.models.modded_gpt.test_modded_gpt_parity import FIXTURE
 
@@ -110,8 +118,9 @@ def test_file_level_errors(fixture_dir, tmp_path):
     with pytest.raises(ValueError, match=r"unknown top-level entries \['scheduler'\]"):
         convert_modded_gpt(save(tmp_path, {**checkpoint, "scheduler": {}}), **FIXTURE)
     (tmp_path / "pickled.pt").write_bytes(pickle.dumps(torch.nn.Linear(2, 2)))
-    with pytest.raises(ValueError, match="weights_only"):
+    with pytest.raises(ConversionError, match="pickled.pt was refused for safety") as refused:
         convert_modded_gpt(tmp_path / "pickled.pt", **FIXTURE)
+    assert "weights_only" not in str(refused.value)  # torch's advice is to turn the safety off
 
 
 def test_vocabulary_and_eot_must_agree(fixture_dir, shared_dir):
@@ -128,6 +137,64 @@ def test_vocabulary_and_eot_must_agree(fixture_dir, shared_dir):
         convert_modded_gpt(fixture_dir / "ckpt_small.pt", fixture_tokenizer(), eot_token_id=5, head_dim=32)
     with pytest.raises(ValueError, match="not a multiple of head_dim=48"):
         convert_modded_gpt(fixture_dir / "ckpt_small.pt", **{**FIXTURE, "head_dim": 48})
+
+
+def training_script(checkpoint_format: str, window_tokens: int, num_iterations: Optional[int] = None) -> str:
+    """The lines of the speedrun's scripts that set the sliding window (small: linear, medium: cubic growth), amid
+    other code, as the checkpoints' `code` holds them."""
+    num_iterations = num_iterations or {"small": 1770, "medium": 5960}[checkpoint_format]
+    growth = "x" if checkpoint_format == "small" else "factor"
+    cubic = "    factor = 4 * x ** 3 - 6 * x ** 2 + 3 * x\n" if checkpoint_format == "medium" else ""
+    return (f"@dataclass\nclass Hyperparameters:\n    num_iterations = {num_iterations} # number of iterations to run\n"
+            "    cooldown_frac = 0.4\nargs = Hyperparameters()\n\n"
+            "def get_window_size_blocks(step: int):\n    x = step / args.num_iterations # progress in training\n"
+            f"    assert 0 <= x <= 1\n{cubic}    window_size = next_multiple_of_n({window_tokens} * {growth}, n=128)\n"
+            "    return get_window_size_blocks_helper(window_size)\n")
+
+
+@pytest.mark.parametrize(("checkpoint_format", "tokens", "step", "blocks"), [
+    ("small", 1728, 1770, 14), ("small", 1728, 885, 7), ("small", 1728, 0, 1),
+    ("medium", 3456, 5960, 27), ("medium", 3456, 2980, 14)])  # cubic: factor(1/2) = 1/2
+def test_the_window_is_read_from_the_recorded_script(checkpoint_format, tokens, step, blocks):
+    checkpoint = {"step": step, "code": training_script(checkpoint_format, tokens)}
+    assert recorded_window_blocks(checkpoint) == blocks
+
+
+def test_an_unreadable_window_schedule_is_not_guessed():
+    script = training_script("small", 1728)
+    for checkpoint in ({"step": 1770, "code": "<fixture placeholder>"},  # the fixtures' code
+                       {"step": 1770, "code": script + script.replace("1728", "3456")},  # two schedules
+                       {"step": 1770, "code": script.replace("1728 * x", "1728 * x ** 2")},  # another schedule
+                       {"step": 3000, "code": script},  # past num_iterations
+                       {"code": script}):  # no step
+        assert recorded_window_blocks(checkpoint) is None
+
+
+@pytest.mark.parametrize("checkpoint_format", ["small", "medium"])
+def test_the_recorded_window_gives_the_trained_model(fixture_dir, input_ids, tmp_path, caplog, checkpoint_format):
+    """Issue 14.22: the fixtures were run with a 2-block window; a checkpoint whose script records that window
+    converts, without the window stated, into the model that matches the original's logits."""
+    checkpoint = raw_checkpoint(fixture_dir, checkpoint_format)
+    checkpoint["code"] = training_script(checkpoint_format, 256)
+    stated = {key: value for key, value in FIXTURE.items() if key != "sliding_window_num_blocks"}
+    with caplog.at_level(logging.INFO, logger="hub_exports"):
+        model, _ = convert_modded_gpt(save(tmp_path, checkpoint), **stated)
+    assert model.config.sliding_window_num_blocks == 2
+    assert "sliding window: 2 blocks, from the training script recorded in the checkpoint" in caplog.text
+    reference = load_file(fixture_dir / f"outputs_{checkpoint_format}.safetensors")["logits_capped"]
+    assert (logits(model, input_ids)[0] - reference).abs().max() <= 5e-4
+
+
+def test_cli_requires_the_window_when_the_checkpoint_records_none(fixture_dir, tmp_path, capsys):
+    """The fixtures' `code` is a placeholder: the era's final window (14 blocks) would load, verify and differ from
+    the original by 12.5 in the logits, so the flag is required."""
+    fixture_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    code = hub_exports_cli(["convert", "modded_gpt", str(fixture_dir / "ckpt_small.pt"), str(tmp_path / "out"),
+                            "--tokenizer", str(tmp_path / "tokenizer"), "--head-dim", "32", "--max-length", "384"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "ckpt_small.pt: the checkpoint does not record its sliding window" in err and "--window-blocks" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("checkpoint_format", ["small", "medium"])
@@ -161,6 +228,7 @@ def test_cli_with_gpt2_tokenizer_at_full_vocabulary(fixture_dir, shared_dir, tmp
     for key, tensor in checkpoint["model"].items():
         if tensor.shape[0] == 384 and tensor.dim() == 2:
             checkpoint["model"][key] = tensor.repeat(132, 1)[:50304]
+    checkpoint["code"] = training_script("small", 1728)  # the record's schedule: 14 blocks at its last step
     source = save(tmp_path, checkpoint)
     out = tmp_path / "export"
     code = hub_exports_cli(["convert", "modded_gpt", str(source), str(out), "--tokenizer",
