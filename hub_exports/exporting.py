@@ -297,7 +297,9 @@ def output_digest(outputs: torch.Tensor) -> torch.Tensor:
 def write_manifest(folder: Path, model, tokenizer) -> None:
     """Fingerprint the export: file hashes (the card may be edited later, so it is left out) and probe outputs (the
     first features exactly, all of them through their digest)."""
-    probe = dict(tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt"))
+    # A copy: calling a fast tokenizer with padding leaves padding switched on in its backend, and a later save of
+    # the same tokenizer (the next checkpoint's export) would then ship another tokenizer.json.
+    probe = dict(copy.deepcopy(tokenizer)(PROBE_TEXTS, padding=True, return_tensors="pt"))
     outputs = probe_outputs(model, probe)
     manifest = {
         "hubzoo_version": metadata.version("hubzoo"),

@@ -458,3 +458,12 @@ def test_export_loads_identically_on_transformers_4_57(exported):
     checks = {check.name: check for check in verify(exported, python=str(compat_python("4.57.6")))}
     assert "transformers 4.57.6" in checks["fresh-process load"].detail
     assert checks["outputs"].ok
+
+
+def test_exporting_twice_with_one_tokenizer_ships_the_same_tokenizer(tmp_path):
+    """The manifest's probe pads a batch; a fast tokenizer keeps padding switched on after such a call, so the
+    second export of the same tokenizer object (each checkpoint of a run) shipped another tokenizer.json."""
+    model, tokenizer = tiny_model(), tiny_tokenizer(64)
+    first = export(model, tokenizer, tmp_path / "first", run_verify=False)
+    second = export(model, tokenizer, tmp_path / "second", run_verify=False)
+    assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
