@@ -168,6 +168,22 @@ def test_every_shipped_config_states_its_size(path, tmp_path):
         assert path.name.startswith("classify_"), "a new config: check its size here"
 
 
+# 13: a value the end of the run would refuse is refused when the arguments are read.
+
+def test_a_file_value_outside_its_choices_is_refused(tmp_path):
+    config = tmp_path / "backpack.yaml"
+    config.write_text((CONFIGS / "backpack_enfr_small.yaml").read_text().replace("architecture: backpack",
+                                                                               "architecture: gpt3"))
+    with pytest.raises(ValueError, match=r"architecture must be one of \['backpack', 'gpt2'\], got 'gpt3'"):
+        run_backpack.parse([str(config), "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false",
+                            "--tf32", "false"])
+
+
+def test_an_unknown_blimp_scorer_is_refused_when_parsed(tmp_path):
+    with pytest.raises(ValueError, match="blimp_scorer must be one of .*'pll'.*, got 'pl'"):
+        ltg_bert_args(tmp_path, "--blimp_scorer", "pl")
+
+
 # 13: init_from with overrides that change its weights, and what the end of a run needs, fail before training.
 
 @pytest.fixture
