@@ -36,8 +36,8 @@ def check_overrides(overrides: dict, config_class, required=(), set_by_run=(), f
     unknown = sorted(set(overrides) - known_config_keys(config_class) - set(set_by_run))
     if unknown:
         known = sorted(known_config_keys(config_class))
-        hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in difflib.get_close_matches(key, known, 1))
-                 for key in unknown]
+        hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)"
+                                      for close in difflib.get_close_matches(key, known, n=1)) for key in unknown]
         raise ValueError(f"{flag}: unknown {config_class.__name__} field(s) {', '.join(hints)}")
     fixed = sorted(set(overrides) & set(set_by_run))
     if fixed:

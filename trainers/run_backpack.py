@@ -101,7 +101,8 @@ def encode_pairs(tokenizer, args: ParallelArguments, english, french) -> Dataset
 def check_model_arguments(args: ParallelArguments) -> None:
     # The GPT-2 baseline reads the Backpack's field names too (see build_model).
     check_overrides(args.config_overrides, BackpackConfig, required=REQUIRED_FIELDS,
-                    set_by_run=("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "max_position_embeddings"))
+                    set_by_run=("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id",
+                                "max_position_embeddings"))
 
 
 def build_model(args: ParallelArguments, tokenizer):

@@ -59,7 +59,9 @@ class WireArguments:
     num_eval: int = field(default=500, metadata={"help": "Generated evaluation questions (or a cap on the file)."})
     corpus_seed: int = field(default=0)
     facts_per_context: int = field(default=4)
-    wire_overrides: dict = field(default_factory=dict, metadata={"help": "LatentWireConfig fields (num_latents, ...)"})
+    wire_overrides: dict = field(default_factory=dict, metadata={
+        "help": "LatentWireConfig fields; its size (num_latents, hidden_size, num_hidden_layers, num_attention_heads) "
+                "is required"})
     anchor_text: str = field(default="Answer: ")
     max_bytes: int = field(default=512, metadata={"help": "The wire's longest text in bytes; longer ones dropped."})
     decoder_dtype: str = field(default="float32", metadata={"choices": ["float32", "bfloat16"]})

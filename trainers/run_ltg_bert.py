@@ -3,10 +3,11 @@
     accelerate launch trainers/run_ltg_bert.py trainers/configs/ltg_bert_tiny.yaml
     accelerate launch trainers/run_ltg_bert.py trainers/configs/ltg_bert_small.yaml --train_file corpus.txt
 
-Without `train_file`/`dataset_name` it trains on the embedded corpus (generated, no downloads) and scores its own
-minimal pairs. The tokenizer is trained on the training text unless `tokenizer_name` is given; `vocab_size` and the
-special ids are read from it. Outputs in `output_dir`: Trainer checkpoints (each with a verified `export/`), the
-final `export/`, `loss_curve.png`, `blimp.json` and `blimp.md`.
+A config states the model's size (`config_overrides`: hidden_size, num_hidden_layers, num_attention_heads,
+intermediate_size). Without `train_file`/`dataset_name` it trains on the embedded corpus (generated, no downloads) and
+scores its own minimal pairs. The tokenizer is trained on the training text unless `tokenizer_name` is given;
+`vocab_size` and the special ids are read from it. Outputs in `output_dir`: Trainer checkpoints (each with a verified
+`export/`), the final `export/`, `loss_curve.png`, `blimp.json` and `blimp.md`.
 """
 
 import json

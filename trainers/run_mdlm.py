@@ -45,7 +45,8 @@ CLASSES = {"mdlm": (MdlmConfig, MdlmForMaskedDiffusionLM), "bd3lm": (Bd3lmConfig
 def check_model_arguments(model_args, training_args) -> None:
     check_overrides(model_args.config_overrides, CLASSES[training_args.algorithm][0],
                     required=DIFFUSION_REQUIRED_FIELDS[training_args.algorithm],
-                    set_by_run=("vocab_size", "mask_token_id", "pad_token_id", "bos_token_id", "max_position_embeddings"),
+                    set_by_run=("vocab_size", "mask_token_id", "pad_token_id", "bos_token_id",
+                                "max_position_embeddings"),
                     init_from=training_args.init_from, can_init_from=True)
 
 
