@@ -1,5 +1,10 @@
 """Tokenizer training: every kind gives the five specials at fixed ids, frame texts with [CLS] ... [SEP], survive a
-save/load round trip unchanged, and fix the model's vocab_size and pad id."""
+save/load round trip unchanged, comes out the same in every process, and fix the model's vocab_size and pad id."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoTokenizer
@@ -39,6 +44,39 @@ def test_byte_level_bpe_decodes_exactly_what_it_encoded():
     assert exact.unk_token_id not in ids and exact.decode(ids) == text
     lossy = train_tokenizer(CORPUS, vocab_size=400, kind="bpe")
     assert lossy.decode(lossy(text, add_special_tokens=False).input_ids) != text
+
+
+TRAIN_IN_A_FRESH_PROCESS = """
+import json
+from trainers.embedded_corpus import generate_corpus
+from trainers.tokenization import train_tokenizer
+models = {}
+for kind in ("wordpiece", "bpe", "byte_level_bpe"):
+    tokenizer = train_tokenizer(generate_corpus(3000, seed=11), vocab_size=400, kind=kind)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    models[kind] = {"vocab": model["vocab"], "merges": model.get("merges")}
+print(json.dumps(models))
+"""
+
+
+def test_training_gives_the_same_tokenizer_in_every_process():
+    """Two fresh interpreters (other hash seeds; the Rust trainer's hash maps are seeded anew in each) train on the
+    same texts: the vocabularies, ids included, and the merges are identical."""
+    def train(hash_seed):
+        result = subprocess.run([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONHASHSEED": str(hash_seed)}, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.splitlines()[-1])
+
+    first, second = train(1), train(2)
+    for kind, model in first.items():
+        assert model == second[kind], f"{kind}: the two processes trained different tokenizers"
+
+
+def test_pieces_given_to_the_trainer_are_not_special():
+    tokenizer = train_tokenizer(CORPUS, vocab_size=300, kind="bpe")
+    assert sorted(tokenizer.all_special_tokens) == sorted(SPECIAL_TOKENS.values())
+    assert tokenizer.convert_tokens_to_ids("s</w>") != tokenizer.unk_token_id  # still a piece of the model
 
 
 def test_unknown_kind_is_refused():

@@ -10,6 +10,8 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from eval_suites.scoring import SCORERS
+
 
 @dataclass
 class ModelArguments:
@@ -66,16 +68,20 @@ def parse_args(argument_classes, argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(argument_classes)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        defaults = yaml.safe_load(Path(argv.pop(0)).read_text()) or {}
+        path = argv.pop(0)
+        defaults = yaml.safe_load(Path(path).read_text()) or {}
         known = {f.name for cls in argument_classes for f in cls.__dataclass_fields__.values()}
         unknown = sorted(set(defaults) - known)
         if unknown:
             raise ValueError(f"Unknown keys in the config file: {unknown}")
         parser.set_defaults(**defaults)
-        # Fields marked required on the command line are satisfied by the file.
         for action in parser._actions:
             if action.dest in defaults:
-                action.required = False
+                action.required = False  # fields marked required on the command line are satisfied by the file
+                # argparse checks only a flag against its choices: `architecture: gpt3` would train GPT-2
+                if action.choices is not None and defaults[action.dest] not in action.choices:
+                    raise ValueError(f"{action.dest} must be one of {list(action.choices)}, got "
+                                     f"{defaults[action.dest]!r} (in {path})")
     for action in parser._actions:
         if action.type is dict:  # argparse would call dict('{"a": 1}'): take JSON objects instead
             action.type = json_object
@@ -111,6 +117,13 @@ class MaskedLMTrainingArguments(TrainingArguments):
     max_train_minutes: Optional[float] = field(
         default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
     )
+
+    def __post_init__(self):
+        # Checked here, not at the end of the run; not as argparse choices, which would freeze the scorers registered
+        # when this module was imported.
+        if self.blimp_scorer not in SCORERS:
+            raise ValueError(f"blimp_scorer must be one of {sorted(SCORERS)}, got {self.blimp_scorer!r}")
+        super().__post_init__()
 
 
 # Architecture fields a diffusion run must state (in config_overrides) unless it starts from a checkpoint: a model

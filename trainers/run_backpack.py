@@ -33,6 +33,7 @@ from trainers.arguments import MuonTrainingArguments, parse_args
 from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, finish_on_main_process, plot_loss_curve
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
+from trainers.preflight import check_before_training, check_overrides
 from trainers.tokenization import document_separator, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -97,11 +98,16 @@ def encode_pairs(tokenizer, args: ParallelArguments, english, french) -> Dataset
     return Dataset.from_dict({"input_ids": rows})
 
 
+def check_model_arguments(args: ParallelArguments) -> None:
+    # The GPT-2 baseline reads the Backpack's field names too (see build_model).
+    check_overrides(args.config_overrides, BackpackConfig, required=REQUIRED_FIELDS,
+                    set_by_run=("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id",
+                                "max_position_embeddings"))
+
+
 def build_model(args: ParallelArguments, tokenizer):
+    check_model_arguments(args)
     overrides = dict(args.config_overrides)
-    missing = [name for name in REQUIRED_FIELDS if name not in overrides]
-    if missing:
-        raise ValueError(f"config_overrides must state {missing}")
     # Rows start with the language tag, not a BOS: the config says so (Trainer would otherwise "align" it, warning).
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
@@ -151,6 +157,7 @@ def markdown(report: dict, args: ParallelArguments) -> str:
 
 def main(args: ParallelArguments, training_args: MuonTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_model_arguments(args)
     set_seed(training_args.seed)
     english, french = read_pairs(args.source_train, args.target_train, args.max_train_pairs)
     tokenizer = obtain_tokenizer(args, training_args, english, french)
@@ -161,15 +168,18 @@ def main(args: ParallelArguments, training_args: MuonTrainingArguments) -> None:
     model = build_model(args, tokenizer)
     logger.info("%s: %s parameters, %d train / %d eval pairs", type(model).__name__, f"{model.num_parameters():,}",
                 len(train_set), len(eval_set))
-    trainer = CausalLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-                              processing_class=tokenizer,
-                              data_collator=CausalLMCollator(tokenizer.pad_token_id, len(tokenizer)))
     card = CardInfo(description=f"A Backpack LM ({model.num_parameters():,} parameters) trained by hubzoo on "
                                 "English–French pairs.",
                     training_data=f"{len(train_set):,} pairs: {', '.join(args.source_train)} (+ French)",
                     training_procedure=f"Causal LM on `{args.source_tag} en {args.target_tag} fr` rows, "
                                        f"{training_args.max_steps} steps.")
-    if training_args.export_checkpoints and isinstance(model, BackpackForCausalLM):
+    exported = isinstance(model, BackpackForCausalLM)  # the GPT-2 baseline is saved as a plain transformers folder
+    check_before_training(training_args.output_dir, [args.source_test, args.target_test, args.word_similarity_dir],
+                          model, tokenizer, card if exported else None)
+    trainer = CausalLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+                              processing_class=tokenizer,
+                              data_collator=CausalLMCollator(tokenizer.pad_token_id, len(tokenizer)))
+    if training_args.export_checkpoints and exported:
         trainer.add_callback(ExportCheckpointCallback(tokenizer, card))
     if training_args.max_train_minutes:
         trainer.add_callback(TimeBudgetCallback(training_args.max_train_minutes))
@@ -186,7 +196,7 @@ def main(args: ParallelArguments, training_args: MuonTrainingArguments) -> None:
         (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
         (output / "results.md").write_text(markdown(report, args))
         greedy = report["translation"]["greedy"]
-        if isinstance(model, BackpackForCausalLM):
+        if exported:
             folder = export(model, tokenizer, output / "export", card=card)  # verified
             add_results_to_card(folder, [Metric("translation", Path(args.source_test).name, "local", "bleu",
                                                 round(greedy["bleu"], 2))], markdown(report, args))

@@ -29,6 +29,7 @@ from hub_exports.exporting import add_results_to_card, load_checkpoint
 from trainers.arguments import ClassificationTrainingArguments, parse_args
 from trainers.callbacks import TimeBudgetCallback, finish_on_main_process
 from trainers.muon import MuonOptimizerMixin
+from trainers.preflight import check_before_training
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,10 @@ def main(args: ClassificationArguments, training_args: ClassificationTrainingArg
     train_set = encode(train_texts, train_labels, tokenizer, args, eot)
     eval_set = encode(eval_texts, eval_labels, tokenizer, args, eot)
     logger.info("%d training / %d evaluation examples, classes %s", len(train_set), len(eval_set), names)
+    card = CardInfo(description=f"A {model.config.model_type} classifier fine-tuned by hubzoo from "
+                                f"{args.model_name_or_path} on {args.task_name}.",
+                    training_data=f"{len(train_set):,} examples of {args.train_file}")
+    check_before_training(training_args.output_dir, model=model, tokenizer=tokenizer, card=card)
     trainer = ClassificationTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                                     processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
     if training_args.max_train_minutes:
@@ -130,12 +135,8 @@ def main(args: ClassificationArguments, training_args: ClassificationTrainingArg
         report = markdown_report(result, title=f"{args.task_name}: fine-tuned classifier")
         (output / "classification.json").write_text(json.dumps(result, indent=2) + "\n")
         (output / "classification.md").write_text(report)
-        card = CardInfo(description=f"A {model.config.model_type} classifier fine-tuned by hubzoo from "
-                                    f"{args.model_name_or_path} on {args.task_name}.",
-                        training_data=f"{len(train_set):,} examples of {args.train_file}",
-                        training_procedure=f"{trainer.state.global_step} steps, {training_args.optimizer}, lr "
-                                           f"{training_args.learning_rate}, batch "
-                                           f"{training_args.per_device_train_batch_size}.")
+        card.training_procedure = (f"{trainer.state.global_step} steps, {training_args.optimizer}, lr "
+                                   f"{training_args.learning_rate}, batch {training_args.per_device_train_batch_size}.")
         folder = export(model, tokenizer, output / "export", card=card)
         add_results_to_card(folder, [Metric("text-classification", args.task_name, "local", "accuracy",
                                             round(result["accuracy"], 4))], report)

@@ -33,6 +33,7 @@ from trainers.callbacks import TimeBudgetCallback, finish_on_main_process
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
 from trainers.latent_wire_trainer import LatentWireCollator, LatentWireTrainer, LatentWireTrainingArguments
+from trainers.preflight import check_before_training, check_overrides
 from trainers.qa_corpus import generate_qa
 from trainers.tokenization import document_separator, train_tokenizer
 
@@ -45,6 +46,7 @@ DEMO_DECODERS = {
     "qwen": (Qwen2ForCausalLM, Qwen2Config, dict(hidden_size=192, num_hidden_layers=3, num_attention_heads=6,
                                                  num_key_value_heads=2, intermediate_size=512), 1500),
 }
+WIRE_SIZE_FIELDS = ("num_latents", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
 @dataclass
@@ -57,7 +59,9 @@ class WireArguments:
     num_eval: int = field(default=500, metadata={"help": "Generated evaluation questions (or a cap on the file)."})
     corpus_seed: int = field(default=0)
     facts_per_context: int = field(default=4)
-    wire_overrides: dict = field(default_factory=dict, metadata={"help": "LatentWireConfig fields (num_latents, ...)"})
+    wire_overrides: dict = field(default_factory=dict, metadata={
+        "help": "LatentWireConfig fields; its size (num_latents, hidden_size, num_hidden_layers, num_attention_heads) "
+                "is required"})
     anchor_text: str = field(default="Answer: ")
     max_bytes: int = field(default=512, metadata={"help": "The wire's longest text in bytes; longer ones dropped."})
     decoder_dtype: str = field(default="float32", metadata={"choices": ["float32", "bfloat16"]})
@@ -71,6 +75,18 @@ class WireArguments:
     target_ratio: float = field(default=0.9, metadata={"help": "Latent EM must reach this share of text EM ..."})
     target_compression: float = field(default=4.0, metadata={"help": "... at least at this compression."})
     min_text_em: float = field(default=30.0, metadata={"help": "Below this text-prompt EM the comparison shows nothing."})
+
+
+def check_overrides_of(args: WireArguments) -> None:
+    """The wire states its size; each demo decoder's overrides name a demo decoder and fields of its config."""
+    check_overrides(args.wire_overrides, LatentWireConfig, required=WIRE_SIZE_FIELDS,
+                    set_by_run=("decoders", "max_position_embeddings"), flag="wire_overrides")
+    for name, overrides in args.demo_decoder_overrides.items():
+        if name not in DEMO_DECODERS:
+            raise ValueError(f"demo_decoder_overrides: no demo decoder {name!r}; they are {list(DEMO_DECODERS)}")
+        check_overrides(overrides, DEMO_DECODERS[name][1], flag=f"demo_decoder_overrides[{name!r}]",
+                        set_by_run=("vocab_size", "max_position_embeddings", "pad_token_id", "eos_token_id",
+                                    "bos_token_id", "tie_word_embeddings"))
 
 
 def load_records(args: WireArguments):
@@ -164,9 +180,7 @@ def build_wire(args: WireArguments, paths: dict, device, dtype) -> LatentWireMod
         loaded[name] = (decoder, tokenizer)
         entries.append({"name": name, "hidden_size": decoder.get_input_embeddings().weight.shape[1],
                         "name_or_path": path, "anchor_text": args.anchor_text})
-    defaults = dict(num_latents=8, hidden_size=256, num_hidden_layers=4, num_attention_heads=8)
-    config = LatentWireConfig(**{**defaults, **args.wire_overrides}, decoders=entries,
-                              max_position_embeddings=args.max_bytes)
+    config = LatentWireConfig(**args.wire_overrides, decoders=entries, max_position_embeddings=args.max_bytes)
     wire = LatentWireModel(config)
     for name, (decoder, tokenizer) in loaded.items():
         wire.attach_decoder(name, decoder, tokenizer)
@@ -195,6 +209,7 @@ def verdict(result: dict, args: WireArguments) -> List[str]:
 
 def main(args: WireArguments, training_args: LatentWireTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_overrides_of(args)
     set_seed(training_args.seed)
     train_records, eval_records = load_records(args)
     paths = obtain_decoders(args, training_args, train_records)
@@ -206,6 +221,10 @@ def main(args: WireArguments, training_args: LatentWireTrainingArguments) -> Non
     anchors = {name: wire.config.decoder(name)["anchor_ids"] for name in wire.decoders}
     collator = LatentWireCollator(tokenizer, wire.decoder_tokenizers, args.max_bytes,
                                   anchor_ids=anchors if training_args.distillation_weight else None)
+    card = CardInfo(description=f"A LatentWire ({wire.num_parameters():,} parameters) for the decoders "
+                                f"{', '.join(f'{n} ({p})' for n, p in paths.items())}, trained by hubzoo.",
+                    training_data=f"{len(rows):,} questions ({args.train_file or 'generated QA corpus'})")
+    check_before_training(training_args.output_dir, model=wire, tokenizer=tokenizer, card=card)
     trainer = LatentWireTrainer(model=wire, args=training_args, train_dataset=Dataset.from_list(rows),
                                 eval_dataset=Dataset.from_list(held_out), data_collator=collator)
     if training_args.max_train_minutes:
@@ -225,10 +244,7 @@ def main(args: WireArguments, training_args: LatentWireTrainingArguments) -> Non
         output = wire_conditions.write_results(result, training_args.output_dir)
         report = wire_conditions.markdown_report(result) + "\n" + "\n".join(f"* {line}" for line in lines) + "\n"
         (output / "results.md").write_text(report)
-        card = CardInfo(description=f"A LatentWire ({wire.num_parameters():,} parameters) for the decoders "
-                                    f"{', '.join(f'{n} ({p})' for n, p in paths.items())}, trained by hubzoo.",
-                        training_data=f"{len(rows):,} questions ({args.train_file or 'generated QA corpus'})",
-                        training_procedure=f"{trainer.state.global_step} steps, lr {training_args.learning_rate}.")
+        card.training_procedure = f"{trainer.state.global_step} steps, lr {training_args.learning_rate}."
         folder = export(wire, tokenizer, output / "export", card=card)
         print("\n".join(lines))
         print(f"Exported and verified: {folder}")

@@ -3,10 +3,11 @@
     accelerate launch trainers/run_ltg_bert.py trainers/configs/ltg_bert_tiny.yaml
     accelerate launch trainers/run_ltg_bert.py trainers/configs/ltg_bert_small.yaml --train_file corpus.txt
 
-Without `train_file`/`dataset_name` it trains on the embedded corpus (generated, no downloads) and scores its own
-minimal pairs. The tokenizer is trained on the training text unless `tokenizer_name` is given; `vocab_size` and the
-special ids are read from it. Outputs in `output_dir`: Trainer checkpoints (each with a verified `export/`), the
-final `export/`, `loss_curve.png`, `blimp.json` and `blimp.md`.
+A config states the model's size (`config_overrides`: hidden_size, num_hidden_layers, num_attention_heads,
+intermediate_size). Without `train_file`/`dataset_name` it trains on the embedded corpus (generated, no downloads) and
+scores its own minimal pairs. The tokenizer is trained on the training text unless `tokenizer_name` is given;
+`vocab_size` and the special ids are read from it. Outputs in `output_dir`: Trainer checkpoints (each with a verified
+`export/`), the final `export/`, `loss_curve.png`, `blimp.json` and `blimp.md`.
 """
 
 import json
@@ -27,15 +28,20 @@ from trainers.collators import MaskedLMCollator, MaskingEpochCallback
 from trainers.embedded_corpus import write_minimal_pairs
 from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
 from trainers.mlm_trainer import MaskedLMTrainer
+from trainers.preflight import check_before_training, check_overrides
 from trainers.tokenization import obtain_tokenizer
 
 logger = logging.getLogger(__name__)
+SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def check_model_arguments(model_args) -> None:
+    check_overrides(model_args.config_overrides, LtgBertConfig, required=SIZE_FIELDS,
+                    set_by_run=("vocab_size", "pad_token_id"))
 
 
 def build_model(model_args, tokenizer, max_seq_length: int) -> LtgBertForMaskedLM:
-    fixed_by_tokenizer = {"vocab_size", "pad_token_id"} & set(model_args.config_overrides)
-    if fixed_by_tokenizer:
-        raise ValueError(f"config_overrides may not set {sorted(fixed_by_tokenizer)}: they come from the tokenizer")
+    check_model_arguments(model_args)
     config = LtgBertConfig(
         **{"max_position_embeddings": max(512, max_seq_length), **model_args.config_overrides},
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
@@ -78,6 +84,7 @@ def score_blimp(data_args, training_args, folder: Path) -> dict:
 
 def main(model_args, data_args, training_args) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_model_arguments(model_args)
     set_seed(training_args.seed)
     train_texts, eval_texts = load_texts(data_args, seed=training_args.seed)
     tokenizer = obtain_tokenizer(model_args, training_args, train_texts)
@@ -92,6 +99,7 @@ def main(model_args, data_args, training_args) -> None:
                 type(model).__name__, f"{model.num_parameters():,}", len(train_set), len(eval_set),
                 training_args.world_size, global_batch)
     card = model_card(model, data_args, training_args, len(train_texts))
+    check_before_training(training_args.output_dir, [data_args.blimp_dir], model, tokenizer, card)
     collator = MaskedLMCollator(tokenizer, mask_probability=training_args.mask_probability,
                                 strategy=training_args.mask_strategy)
     callbacks = [MaskingEpochCallback(collator)]

@@ -34,6 +34,7 @@ from trainers.collators import DiffusionCollator
 from trainers.diffusion_trainer import MaskedDiffusionTrainer
 from trainers.embedded_corpus import write_minimal_pairs
 from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
+from trainers.preflight import check_before_training, check_overrides
 from trainers.tokenization import obtain_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,13 +42,18 @@ DEFAULT_CONFIG = Path(__file__).with_name("configs") / "mdlm_tiny.yaml"
 CLASSES = {"mdlm": (MdlmConfig, MdlmForMaskedDiffusionLM), "bd3lm": (Bd3lmConfig, Bd3lmForMaskedDiffusionLM)}
 
 
+def check_model_arguments(model_args, training_args) -> None:
+    check_overrides(model_args.config_overrides, CLASSES[training_args.algorithm][0],
+                    required=DIFFUSION_REQUIRED_FIELDS[training_args.algorithm],
+                    set_by_run=("vocab_size", "mask_token_id", "pad_token_id", "bos_token_id",
+                                "max_position_embeddings"),
+                    init_from=training_args.init_from, can_init_from=True)
+
+
 def build_model(model_args, training_args, tokenizer, max_seq_length: int):
     """A new model from `config_overrides` (every architecture field stated), or `init_from` loaded strictly."""
+    check_model_arguments(model_args, training_args)
     algorithm, overrides = training_args.algorithm, dict(model_args.config_overrides)
-    fixed = {"vocab_size", "mask_token_id", "pad_token_id", "bos_token_id", "max_position_embeddings"} & set(overrides)
-    if fixed:
-        raise ValueError(f"config_overrides may not set {sorted(fixed)}: they come from the tokenizer and "
-                         "max_seq_length")
     if training_args.init_from:
         model = load_checkpoint(training_args.init_from)  # strict: refuses missing/unexpected keys
         if model.config.model_type != algorithm:
@@ -60,9 +66,6 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
                              f"{model.config.max_position_embeddings}")
         apply_overrides(model, overrides)
         return model
-    missing = [name for name in DIFFUSION_REQUIRED_FIELDS[algorithm] if name not in overrides]
-    if missing:
-        raise ValueError(f"config_overrides must state {missing} for a new {algorithm} model (or give init_from)")
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise ValueError("masked diffusion needs a tokenizer with [MASK] and [PAD] tokens")
     config_class, model_class = CLASSES[algorithm]
@@ -154,6 +157,7 @@ def final_report(model_args, data_args, training_args, folder: Path, eval_set) -
 
 def main(model_args, data_args, training_args) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_model_arguments(model_args, training_args)
     set_seed(training_args.seed)
     train_texts, eval_texts = load_texts(data_args, seed=training_args.seed)
     tokenizer = obtain_tokenizer(model_args, training_args, train_texts)
@@ -163,6 +167,7 @@ def main(model_args, data_args, training_args) -> None:
                 f"{model.num_parameters():,}", len(train_set), len(eval_set), data_args.max_seq_length,
                 training_args.world_size)
     card = model_card(model, data_args, training_args, len(train_texts))
+    check_before_training(training_args.output_dir, [data_args.blimp_dir], model, tokenizer, card)
     collator = DiffusionCollator(tokenizer.pad_token_id, model.config.mask_token_id, model.config.vocab_size)
     trainer = MaskedDiffusionTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                                      processing_class=tokenizer, data_collator=collator,

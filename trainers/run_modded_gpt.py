@@ -35,6 +35,7 @@ from trainers.clm_data import documents_as_rows, pack_documents
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
 from trainers.mlm_data import load_texts
+from trainers.preflight import check_before_training, check_overrides
 from trainers.tokenization import document_separator, obtain_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -42,13 +43,18 @@ DEFAULT_CONFIG = Path(__file__).with_name("configs") / "modded_gpt_tiny.yaml"
 PROMPTS = ("The", "In the beginning", "She said that")
 
 
+def check_model_arguments(model_args, training_args) -> None:
+    if training_args.init_from and model_args.config_overrides:
+        raise ValueError("with init_from, config_overrides must be empty: the checkpoint is continued as it was saved")
+    check_overrides(model_args.config_overrides, ModdedGptConfig, required=MODDED_GPT_REQUIRED_FIELDS,
+                    set_by_run=("vocab_size", "tokenizer_vocab_size", "eot_token_id", "pad_token_id", "eos_token_id",
+                                "bos_token_id", "max_position_embeddings"),
+                    init_from=training_args.init_from, can_init_from=True)
+
+
 def build_model(model_args, training_args, tokenizer, max_seq_length: int):
+    check_model_arguments(model_args, training_args)
     overrides = dict(model_args.config_overrides)
-    fixed = {"vocab_size", "tokenizer_vocab_size", "eot_token_id", "pad_token_id", "eos_token_id", "bos_token_id",
-             "max_position_embeddings"} & set(overrides)
-    if fixed:
-        raise ValueError(f"config_overrides may not set {sorted(fixed)}: they come from the tokenizer and "
-                         "max_seq_length")
     eot = document_separator(tokenizer)
     if training_args.init_from:
         model = load_checkpoint(training_args.init_from)  # strict: refuses missing/unexpected keys
@@ -57,13 +63,10 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
                                                                                                       eot):
             raise ValueError(f"init_from holds {config.model_type} with {config.tokenizer_vocab_size} ids / EOT "
                              f"{config.eot_token_id}; the tokenizer has {len(tokenizer)} / {eot}: pass its tokenizer")
-        if max_seq_length > config.max_position_embeddings or overrides:
-            raise ValueError("with init_from, max_seq_length must fit its max_position_embeddings and "
-                             "config_overrides must be empty")
+        if max_seq_length > config.max_position_embeddings:
+            raise ValueError(f"max_seq_length {max_seq_length} exceeds init_from's max_position_embeddings "
+                             f"{config.max_position_embeddings}")
         return model
-    missing = [name for name in MODDED_GPT_REQUIRED_FIELDS if name not in overrides]
-    if missing:
-        raise ValueError(f"config_overrides must state {missing} for a new modded_gpt model (or give init_from)")
     config = ModdedGptConfig(**overrides, vocab_size=128 * math.ceil(len(tokenizer) / 128),
                              tokenizer_vocab_size=len(tokenizer), eot_token_id=eot, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=eot, bos_token_id=eot, max_position_embeddings=max_seq_length)
@@ -119,6 +122,7 @@ def final_report(training_args, folder: Path) -> dict:
 
 def main(model_args, data_args, training_args) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_model_arguments(model_args, training_args)
     set_seed(training_args.seed)
     train_texts, eval_texts = load_texts(data_args, seed=training_args.seed)
     tokenizer = obtain_gpt_tokenizer(model_args, training_args, train_texts)
@@ -134,6 +138,7 @@ def main(model_args, data_args, training_args) -> None:
                 f"{model.num_parameters():,}", len(train_set), len(eval_set), data_args.max_seq_length,
                 training_args.world_size)
     card = model_card(model, data_args, training_args, len(train_texts))
+    check_before_training(training_args.output_dir, model=model, tokenizer=tokenizer, card=card)
     trainer = CausalLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                               processing_class=tokenizer,
                               data_collator=CausalLMCollator(tokenizer.pad_token_id, len(tokenizer)))

@@ -1,7 +1,8 @@
 """Train a fast tokenizer on a corpus, so that `vocab_size` and special ids come from it, never by hand."""
 
+import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, List
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -39,10 +40,32 @@ def _backend(kind: str, vocab_size: int, min_frequency: int):
     return backend, trainer
 
 
+def initial_pieces(backend, texts: List[str], kind: str) -> List[str]:
+    """The pieces the word-level kinds start from, in the order the trainer gives them ids: the characters of the
+    words (sorted, as the trainer sorts them), then those characters with the kind's affix (`e</w>`, `##e`), sorted.
+
+    The trainer adds the affixed ones while it walks its word counts, a hash map whose order changes from one process
+    to the next (Rust seeds every map at random, whatever PYTHONHASHSEED or the seed say): their ids came out
+    permuted, and since equal-count merges are ranked by the ids of their pieces, the merges could differ too."""
+    characters, affixed = set(), set()
+    for text in texts:
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
+            characters.update(word)
+            affixed.update([f"{word[-1]}</w>"] if kind == "bpe" else (f"##{character}" for character in word[1:]))
+    return sorted(characters) + sorted(affixed)
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiece", min_frequency: int = 2):
-    """A `PreTrainedTokenizerFast` with `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0-4 and `[CLS] text [SEP]` framing."""
+    """A `PreTrainedTokenizerFast` with `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0-4 and `[CLS] text [SEP]` framing.
+    The same texts give the same tokenizer (vocabulary and merges) in every process."""
+    texts = list(texts)
     backend, trainer = _backend(kind, vocab_size, min_frequency)
+    if kind != "byte_level_bpe":  # its pieces carry no affix: all of them come from the alphabet, which is sorted
+        # Special tokens are the only way to give the trainer vocabulary entries before it counts; these are plain
+        # pieces of the model, and are taken off the added (never split) tokens again below.
+        trainer.special_tokens = list(SPECIAL_TOKENS.values()) + initial_pieces(backend, texts, kind)
     backend.train_from_iterator(texts, trainer=trainer)
+    backend = without_added_tokens_but_specials(backend)
     cls_id, sep_id = backend.token_to_id(SPECIAL_TOKENS["cls"]), backend.token_to_id(SPECIAL_TOKENS["sep"])
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
@@ -53,6 +76,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
         model_input_names=["input_ids", "attention_mask"],
         clean_up_tokenization_spaces=False,  # stated in the saved config: decoding must never rewrite " ."
     )
+
+
+def without_added_tokens_but_specials(backend: Tokenizer) -> Tokenizer:
+    state = json.loads(backend.to_str())
+    state["added_tokens"] = [token for token in state["added_tokens"] if token["content"] in SPECIAL_TOKENS.values()]
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def obtain_tokenizer(model_args, training_args, train_texts):
