@@ -1,6 +1,6 @@
 """Kill an export that replaces an earlier one at every step that changes the disk. Used by tests/test_hub_exports.py.
 
-    python tests/export_kill_driver.py OLD_EXPORT WORK_DIR
+    python -m tests.export_kill_driver OLD_EXPORT WORK_DIR   (from the repository root)
 
 For k = 0, 1, ... a forked child exports a new model over a copy of OLD_EXPORT and dies (`os._exit`, no handler
 runs) just before its disk-changing operation number k as an audit hook sees them (a file opened for writing,

@@ -304,8 +304,7 @@ def test_a_kill_at_any_step_leaves_the_old_or_the_new_export(exported, tmp_path)
     """Real deaths (os._exit in a forked child, no cleanup runs) before every disk-changing step of an export that
     replaces an earlier one: the target holds the old or the new export (with no atomic exchange: once the next
     export or verify has put the old one back), and the next export leaves nothing beside it."""
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "export_kill_driver.py"), str(exported),
-                           str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "tests.export_kill_driver", str(exported), str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     for swap, kills in report.items():

@@ -236,6 +236,16 @@ def test_before_training_each_problem_is_named(tmp_path, hubzoo_not_installed, m
     assert "the hubzoo package is not installed" in message
 
 
+def test_before_training_an_export_folder_that_is_not_ours_is_refused(tmp_path):
+    """The final export replaces `output_dir/export`: a folder of the user's own there is named before training."""
+    own = tmp_path / "out" / "export"
+    own.mkdir(parents=True)
+    (own / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=f"{own} is neither empty nor a hubzoo export"):
+        check_before_training(tmp_path / "out", [], ltg_bert_model(), tiny_tokenizer(60), CardInfo())
+    assert (own / "notes.txt").read_text() == "mine"
+
+
 def test_before_training_the_card_is_built(tmp_path, monkeypatch):
     from hub_exports import exporting
 

@@ -14,7 +14,7 @@ import torch
 from transformers import PretrainedConfig
 
 import modeling
-from hub_exports.exporting import CardInfo, build_model_card, tokenizer_problems
+from hub_exports.exporting import CardInfo, build_model_card, check_export_target, tokenizer_problems
 
 
 def known_config_keys(config_class) -> set:
@@ -80,8 +80,9 @@ def check_weights_unchanged(init_from, overrides: dict, flag: str) -> None:
 def check_before_training(output_dir, inputs=(), model=None, tokenizer=None, card: Optional[CardInfo] = None) -> None:
     """Everything the end of a run needs that can be checked before it trains, so that a run never fails after all
     its training: the files read at the end (`inputs`), a writable `output_dir`, and, for a run ending in a hubzoo
-    export of `model` (`card` given), the installed package (the card and manifest record its version), the card
-    itself and a tokenizer that fits the model. Every problem found is named in one ValueError."""
+    export of `model` (`card` given), an `output_dir/export` that the export may replace, the installed package (the
+    card and manifest record its version), the card itself and a tokenizer that fits the model. Every problem found
+    is named in one ValueError."""
     problems = [f"{path} does not exist" for path in inputs if path and not Path(path).exists()]
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,10 @@ def check_before_training(output_dir, inputs=(), model=None, tokenizer=None, car
     except OSError as error:
         problems.append(f"output_dir {output_dir} is not writable ({error})")
     if card is not None:
+        try:
+            check_export_target(Path(output_dir) / "export")
+        except ValueError as error:
+            problems.append(str(error))
         problems += [f"the tokenizer does not fit the model: {problem}"
                      for problem in tokenizer_problems(model.config, tokenizer, type(model).__name__)]
         try:
