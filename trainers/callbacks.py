@@ -12,15 +12,18 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from hub_exports import CardInfo, export
+from trainers.checkpoints import CheckpointExtras
 
 logger = logging.getLogger(__name__)
 
 
-class ExportCheckpointCallback(TrainerCallback):
-    """After each checkpoint save, write a verified Hub-ready export of it to `<checkpoint>/export`.
+class ExportCheckpointCallback(CheckpointExtras):
+    """Each checkpoint holds a verified Hub-ready export of it, `<checkpoint>/export`.
 
     Trainer's own checkpoint folder also holds optimizer and RNG state (for resuming), so it is not itself a Hub
-    repo; the export beside that state is, and a failing verification stops training at the step that broke.
+    repo; the export beside that state is. It is written before the checkpoint becomes visible (see
+    `CompleteCheckpointsMixin`): a failing verification stops training at the step that broke, and that checkpoint
+    never appears, so the one before stays the newest complete checkpoint.
     """
 
     def __init__(self, tokenizer, card: CardInfo, weights=None):
@@ -28,12 +31,10 @@ class ExportCheckpointCallback(TrainerCallback):
         the trainer's EMA); default: the model's own weights."""
         self.tokenizer, self.card, self.weights = tokenizer, card, weights
 
-    def on_save(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            with self.weights() if self.weights else nullcontext():
-                export(model, self.tokenizer, checkpoint / "export", card=self.card)
-            logger.info("checkpoint %d exported and verified: %s", state.global_step, checkpoint / "export")
+    def write_checkpoint_extras(self, folder, model, state) -> None:
+        with self.weights() if self.weights else nullcontext():
+            export(model, self.tokenizer, Path(folder) / "export", card=self.card)
+        logger.info("checkpoint %d exported and verified", state.global_step)
 
 
 def plot_loss_curve(log_history: list, path, ylabel: str = "masked-LM loss (nats per masked token)") -> Path:

@@ -23,6 +23,7 @@ import torch
 from transformers import Trainer
 
 from modeling.mdlm import masked_diffusion_nelbo
+from trainers.checkpoints import CompleteCheckpointsMixin
 from trainers.ema import EMACallback
 from trainers.mlm_trainer import CollatorCheckedMixin, mean_scored_tokens_per_row, normalise_over_step
 
@@ -38,7 +39,7 @@ def stratified_uniforms(shape, generator, device) -> torch.Tensor:
     return (uniform / count + torch.arange(count, device=device).view(shape) / count) % 1
 
 
-class MaskedDiffusionTrainer(CollatorCheckedMixin, Trainer):
+class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
     def __init__(self, *args, ema_decay: float = 0.9999, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:
@@ -126,18 +127,6 @@ class MaskedDiffusionTrainer(CollatorCheckedMixin, Trainer):
         if self.ema_callback is None or self.ema_callback.ema is None:
             return nullcontext()
         return self.ema_callback.ema.swapped_in(self.accelerator.unwrap_model(self.model))
-
-    def train(self, resume_from_checkpoint=None, **kwargs):
-        if self.ema_callback is not None:
-            self.ema_callback.resume_from = self._resolve_checkpoint(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)  # with the device checks off
-
-    def _resolve_checkpoint(self, resume_from_checkpoint):
-        if resume_from_checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            return get_last_checkpoint(self.args.output_dir)
-        return resume_from_checkpoint or None
 
     def evaluate(self, eval_dataset=None, *args, **kwargs):
         """Evaluation loss (the NELBO per scored token over the whole set) of the EMA weights, under the same noise at

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback
+
+from trainers.checkpoints import CheckpointExtras
 
 logger = logging.getLogger(__name__)
 EMA_FILE = "ema.safetensors"
@@ -80,13 +81,15 @@ class ExponentialMovingAverage:
         self.decay, self.num_updates = json.loads(metadata["decay"]), json.loads(metadata["num_updates"])
 
 
-class EMACallback(TrainerCallback):
-    """Maintains an `ExponentialMovingAverage` of the trained model and saves it into each checkpoint."""
+class EMACallback(CheckpointExtras):
+    """Maintains an `ExponentialMovingAverage` of the trained model and saves it into each checkpoint (part of what
+    makes the checkpoint complete: a resume needs it)."""
+
+    resume_files = {EMA_FILE: "the EMA weights: resuming without them would restart the average"}
 
     def __init__(self, decay: float = 0.9999):
         self.decay = decay
         self.ema = None
-        self.resume_from = None  # set by the trainer before training when resuming
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.ema = ExponentialMovingAverage(model, self.decay)
@@ -97,6 +100,5 @@ class EMACallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.ema.update(model)
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.ema.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+    def write_checkpoint_extras(self, folder, model, state) -> None:
+        self.ema.save(folder)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from eval_suites.wire_conditions import left_padded, text_prompts
+from trainers.checkpoints import CompleteCheckpointsMixin
 from trainers.mlm_trainer import CollatorCheckedMixin
 
 
@@ -65,7 +66,7 @@ class LatentWireTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False)
 
 
-class LatentWireTrainer(CollatorCheckedMixin, Trainer):
+class LatentWireTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
     """Loss = mean over decoders of (answer CE per answer token + λ · first-token CE per row) + scale_l2 · Σ (s-1)².
     Each decoder's denominators (its answer tokens; the rows) are counted over the whole optimizer step, on every
     process, so the gradient does not depend on how a step is split into micro-batches or ranks."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from modeling import device_value_checks, supports_sparse_prediction
+from trainers.checkpoints import CompleteCheckpointsMixin
 
 
 def normalise_over_step(trainer: Trainer, total, labels, num_items_in_batch, training: bool):
@@ -65,7 +66,7 @@ class CollatorCheckedMixin:
             return super().train(*args, **kwargs)
 
 
-class MaskedLMTrainer(CollatorCheckedMixin, Trainer):
+class MaskedLMTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:

@@ -28,6 +28,7 @@ from hub_exports.convert_modded_gpt import load_tokenizer
 from hub_exports.exporting import add_results_to_card, load_checkpoint
 from trainers.arguments import ClassificationTrainingArguments, parse_args
 from trainers.callbacks import TimeBudgetCallback, finish_on_main_process
+from trainers.checkpoints import CompleteCheckpointsMixin
 from trainers.muon import MuonOptimizerMixin
 from trainers.preflight import check_before_training
 
@@ -55,7 +56,7 @@ class ClassificationArguments:
     task_name: str = field(default="classification", metadata={"help": "Names the dataset in the card and report."})
 
 
-class ClassificationTrainer(MuonOptimizerMixin, Trainer):
+class ClassificationTrainer(CompleteCheckpointsMixin, MuonOptimizerMixin, Trainer):
     """Trainer with the Muon option; the loss is the model's (a mean over the micro-batch's examples, which is the
     step mean under gradient accumulation because every micro-batch but the last has the same size)."""
 
