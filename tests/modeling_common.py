@@ -25,6 +25,7 @@ NON_SKIPPABLE = {
     "test_no_missing_or_unexpected_keys", "test_tied_weights", "test_untied_weights", "test_initialization",
     "test_determinism", "test_batching_equivalence", "test_padding_invariance", "test_training_step_updates_params",
     "test_frozen_parameters_stay_frozen", "test_modeling_file_is_self_contained", "test_input_validation",
+    "test_empty_batch_refused", "test_attention_mask_row_of_zeros_refused", "test_config_refuses_bad_sizes",
 }
 ALLOWED_TRANSFORMERS_MODULES = {
     "transformers", "transformers.modeling_outputs", "transformers.activations", "transformers.utils.logging",
@@ -306,6 +307,37 @@ class ModelTesterMixin:
                 model(input_ids=torch.full((1, config.max_position_embeddings + 1), 5))
             with pytest.raises(ValueError, match="attention_mask"):
                 model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"][:, :-1])
+
+    def test_empty_batch_refused(self):
+        """0 sequences or 0 tokens: a ValueError naming the input, not a crash in a reshape or an index."""
+        for model_class in self.model_classes:
+            model = self.build(model_class)
+            inputs = self.get_inputs(model.config)
+            for empty in ({key: value[:0] for key, value in inputs.items()},
+                          {key: value[:, :0] if value.dim() == 2 else value for key, value in inputs.items()}):
+                with pytest.raises(ValueError, match="input_ids is empty"):
+                    model(**empty)
+
+    def test_attention_mask_row_of_zeros_refused(self):
+        """A sequence whose attention_mask is all 0 has nothing to attend to: refused, not computed over padding."""
+        for model_class in self.model_classes:
+            model = self.build(model_class)
+            inputs = self.get_inputs(model.config)
+            attention_mask = inputs["attention_mask"].clone()
+            attention_mask[1] = 0
+            with pytest.raises(ValueError, match="attention_mask"):
+                model(**{**inputs, "attention_mask": attention_mask})
+
+    def test_config_refuses_bad_sizes(self):
+        """Sizes that are not positive ints, and a LayerNorm epsilon <= 0, are refused naming the field and value."""
+        fields = self.get_config().to_dict()
+        bad = [("num_hidden_layers", 0), ("num_hidden_layers", -2), ("num_hidden_layers", "2"),
+               ("num_hidden_layers", True), ("hidden_size", "32"), ("num_attention_heads", 0),
+               ("layer_norm_eps", 0.0), ("layer_norm_eps", -1e-5)]
+        for field, value in bad:
+            if field in fields:
+                with pytest.raises(ValueError, match=f"{field} must be .*, got {value!r}"):
+                    self.get_config(**{field: value})
 
     def test_modeling_file_is_self_contained(self):
         """The exported files import only stdlib, torch, public transformers and their sibling config (anywhere in

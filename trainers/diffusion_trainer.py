@@ -72,9 +72,14 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
         return self._generator("train", self.state.global_step, drawn)
 
     def draw_noise(self, model, clean, generator, training: bool):
-        """(x_t, t) for a batch of clean ids: t is (B,) for MDLM, (B, L) per token for BD3-LM."""
+        """(x_t, t) for a batch of clean ids: t is (B,) for MDLM, (B, L) per token for BD3-LM, every t in (0, 1]. The
+        interval t is drawn from is checked here, on the host: on an accelerator the model's own check of the values
+        is off while the trainer trains (it would be a host-device sync per step)."""
         batch, length = clean.shape
         config, mask_id = model.config, model.config.mask_token_id
+        if self.model_type == "mdlm" and not 0.0 < config.sampling_eps < 1.0:
+            # t = (1 - eps) u + eps lies in [eps, 1); its NELBO weight 1/t is infinite at t = 0
+            raise ValueError(f"config.sampling_eps must lie in (0, 1), got {config.sampling_eps}")
         uniforms = torch.rand(clean.shape, generator=generator, device=clean.device)
         if self.model_type == "mdlm":
             eps = config.sampling_eps

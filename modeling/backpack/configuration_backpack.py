@@ -5,6 +5,8 @@ network "stanford") and `SwordElucidator/nanoBackpackLM@9d1e2a0` (sense network 
 are named fields (biases, the scale of the sense weights, GPT-2's inverse-layer-index attention scaling).
 """
 
+import math
+
 from transformers import PretrainedConfig
 
 SENSE_NETWORKS = ("stanford", "nano")
@@ -84,6 +86,16 @@ class BackpackConfig(PretrainedConfig):
         tie_word_embeddings=True,
         **kwargs,
     ):
+        check_fields(
+            positive_ints=dict(vocab_size=vocab_size, hidden_size=hidden_size, num_senses=num_senses,
+                               num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                               intermediate_size=intermediate_size, sense_intermediate_size=sense_intermediate_size,
+                               max_position_embeddings=max_position_embeddings),
+            positive_numbers=dict(layer_norm_eps=layer_norm_eps, initializer_range=initializer_range),
+            probabilities=dict(dropout=dropout),
+            optional=("intermediate_size", "sense_intermediate_size"),
+        )
+        check_token_ids(vocab_size, kwargs)
         if sense_network not in SENSE_NETWORKS:
             raise ValueError(f"sense_network must be one of {SENSE_NETWORKS}, got {sense_network!r}")
         if hidden_size % num_senses:
@@ -92,10 +104,6 @@ class BackpackConfig(PretrainedConfig):
             raise ValueError(f"num_attention_heads ({num_attention_heads}) must divide hidden_size ({hidden_size})")
         if hidden_act not in ("gelu_new", "gelu"):
             raise ValueError(f"hidden_act must be 'gelu_new' or 'gelu', got {hidden_act!r}")
-        if num_hidden_layers < 1:
-            raise ValueError(f"the contextualizer needs at least one block, got num_hidden_layers={num_hidden_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_senses = num_senses
@@ -115,6 +123,48 @@ class BackpackConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+# ---- shared field checks (begin): identical in every configuration_<type>.py (tests/models/test_input_validation.py);
+# each exported configuration file must stand alone, so every architecture carries the same copy. ----
+
+FIELD_RULES = {"positive_ints": "an int > 0", "non_negative_ints": "an int >= 0",
+               "positive_numbers": "a finite number > 0", "probabilities": "a number in [0, 1)"}
+
+
+def check_fields(optional=(), **rules) -> None:
+    """Refuse a config field whose value breaks its rule, naming the field and the value. Each keyword is a rule of
+    `FIELD_RULES` mapping field names to values; fields in `optional` may also be None (their default is derived).
+    Called before any arithmetic on the fields, so that '32' or True is named instead of failing later."""
+    for rule, fields in rules.items():
+        for name, value in fields.items():
+            if not (value is None and name in optional or follows_rule(rule, value)):
+                raise ValueError(f"config field {name} must be {FIELD_RULES[rule]}"
+                                 f"{' or None' if name in optional else ''}, got {value!r}")
+
+
+def follows_rule(rule: str, value) -> bool:
+    # bool is an int subclass, and True would pass as 1 layer
+    if isinstance(value, bool) or not isinstance(value, int if rule.endswith("_ints") else (int, float)):
+        return False
+    if rule == "probabilities":
+        return 0 <= value < 1
+    return value >= 0 if rule == "non_negative_ints" else math.isfinite(value) and value > 0
+
+
+def check_token_ids(vocab_size: int, fields: dict) -> None:
+    """Every `*_token_id` among `fields` (a config's keyword arguments; None: unset; a list: several, as `eos_token_id`
+    may be) must lie in the vocabulary [0, vocab_size)."""
+    for name, value in fields.items():
+        if not name.endswith("_token_id"):
+            continue
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if token_id is not None and not (follows_rule("non_negative_ints", token_id) and token_id < vocab_size):
+                raise ValueError(f"config field {name} must be a token id in [0, {vocab_size}) or None, "
+                                 f"got {value!r}")
+
+
+# ---- shared field checks (end) ----
 
 
 __all__ = ["BackpackConfig"]

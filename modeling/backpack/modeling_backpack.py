@@ -170,6 +170,9 @@ class BackpackPreTrainedModel(PreTrainedModel):
 def check_inputs(input_ids, attention_mask, past_length, config, check_values):
     if input_ids is None or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError("input_ids must be an integer tensor of shape (batch, seq_len)")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): a batch needs at least one sequence of "
+                         "at least one token")
     total = past_length + input_ids.shape[1]
     if total > config.max_position_embeddings:
         raise ValueError(f"Sequence length {total} (cached {past_length} + new {input_ids.shape[1]}) exceeds "
@@ -177,11 +180,34 @@ def check_inputs(input_ids, attention_mask, past_length, config, check_values):
     if attention_mask is not None and attention_mask.shape != (input_ids.shape[0], total):
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be (batch, cached + new tokens) = "
                          f"{(input_ids.shape[0], total)}")
-    if input_ids.numel() and check_values:
+    if check_values:
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
         if low < 0 or high >= config.vocab_size:
             raise ValueError(f"input_ids contain ids outside [0, {config.vocab_size}) (min {low}, max {high}): the "
                              "tokenizer does not match this model's vocabulary")
+    if attention_mask is not None and check_values and not bool(attention_mask.bool().any(dim=1).all()):
+        raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
+
+
+# ---- shared position checks (begin): identical in modeling_backpack.py and modeling_modded_gpt.py
+# (tests/models/test_input_validation.py); each exported modeling file must stand alone. ----
+
+
+def check_position_ids(position_ids: torch.Tensor, input_ids: torch.Tensor, max_positions: int, check_values: bool):
+    """Given `position_ids`: integers, (batch or 1, new tokens), each in [0, max_position_embeddings)."""
+    batch, length = input_ids.shape
+    if position_ids.dtype not in (torch.int64, torch.int32) or position_ids.dim() != 2 or \
+            position_ids.shape[1] != length or position_ids.shape[0] not in (1, batch):
+        raise ValueError(f"position_ids must be an integer tensor of shape ({batch} or 1, {length}), got "
+                         f"{position_ids.dtype} {tuple(position_ids.shape)}")
+    if check_values:
+        low, high = torch.stack(torch.aminmax(position_ids)).tolist()  # one host-device sync, not two
+        if low < 0 or high >= max_positions:
+            raise ValueError(f"position_ids must lie in [0, max_position_embeddings={max_positions}), got min {low}, "
+                             f"max {high}")
+
+
+# ---- shared position checks (end) ----
 
 
 def causal_mask(attention_mask, query_length, past_length, device):
@@ -260,7 +286,10 @@ class BackpackModel(BackpackPreTrainedModel):
         check_inputs(input_ids, attention_mask, past_length, config, self._values_checked(input_ids))
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         batch, length = input_ids.shape
-        if position_ids is None:
+        if position_ids is not None:
+            check_position_ids(position_ids, input_ids, config.max_position_embeddings,
+                               self._values_checked(position_ids))
+        else:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:]
             else:

@@ -23,8 +23,9 @@ Deliberate deviations from the original:
   * SDPA with a boolean mask everywhere (FlexAttention is a speed option of the original, with the same math); the
     KV cache is a plain object passed in and returned, instead of tensors stored on the modules with a hard-coded
     CUDA device and bfloat16 dtype.
-  * ids outside the vocabulary, sequences longer than `max_position_embeddings` and invalid sampling intervals raise
-    a `ValueError`.
+  * ids outside the vocabulary, sequences longer than `max_position_embeddings`, empty batches, rows of zeros in
+    `attention_mask`, timesteps outside (0, 1], a sampling prefix holding the mask id and invalid sampling intervals
+    raise a `ValueError`.
 """
 
 import functools
@@ -266,8 +267,9 @@ def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top
 
 def check_clean_labels(labels: torch.Tensor, noisy_ids: torch.Tensor, config, check_values: bool) -> None:
     """`labels` of a NELBO: x_0 with the shape of x_t, clean ids (never the mask) or -100."""
-    if labels.shape != noisy_ids.shape:
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(noisy_ids.shape)}")
+    if noisy_ids is None or labels.shape != noisy_ids.shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids "
+                         f"{None if noisy_ids is None else tuple(noisy_ids.shape)}")
     outside = (labels < 0) & (labels != -100) | (labels >= config.vocab_size) | (labels == config.mask_token_id)
     if check_values and bool(outside.any()):
         raise ValueError(f"labels must be clean ids in [0, {config.vocab_size}) other than the mask id "
@@ -281,14 +283,44 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, max_length: int, c
         raise ValueError(f"{name} must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(input_ids.shape)}): a batch needs at least one sequence of "
+                         "at least one token")
     if input_ids.shape[1] > max_length:
         raise ValueError(f"Sequence length {input_ids.shape[1]} of {name} exceeds max_position_embeddings "
                          f"({max_length}); truncate the input or sample semi-autoregressively.")
-    if input_ids.numel() > 0 and check_values:
+    if check_values:
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
         if low < 0 or high >= vocab_size:
             raise ValueError(f"{name} contain ids outside [0, {vocab_size}) (min {low}, max {high}); the tokenizer "
                              "does not match this model's vocabulary.")
+
+
+def check_attention_mask(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, check_values: bool) -> None:
+    """`attention_mask` (B, T) like `input_ids`, 1 = real token. A row of zeros leaves its sequence nothing to attend
+    to: refused, not averaged over padding."""
+    if attention_mask is None:
+        return
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
+                         f"{tuple(input_ids.shape)}")
+    if check_values and not bool(attention_mask.bool().any(dim=1).all()):
+        raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
+
+
+def check_timesteps(timesteps: torch.Tensor, shapes, check_values: bool, closed_at_one: bool = True) -> None:
+    """`timesteps`: a floating tensor of one of `shapes`; every t in (0, 1] (in (0, 1) when not `closed_at_one`). t is
+    the mask rate of the noise draw, so at most 1, and the NELBO weight 1/t is infinite at t = 0."""
+    interval = "(0, 1]" if closed_at_one else "(0, 1)"
+    if not torch.is_floating_point(timesteps):
+        raise ValueError(f"timesteps must be a floating tensor of t in {interval}, got {timesteps.dtype}")
+    if tuple(timesteps.shape) not in shapes:
+        raise ValueError(f"timesteps shape {tuple(timesteps.shape)} must be {' or '.join(map(str, shapes))}")
+    if check_values:
+        low, high = torch.stack(torch.aminmax(timesteps.float())).tolist()  # NaN fails both comparisons
+        if not (low > 0 and (high <= 1 if closed_at_one else high < 1)):
+            raise ValueError(f"timesteps must lie in {interval} (t is a mask rate; the NELBO weight 1/t is infinite at "
+                             f"t = 0), got min {low}, max {high}")
 
 
 # ---- shared DiT (end) ----
@@ -443,9 +475,10 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
                             self._values_checked(clean_ids), "clean_ids")
         if update_cache and kv_cache is None:
             raise ValueError("update_cache=True needs a Bd3lmKVCache in kv_cache")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
-                             f"{tuple(input_ids.shape)}")
+        # Cached blocks are real keys of every row: only a row without a cache can be left nothing to attend to
+        check_attention_mask(attention_mask, input_ids, self._values_checked(input_ids) and offset == 0)
+        if timesteps is not None:
+            check_timesteps(timesteps, [(input_ids.shape[0],), tuple(input_ids.shape)], self._values_checked(timesteps))
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         batch, length = input_ids.shape
         ids, (cos, sin), mask = self._attention_layout(input_ids, clean_ids, attention_mask, kv_cache)
@@ -545,6 +578,11 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         `ignore_bos`); with `timesteps` (per token (B, L), or per sequence (B,)) the loss is this draw's block NELBO:
         sum over masked positions of (1/t) * -log p(x_0 | x_t, x_0 of earlier blocks), divided by the number of
         labelled positions. Without `clean_ids`, labels supply x_0 for the training pass (input ids at -100)."""
+        if labels is not None:
+            check_clean_labels(labels, input_ids, self.config, self._values_checked(labels))
+            if timesteps is None:
+                raise ValueError("the NELBO needs timesteps: the t of each token's block, shape (batch, seq_len) (or "
+                                 "one per sequence, (batch,))")
         if labels is not None and clean_ids is None:
             clean_ids = torch.where(labels == -100, input_ids, labels)
         outputs = self.bd3lm(input_ids, clean_ids, attention_mask, timesteps, sigma, kv_cache, update_cache,
@@ -558,10 +596,6 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         return output if return_dict in (None, True) else output.to_tuple()
 
     def _nelbo(self, logits, noisy_ids, labels, timesteps) -> torch.Tensor:
-        check_clean_labels(labels, noisy_ids, self.config, self._values_checked(labels))
-        if timesteps is None or timesteps.numel() not in (labels.shape[0], labels.numel()):
-            raise ValueError("the NELBO needs timesteps: the t of each token's block, shape (batch, seq_len) (or one "
-                             "per sequence, (batch,))")
         weights = self.noise_schedule(timesteps.reshape(labels.shape[0], -1))[1]
         terms = masked_diffusion_nelbo(logits, noisy_ids, labels, weights, self.config.mask_token_id)
         return terms.sum() / (labels != -100).sum().clamp(min=1)
@@ -600,8 +634,12 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
             generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
         sequence = torch.zeros((num_samples, 0), dtype=torch.long, device=device)
         if prefix_ids is not None:
-            if prefix_ids.shape[1] % block_size or prefix_ids.shape[1] > length:
-                raise ValueError(f"prefix_ids must hold whole blocks of {block_size} tokens, at most {length}")
+            if prefix_ids.dim() != 2 or prefix_ids.shape[1] % block_size or prefix_ids.shape[1] > length:
+                raise ValueError(f"prefix_ids must be (1 or num_samples, whole blocks of {block_size} tokens, at most "
+                                 f"{length}), got {tuple(prefix_ids.shape)}")
+            if bool((prefix_ids == self.config.mask_token_id).any()):
+                raise ValueError(f"prefix_ids contain the mask id {self.config.mask_token_id}: a prefix is clean text "
+                                 "and is kept as given, so the sample would keep the mask")
             sequence = prefix_ids.to(device).expand(num_samples, -1)
         was_training = self.training
         self.eval()

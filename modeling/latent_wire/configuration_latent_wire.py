@@ -6,6 +6,8 @@ the encoder and the adapters are trained and saved; the decoders are frozen `Aut
 re-attached at load.
 """
 
+import math
+
 from transformers import PretrainedConfig
 
 DECODER_FIELDS = ("name", "hidden_size", "name_or_path", "revision", "anchor_text", "bos_after_prefix",
@@ -71,15 +73,21 @@ class LatentWireConfig(PretrainedConfig):
         pad_token_id=256,
         **kwargs,
     ):
+        check_fields(
+            positive_ints=dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                               num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                               num_latents=num_latents, max_position_embeddings=max_position_embeddings),
+            positive_numbers=dict(layer_norm_eps=layer_norm_eps, initializer_range=initializer_range,
+                                  byte_embedding_std=byte_embedding_std),
+            probabilities=dict(dropout=dropout),
+            optional=("intermediate_size",),
+        )
+        check_token_ids(vocab_size, dict(kwargs, pad_token_id=pad_token_id))
         if vocab_size < 257 or pad_token_id != vocab_size - 1:
             raise ValueError(f"the byte vocabulary is ids 0-255 plus padding as the last id: vocab_size must be >= 257 "
                              f"with pad_token_id = vocab_size - 1, got {vocab_size} and {pad_token_id}")
         if hidden_size % num_attention_heads:
             raise ValueError(f"num_attention_heads ({num_attention_heads}) must divide hidden_size ({hidden_size})")
-        if num_latents < 1 or num_hidden_layers < 1:
-            raise ValueError(f"num_latents and num_hidden_layers must be >= 1, got {num_latents}, {num_hidden_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -116,11 +124,52 @@ def validated_decoder(entry: dict) -> dict:
         raise ValueError(f"decoder entry {entry} lacks {missing}")
     if not str(entry["name"]).isidentifier():
         raise ValueError(f"decoder name must be an identifier (it names the adapter's weights), got {entry['name']!r}")
-    if int(entry["hidden_size"]) < 1:
-        raise ValueError(f"decoder {entry['name']!r}: hidden_size must be positive, got {entry['hidden_size']}")
+    check_fields(positive_ints={f"decoders[{entry['name']!r}].hidden_size": entry["hidden_size"]})
     defaults = {"name_or_path": None, "revision": None, "anchor_text": "Answer: ", "bos_after_prefix": False,
                 "embedding_rms": None, "anchor_ids": None, "tokenizer_size": None}
     return {**defaults, **entry}
+
+
+# ---- shared field checks (begin): identical in every configuration_<type>.py (tests/models/test_input_validation.py);
+# each exported configuration file must stand alone, so every architecture carries the same copy. ----
+
+FIELD_RULES = {"positive_ints": "an int > 0", "non_negative_ints": "an int >= 0",
+               "positive_numbers": "a finite number > 0", "probabilities": "a number in [0, 1)"}
+
+
+def check_fields(optional=(), **rules) -> None:
+    """Refuse a config field whose value breaks its rule, naming the field and the value. Each keyword is a rule of
+    `FIELD_RULES` mapping field names to values; fields in `optional` may also be None (their default is derived).
+    Called before any arithmetic on the fields, so that '32' or True is named instead of failing later."""
+    for rule, fields in rules.items():
+        for name, value in fields.items():
+            if not (value is None and name in optional or follows_rule(rule, value)):
+                raise ValueError(f"config field {name} must be {FIELD_RULES[rule]}"
+                                 f"{' or None' if name in optional else ''}, got {value!r}")
+
+
+def follows_rule(rule: str, value) -> bool:
+    # bool is an int subclass, and True would pass as 1 layer
+    if isinstance(value, bool) or not isinstance(value, int if rule.endswith("_ints") else (int, float)):
+        return False
+    if rule == "probabilities":
+        return 0 <= value < 1
+    return value >= 0 if rule == "non_negative_ints" else math.isfinite(value) and value > 0
+
+
+def check_token_ids(vocab_size: int, fields: dict) -> None:
+    """Every `*_token_id` among `fields` (a config's keyword arguments; None: unset; a list: several, as `eos_token_id`
+    may be) must lie in the vocabulary [0, vocab_size)."""
+    for name, value in fields.items():
+        if not name.endswith("_token_id"):
+            continue
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if token_id is not None and not (follows_rule("non_negative_ints", token_id) and token_id < vocab_size):
+                raise ValueError(f"config field {name} must be a token id in [0, {vocab_size}) or None, "
+                                 f"got {value!r}")
+
+
+# ---- shared field checks (end) ----
 
 
 __all__ = ["LatentWireConfig"]

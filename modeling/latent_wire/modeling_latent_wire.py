@@ -221,6 +221,9 @@ class LatentWireModel(LatentWirePreTrainedModel):
         config = self.config
         if input_ids is None or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError("input_ids must be an integer tensor of byte ids, shape (batch, bytes)")
+        if input_ids.numel() == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): a batch needs at least one text of "
+                             "at least one byte")
         if input_ids.shape[1] > config.max_position_embeddings:
             raise ValueError(f"{input_ids.shape[1]} bytes exceed max_position_embeddings "
                              f"({config.max_position_embeddings}): shorten the text, nothing is cut silently")
@@ -228,7 +231,7 @@ class LatentWireModel(LatentWirePreTrainedModel):
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape "
                              f"{tuple(input_ids.shape)}")
         key_mask = input_ids.ne(config.pad_token_id) if attention_mask is None else attention_mask.bool()
-        if input_ids.numel() and (input_ids.device.type == "cpu" or self.check_values_on_device):
+        if input_ids.device.type == "cpu" or self.check_values_on_device:
             low, high = torch.stack(torch.aminmax(input_ids)).tolist()
             if low < 0 or high >= config.vocab_size:
                 raise ValueError(f"input_ids contain ids outside the byte vocab [0, {config.vocab_size}) (min {low}, "

@@ -75,6 +75,18 @@ class LtgBertConfig(PretrainedConfig):
         tie_word_embeddings=True,
         **kwargs,
     ):
+        check_fields(
+            positive_ints=dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                               num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                               max_position_embeddings=max_position_embeddings,
+                               position_bucket_size=position_bucket_size),
+            positive_numbers=dict(layer_norm_eps=layer_norm_eps, initializer_range=initializer_range),
+            probabilities=dict(hidden_dropout_prob=hidden_dropout_prob,
+                               attention_probs_dropout_prob=attention_probs_dropout_prob,
+                               classifier_dropout=classifier_dropout),
+            optional=("classifier_dropout", "initializer_range"),
+        )
+        check_token_ids(vocab_size, kwargs)
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})"
@@ -103,6 +115,48 @@ class LtgBertConfig(PretrainedConfig):
         )
         self.tie_word_embeddings = tie_word_embeddings
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+# ---- shared field checks (begin): identical in every configuration_<type>.py (tests/models/test_input_validation.py);
+# each exported configuration file must stand alone, so every architecture carries the same copy. ----
+
+FIELD_RULES = {"positive_ints": "an int > 0", "non_negative_ints": "an int >= 0",
+               "positive_numbers": "a finite number > 0", "probabilities": "a number in [0, 1)"}
+
+
+def check_fields(optional=(), **rules) -> None:
+    """Refuse a config field whose value breaks its rule, naming the field and the value. Each keyword is a rule of
+    `FIELD_RULES` mapping field names to values; fields in `optional` may also be None (their default is derived).
+    Called before any arithmetic on the fields, so that '32' or True is named instead of failing later."""
+    for rule, fields in rules.items():
+        for name, value in fields.items():
+            if not (value is None and name in optional or follows_rule(rule, value)):
+                raise ValueError(f"config field {name} must be {FIELD_RULES[rule]}"
+                                 f"{' or None' if name in optional else ''}, got {value!r}")
+
+
+def follows_rule(rule: str, value) -> bool:
+    # bool is an int subclass, and True would pass as 1 layer
+    if isinstance(value, bool) or not isinstance(value, int if rule.endswith("_ints") else (int, float)):
+        return False
+    if rule == "probabilities":
+        return 0 <= value < 1
+    return value >= 0 if rule == "non_negative_ints" else math.isfinite(value) and value > 0
+
+
+def check_token_ids(vocab_size: int, fields: dict) -> None:
+    """Every `*_token_id` among `fields` (a config's keyword arguments; None: unset; a list: several, as `eos_token_id`
+    may be) must lie in the vocabulary [0, vocab_size)."""
+    for name, value in fields.items():
+        if not name.endswith("_token_id"):
+            continue
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if token_id is not None and not (follows_rule("non_negative_ints", token_id) and token_id < vocab_size):
+                raise ValueError(f"config field {name} must be a token id in [0, {vocab_size}) or None, "
+                                 f"got {value!r}")
+
+
+# ---- shared field checks (end) ----
 
 
 __all__ = ["LtgBertConfig"]

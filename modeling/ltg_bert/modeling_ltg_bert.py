@@ -258,12 +258,15 @@ class LtgBertPreTrainedModel(PreTrainedModel):
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): a batch needs at least one "
+                             "sequence of at least one token")
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings}); truncate the input."
             )
-        if input_ids.numel() > 0 and self._values_checked(input_ids):
+        if self._values_checked(input_ids):
             low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
             if low < 0 or high >= self.config.vocab_size:
                 raise ValueError(
@@ -275,6 +278,9 @@ class LtgBertPreTrainedModel(PreTrainedModel):
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
                 f"shape {tuple(input_ids.shape)}"
             )
+        if attention_mask is not None and self._values_checked(attention_mask) and \
+                not bool(attention_mask.bool().any(dim=1).all()):
+            raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
 
 
 class LtgBertModel(LtgBertPreTrainedModel):
@@ -470,6 +476,8 @@ class LtgBertForSequenceClassification(LtgBertPreTrainedModel):
         return output if return_dict in (None, True) else output.to_tuple()
 
     def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.dim() == 0 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"labels shape {tuple(labels.shape)} must start with the batch size {logits.shape[0]}")
         # Same problem-type inference as transformers' BERT heads, so Trainer recipes carry over.
         if self.config.problem_type is None:
             if self.num_labels == 1:

@@ -3,6 +3,8 @@
 Reference implementation: kuleshov-group/mdlm@c112c526 (`models/dit.py`, `diffusion.py`, `noise_schedule.py`).
 """
 
+import math
+
 from transformers import PretrainedConfig
 
 NOISE_SCHEDULES = ("loglinear",)
@@ -91,9 +93,19 @@ class MdlmConfig(PretrainedConfig):
         tie_word_embeddings=False,
         **kwargs,
     ):
+        check_fields(
+            positive_ints=dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                               num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                               cond_dim=cond_dim, max_position_embeddings=max_position_embeddings,
+                               timestep_embedding_size=timestep_embedding_size),
+            positive_numbers=dict(rotary_base=rotary_base, layer_norm_eps=layer_norm_eps,
+                                  initializer_range=initializer_range),
+            probabilities=dict(dropout=dropout, noise_eps=noise_eps, sampling_eps=sampling_eps),
+            optional=("intermediate_size",),
+        )
         mask_token_id = vocab_size - 1 if mask_token_id is None else mask_token_id
-        validate_dit_fields(vocab_size, mask_token_id, hidden_size, num_attention_heads, timestep_embedding_size,
-                            adaln, time_conditioning)
+        check_token_ids(vocab_size, dict(kwargs, mask_token_id=mask_token_id))
+        validate_dit_fields(hidden_size, num_attention_heads, timestep_embedding_size, adaln, time_conditioning)
         if noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {noise_schedule!r}")
         if not 0.0 <= noise_eps < 1.0:
@@ -123,11 +135,8 @@ class MdlmConfig(PretrainedConfig):
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 
-def validate_dit_fields(vocab_size, mask_token_id, hidden_size, num_attention_heads, timestep_embedding_size, adaln,
-                        time_conditioning):
+def validate_dit_fields(hidden_size, num_attention_heads, timestep_embedding_size, adaln, time_conditioning):
     """Checks shared by the diffusion configs (MDLM, BD3-LM)."""
-    if not 0 <= mask_token_id < vocab_size:
-        raise ValueError(f"mask_token_id ({mask_token_id}) must lie in [0, vocab_size={vocab_size})")
     if hidden_size % num_attention_heads != 0:
         raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads "
                          f"({num_attention_heads})")
@@ -137,6 +146,48 @@ def validate_dit_fields(vocab_size, mask_token_id, hidden_size, num_attention_he
         raise ValueError(f"timestep_embedding_size must be even, got {timestep_embedding_size}")
     if time_conditioning and not adaln:
         raise ValueError("time_conditioning needs adaln: the noise level reaches the blocks through the modulation")
+
+
+# ---- shared field checks (begin): identical in every configuration_<type>.py (tests/models/test_input_validation.py);
+# each exported configuration file must stand alone, so every architecture carries the same copy. ----
+
+FIELD_RULES = {"positive_ints": "an int > 0", "non_negative_ints": "an int >= 0",
+               "positive_numbers": "a finite number > 0", "probabilities": "a number in [0, 1)"}
+
+
+def check_fields(optional=(), **rules) -> None:
+    """Refuse a config field whose value breaks its rule, naming the field and the value. Each keyword is a rule of
+    `FIELD_RULES` mapping field names to values; fields in `optional` may also be None (their default is derived).
+    Called before any arithmetic on the fields, so that '32' or True is named instead of failing later."""
+    for rule, fields in rules.items():
+        for name, value in fields.items():
+            if not (value is None and name in optional or follows_rule(rule, value)):
+                raise ValueError(f"config field {name} must be {FIELD_RULES[rule]}"
+                                 f"{' or None' if name in optional else ''}, got {value!r}")
+
+
+def follows_rule(rule: str, value) -> bool:
+    # bool is an int subclass, and True would pass as 1 layer
+    if isinstance(value, bool) or not isinstance(value, int if rule.endswith("_ints") else (int, float)):
+        return False
+    if rule == "probabilities":
+        return 0 <= value < 1
+    return value >= 0 if rule == "non_negative_ints" else math.isfinite(value) and value > 0
+
+
+def check_token_ids(vocab_size: int, fields: dict) -> None:
+    """Every `*_token_id` among `fields` (a config's keyword arguments; None: unset; a list: several, as `eos_token_id`
+    may be) must lie in the vocabulary [0, vocab_size)."""
+    for name, value in fields.items():
+        if not name.endswith("_token_id"):
+            continue
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if token_id is not None and not (follows_rule("non_negative_ints", token_id) and token_id < vocab_size):
+                raise ValueError(f"config field {name} must be a token id in [0, {vocab_size}) or None, "
+                                 f"got {value!r}")
+
+
+# ---- shared field checks (end) ----
 
 
 __all__ = ["MdlmConfig"]

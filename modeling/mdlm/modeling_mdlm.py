@@ -23,7 +23,8 @@ Deliberate deviations from the original:
   * the logits are returned raw; SUBS is applied by `subs_log_probs` / `masked_diffusion_nelbo`, never in place.
   * sampling (`sample`) ends at t = 0, where every remaining mask is revealed by a draw, instead of stopping at
     t = 1e-5 and taking an argmax; token ids never include the mask in the output.
-  * token ids outside the vocabulary and sequences longer than `max_position_embeddings` raise a `ValueError`.
+  * token ids outside the vocabulary, sequences longer than `max_position_embeddings`, empty batches, rows of zeros
+    in `attention_mask` and timesteps outside (0, 1] (not floating, or not one per sequence) raise a `ValueError`.
 """
 
 import functools
@@ -265,8 +266,9 @@ def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top
 
 def check_clean_labels(labels: torch.Tensor, noisy_ids: torch.Tensor, config, check_values: bool) -> None:
     """`labels` of a NELBO: x_0 with the shape of x_t, clean ids (never the mask) or -100."""
-    if labels.shape != noisy_ids.shape:
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(noisy_ids.shape)}")
+    if noisy_ids is None or labels.shape != noisy_ids.shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match input_ids "
+                         f"{None if noisy_ids is None else tuple(noisy_ids.shape)}")
     outside = (labels < 0) & (labels != -100) | (labels >= config.vocab_size) | (labels == config.mask_token_id)
     if check_values and bool(outside.any()):
         raise ValueError(f"labels must be clean ids in [0, {config.vocab_size}) other than the mask id "
@@ -280,14 +282,44 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, max_length: int, c
         raise ValueError(f"{name} must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(input_ids.shape)}): a batch needs at least one sequence of "
+                         "at least one token")
     if input_ids.shape[1] > max_length:
         raise ValueError(f"Sequence length {input_ids.shape[1]} of {name} exceeds max_position_embeddings "
                          f"({max_length}); truncate the input or sample semi-autoregressively.")
-    if input_ids.numel() > 0 and check_values:
+    if check_values:
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
         if low < 0 or high >= vocab_size:
             raise ValueError(f"{name} contain ids outside [0, {vocab_size}) (min {low}, max {high}); the tokenizer "
                              "does not match this model's vocabulary.")
+
+
+def check_attention_mask(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, check_values: bool) -> None:
+    """`attention_mask` (B, T) like `input_ids`, 1 = real token. A row of zeros leaves its sequence nothing to attend
+    to: refused, not averaged over padding."""
+    if attention_mask is None:
+        return
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
+                         f"{tuple(input_ids.shape)}")
+    if check_values and not bool(attention_mask.bool().any(dim=1).all()):
+        raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
+
+
+def check_timesteps(timesteps: torch.Tensor, shapes, check_values: bool, closed_at_one: bool = True) -> None:
+    """`timesteps`: a floating tensor of one of `shapes`; every t in (0, 1] (in (0, 1) when not `closed_at_one`). t is
+    the mask rate of the noise draw, so at most 1, and the NELBO weight 1/t is infinite at t = 0."""
+    interval = "(0, 1]" if closed_at_one else "(0, 1)"
+    if not torch.is_floating_point(timesteps):
+        raise ValueError(f"timesteps must be a floating tensor of t in {interval}, got {timesteps.dtype}")
+    if tuple(timesteps.shape) not in shapes:
+        raise ValueError(f"timesteps shape {tuple(timesteps.shape)} must be {' or '.join(map(str, shapes))}")
+    if check_values:
+        low, high = torch.stack(torch.aminmax(timesteps.float())).tolist()  # NaN fails both comparisons
+        if not (low > 0 and (high <= 1 if closed_at_one else high < 1)):
+            raise ValueError(f"timesteps must lie in {interval} (t is a mask rate; the NELBO weight 1/t is infinite at "
+                             f"t = 0), got min {low}, max {high}")
 
 
 # ---- shared DiT (end) ----
@@ -371,9 +403,10 @@ class MdlmModel(MdlmPreTrainedModel):
         config = self.config
         check_token_ids(input_ids, config.vocab_size, config.max_position_embeddings,
                         self._values_checked(input_ids), "input_ids")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
-                             f"{tuple(input_ids.shape)}")
+        check_attention_mask(attention_mask, input_ids, self._values_checked(input_ids))
+        if timesteps is not None:  # with noise_eps = 0, sigma(1) = -log(0): t = 1 is outside the schedule
+            check_timesteps(timesteps, [(input_ids.shape[0],)], self._values_checked(timesteps),
+                            closed_at_one=config.noise_eps > 0)
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         batch, length = input_ids.shape
         conditioning = F.silu(self.time_embedder(self.conditioning_sigma(batch, input_ids.device, timesteps, sigma)))
@@ -438,6 +471,10 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
         one t per sequence) the loss is this draw's NELBO estimate: sum over masked positions of w(t) * -log p(x_0 |
         x_t), divided by the number of positions with a label (all real tokens, masked or not, as the original).
         Returns raw logits; apply `subs_log_probs` for the SUBS distribution."""
+        if labels is not None:
+            check_clean_labels(labels, input_ids, self.config, self._values_checked(labels))
+            if timesteps is None:
+                raise ValueError("the NELBO needs timesteps: the t of each sequence's noise draw, shape (batch,)")
         outputs = self.mdlm(input_ids, attention_mask, timesteps, sigma, output_hidden_states, return_dict=True)
         logits = self.output_layer(outputs.last_hidden_state, outputs.conditioning)
         loss = None
@@ -447,9 +484,6 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
         return output if return_dict in (None, True) else output.to_tuple()
 
     def _nelbo(self, logits, noisy_ids, labels, timesteps) -> torch.Tensor:
-        check_clean_labels(labels, noisy_ids, self.config, self._values_checked(labels))
-        if timesteps is None or timesteps.numel() != labels.shape[0]:
-            raise ValueError("the NELBO needs timesteps: the t of each sequence's noise draw, shape (batch,)")
         weights = self.noise_schedule(timesteps.reshape(-1))[1][:, None]
         terms = masked_diffusion_nelbo(logits, noisy_ids, labels, weights, self.config.mask_token_id)
         return terms.sum() / (labels != -100).sum().clamp(min=1)
@@ -509,12 +543,13 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
         move_chance = self.noise_schedule(times)[0]
         logits, changed = None, None
         for step in range(num_steps):
-            timesteps = times[step].expand(noisy.shape[0])
+            # Only the conditioning reads t (ddpm_cache has none); with noise_eps = 0, t = 1 is outside its schedule
+            timesteps = times[step].expand(noisy.shape[0]) if self.config.time_conditioning else None
             if logits is None:
                 logits = self(input_ids=noisy, timesteps=timesteps).logits
             elif changed.any():  # ddpm_cache: only the sequences that changed are denoised again
                 rows = changed.nonzero()[:, 0]
-                logits[rows] = self(input_ids=noisy[rows], timesteps=timesteps[rows]).logits
+                logits[rows] = self(input_ids=noisy[rows]).logits
             stay_masked = move_chance[step + 1] / move_chance[step]
             updated = reveal_tokens(noisy, logits, stay_masked, self.config.mask_token_id, generator, top_p)
             changed = (updated != noisy).any(dim=1)

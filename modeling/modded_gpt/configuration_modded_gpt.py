@@ -6,6 +6,8 @@ The speedrun changes its architecture from record to record; every choice that d
 reads is a named field here, so that a converted checkpoint states what it is.
 """
 
+import math
+
 from transformers import PretrainedConfig
 
 LOGIT_SOFTCAPS = ("sigmoid", "isru", "none")
@@ -172,6 +174,23 @@ class ModdedGptConfig(PretrainedConfig):
         tie_word_embeddings=False,
         **kwargs,
     ):
+        check_fields(
+            positive_ints=dict(vocab_size=vocab_size, tokenizer_vocab_size=tokenizer_vocab_size,
+                               hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                               num_attention_heads=num_attention_heads, head_dim=head_dim,
+                               intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+                               sliding_window_num_blocks=sliding_window_num_blocks,
+                               window_block_size=window_block_size, num_scalars=num_scalars),
+            non_negative_ints=dict(block_lambdas_offset=block_lambdas_offset,
+                                   value_lambdas_offset=value_lambdas_offset),
+            positive_numbers=dict(rotary_base=rotary_base, attention_scale=attention_scale,
+                                  logit_softcap_cap=logit_softcap_cap,
+                                  logit_softcap_temperature=logit_softcap_temperature,
+                                  initializer_range=initializer_range),
+            optional=("intermediate_size", "sliding_window_num_blocks", "num_scalars", "block_lambdas_offset",
+                      "value_lambdas_offset", "logit_softcap_temperature"),
+        )
+        check_token_ids(tokenizer_vocab_size, dict(kwargs, eot_token_id=eot_token_id))
         layout = small_track_layout(num_hidden_layers)
         given = dict(attention_input_norm=attention_input_norm, value_norm=value_norm,
                      layers_without_attention=layers_without_attention, attention_windows=attention_windows,
@@ -224,9 +243,6 @@ class ModdedGptConfig(PretrainedConfig):
         if not 0 < self.tokenizer_vocab_size <= self.vocab_size:
             raise ValueError(f"tokenizer_vocab_size ({self.tokenizer_vocab_size}) must lie in (0, vocab_size="
                              f"{self.vocab_size}]: vocab_size is the padded row count of embeddings and head")
-        if self.eot_token_id is not None and not 0 <= self.eot_token_id < self.tokenizer_vocab_size:
-            raise ValueError(f"eot_token_id ({self.eot_token_id}) must be a real token id "
-                             f"(< tokenizer_vocab_size={self.tokenizer_vocab_size})")
         if self.num_attention_heads * self.head_dim != self.hidden_size:
             raise ValueError(f"num_attention_heads * head_dim ({self.num_attention_heads} * {self.head_dim}) must "
                              f"equal hidden_size ({self.hidden_size}): value embeddings are added to every head's "
@@ -284,6 +300,48 @@ class ModdedGptConfig(PretrainedConfig):
             for k in range(2):
                 claim(self.block_lambdas_offset + 2 * layer + k, f"block {layer} lambdas")
                 claim(self.value_lambdas_offset + 2 * layer + k, f"block {layer} value lambdas")
+
+
+# ---- shared field checks (begin): identical in every configuration_<type>.py (tests/models/test_input_validation.py);
+# each exported configuration file must stand alone, so every architecture carries the same copy. ----
+
+FIELD_RULES = {"positive_ints": "an int > 0", "non_negative_ints": "an int >= 0",
+               "positive_numbers": "a finite number > 0", "probabilities": "a number in [0, 1)"}
+
+
+def check_fields(optional=(), **rules) -> None:
+    """Refuse a config field whose value breaks its rule, naming the field and the value. Each keyword is a rule of
+    `FIELD_RULES` mapping field names to values; fields in `optional` may also be None (their default is derived).
+    Called before any arithmetic on the fields, so that '32' or True is named instead of failing later."""
+    for rule, fields in rules.items():
+        for name, value in fields.items():
+            if not (value is None and name in optional or follows_rule(rule, value)):
+                raise ValueError(f"config field {name} must be {FIELD_RULES[rule]}"
+                                 f"{' or None' if name in optional else ''}, got {value!r}")
+
+
+def follows_rule(rule: str, value) -> bool:
+    # bool is an int subclass, and True would pass as 1 layer
+    if isinstance(value, bool) or not isinstance(value, int if rule.endswith("_ints") else (int, float)):
+        return False
+    if rule == "probabilities":
+        return 0 <= value < 1
+    return value >= 0 if rule == "non_negative_ints" else math.isfinite(value) and value > 0
+
+
+def check_token_ids(vocab_size: int, fields: dict) -> None:
+    """Every `*_token_id` among `fields` (a config's keyword arguments; None: unset; a list: several, as `eos_token_id`
+    may be) must lie in the vocabulary [0, vocab_size)."""
+    for name, value in fields.items():
+        if not name.endswith("_token_id"):
+            continue
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if token_id is not None and not (follows_rule("non_negative_ints", token_id) and token_id < vocab_size):
+                raise ValueError(f"config field {name} must be a token id in [0, {vocab_size}) or None, "
+                                 f"got {value!r}")
+
+
+# ---- shared field checks (end) ----
 
 
 __all__ = ["ModdedGptConfig"]

@@ -260,6 +260,9 @@ def check_inputs(input_ids, attention_mask, past_length, config, check_values):
     if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got {input_ids.dtype} "
                          f"{tuple(input_ids.shape)}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): a batch needs at least one sequence of "
+                         "at least one token")
     total = past_length + input_ids.shape[1]
     if total > config.max_position_embeddings:
         raise ValueError(f"Sequence length {total} (cached {past_length} + new {input_ids.shape[1]}) exceeds "
@@ -267,12 +270,35 @@ def check_inputs(input_ids, attention_mask, past_length, config, check_values):
     if attention_mask is not None and attention_mask.shape != (input_ids.shape[0], total):
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be (batch, cached + new tokens) = "
                          f"{(input_ids.shape[0], total)}")
-    if input_ids.numel() and check_values:
+    if check_values:
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
         if low < 0 or high >= config.tokenizer_vocab_size:
             raise ValueError(f"input_ids contain ids outside [0, {config.tokenizer_vocab_size}) (min {low}, max "
                              f"{high}): the tokenizer does not match this model's vocabulary (tokenizer_vocab_size; "
                              f"rows up to vocab_size={config.vocab_size} are padding)")
+    if attention_mask is not None and check_values and not bool(attention_mask.bool().any(dim=1).all()):
+        raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
+
+
+# ---- shared position checks (begin): identical in modeling_backpack.py and modeling_modded_gpt.py
+# (tests/models/test_input_validation.py); each exported modeling file must stand alone. ----
+
+
+def check_position_ids(position_ids: torch.Tensor, input_ids: torch.Tensor, max_positions: int, check_values: bool):
+    """Given `position_ids`: integers, (batch or 1, new tokens), each in [0, max_position_embeddings)."""
+    batch, length = input_ids.shape
+    if position_ids.dtype not in (torch.int64, torch.int32) or position_ids.dim() != 2 or \
+            position_ids.shape[1] != length or position_ids.shape[0] not in (1, batch):
+        raise ValueError(f"position_ids must be an integer tensor of shape ({batch} or 1, {length}), got "
+                         f"{position_ids.dtype} {tuple(position_ids.shape)}")
+    if check_values:
+        low, high = torch.stack(torch.aminmax(position_ids)).tolist()  # one host-device sync, not two
+        if low < 0 or high >= max_positions:
+            raise ValueError(f"position_ids must lie in [0, max_position_embeddings={max_positions}), got min {low}, "
+                             f"max {high}")
+
+
+# ---- shared position checks (end) ----
 
 
 class ModdedGptModel(ModdedGptPreTrainedModel):
@@ -366,10 +392,9 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         else:
             keys = torch.arange(past_length + length, device=device).expand(batch, -1)
         if position_ids is not None:
-            if position_ids.shape != input_ids.shape:
-                raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must match input_ids "
-                                 f"{tuple(input_ids.shape)}")
-            keys = torch.cat([keys[:, :past_length], position_ids.to(device)], dim=1)
+            check_position_ids(position_ids, input_ids, self.config.max_position_embeddings,
+                               self._values_checked(position_ids))
+            keys = torch.cat([keys[:, :past_length], position_ids.to(device).expand(batch, -1)], dim=1)
         return keys[:, past_length:], keys
 
     def _documents(self, input_ids, document_ids, past_length):
@@ -517,6 +542,8 @@ class ModdedGptForSequenceClassification(ModdedGptPreTrainedModel):
         return output if return_dict in (None, True) else output.to_tuple()
 
     def classification_loss(self, logits, labels):
+        if labels.dim() == 0 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"labels shape {tuple(labels.shape)} must start with the batch size {logits.shape[0]}")
         problem = self.config.problem_type
         if problem is None:
             problem = "regression" if self.num_labels == 1 else (
