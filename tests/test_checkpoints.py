@@ -218,3 +218,20 @@ def test_every_hubzoo_trainer_saves_complete_checkpoints():
     for trainer_class in (MaskedDiffusionTrainer, MaskedLMTrainer, CausalLMTrainer, LatentWireTrainer,
                           ClassificationTrainer):
         assert issubclass(trainer_class, CompleteCheckpointsMixin), trainer_class
+
+
+def test_a_checkpoint_is_pushed_only_when_complete(tmp_path, monkeypatch):
+    """With push_to_hub, Trainer pushes from inside its save; the push must see the published checkpoint, EMA and
+    export included, not the staging folder."""
+    pushed = []
+
+    def record(self, checkpoint_folder):
+        pushed.append((Path(checkpoint_folder), {path.name for path in Path(checkpoint_folder).iterdir()}))
+
+    monkeypatch.setattr(Trainer, "_push_from_checkpoint", record)
+    monkeypatch.setattr(Trainer, "init_hf_repo", lambda self, token=None: None)
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.args.push_to_hub = True
+    trainer.train()
+    assert [folder for folder, _ in pushed] == [tmp_path / "checkpoint-2"]
+    assert COMPLETE <= pushed[0][1]

@@ -144,6 +144,14 @@ class CompleteCheckpointsMixin:
             logger.info("%s complete: %s", name, ", ".join(sorted(path.name for path in target.iterdir())))
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(str(target))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer pushes from inside its save, i.e. from the staging folder before the extras are in: push the
+        checkpoint once it is complete instead (`_save_checkpoint`)."""
+        if not self._saving_to_staging:
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def _point_best_checkpoint_at(self, run_dir, staged: Path) -> None:
         """Trainer recorded the best checkpoint where it wrote it (the staging folder): point it at the visible one,
