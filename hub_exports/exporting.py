@@ -13,6 +13,7 @@ import copy
 import ctypes
 import errno
 import functools
+import glob
 import hashlib
 import itertools
 import json
@@ -407,11 +408,33 @@ def recover_killed_exports(out_dir) -> None:
     """Clean up after exports into `out_dir`'s parent that were killed: put back an earlier export that a kill left
     inside a staging folder (between the two renames of the fallback swap) and delete every staging folder of a dead
     export. Only folders provably ours are touched (see `_abandoned`)."""
-    parent = Path(os.path.abspath(out_dir)).parent
+    target = Path(os.path.abspath(out_dir))
+    parent = target.parent
     for staging in sorted(parent.glob("staging_*")) if parent.is_dir() else ():
         if _abandoned(staging):
             logger.info("removing %s, left by an export that was killed", staging)
             _discard_staging(staging)
+    _recover_old_swaps(target)
+
+
+def _recover_old_swaps(target: Path) -> None:
+    """hubzoo 0.1.0 swapped by renaming the old export to `<target>.old-<pid>` first; a kill there left no export at
+    the target. Such a folder of a dead process that is a hubzoo export (a manifest, nothing beyond its files) is
+    put back when the target is missing, and deleted (as that swap would have) when the target holds an export."""
+    for old in sorted(target.parent.glob(f"{glob.escape(target.name)}.old-*")):
+        pid = old.name.rpartition(".old-")[2]
+        if not pid.isdigit() or _running(int(pid)) or old.is_symlink() or not (old / MANIFEST).is_file():
+            continue
+        try:
+            check_export_target(old)
+        except ValueError:
+            continue
+        if not os.path.lexists(target):
+            old.rename(target)
+            logger.warning("put the earlier export back at %s (an older hubzoo was killed while replacing it)", target)
+        elif (target / MANIFEST).is_file():
+            logger.info("removing %s, an earlier export an older hubzoo's swap left behind", old)
+            shutil.rmtree(old)
 
 
 def _make_staging(target: Path) -> Path:

@@ -337,6 +337,20 @@ def test_verify_puts_back_an_export_left_between_the_two_renames(exported, tmp_p
     assert snapshot(tmp_path / "existing") == snapshot(exported)
 
 
+def test_an_export_left_aside_by_the_old_swap_is_put_back_or_removed(exported, tmp_path, capsys):
+    """hubzoo 0.1.0's swap left `<target>.old-<pid>` and no target after a kill: verify puts it back; once the target
+    holds an export again, the next export removes such a leftover. A folder of a live process stays."""
+    dead = dead_pid()
+    shutil.copytree(exported, tmp_path / f"existing.old-{dead}")
+    assert cli(["verify", str(tmp_path / "existing")]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    shutil.copytree(exported, tmp_path / f"existing.old-{dead}")
+    shutil.copytree(exported, tmp_path / f"existing.old-{os.getpid()}")
+    export(tiny_model(), tiny_tokenizer(64), tmp_path / "existing", run_verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", f"existing.old-{os.getpid()}"]
+
+
 def test_the_next_export_removes_only_staging_folders_of_dead_exports(tmp_path):
     dead = dead_pid()
 
