@@ -430,11 +430,19 @@ def _recover_old_swaps(target: Path) -> None:
         except ValueError:
             continue
         if not os.path.lexists(target):
+            if not _holds_every_recorded_file(old):  # its deletion was killed half-way: not an export to put back
+                logger.warning("%s is an incomplete earlier export; left as it is", old)
+                continue
             old.rename(target)
             logger.warning("put the earlier export back at %s (an older hubzoo was killed while replacing it)", target)
         elif (target / MANIFEST).is_file():
             logger.info("removing %s, an earlier export an older hubzoo's swap left behind", old)
             shutil.rmtree(old)
+
+
+def _holds_every_recorded_file(folder: Path) -> bool:
+    recorded = read_json_object(folder / MANIFEST).get("files")
+    return isinstance(recorded, dict) and all((folder / name).is_file() for name in recorded)
 
 
 def _make_staging(target: Path) -> Path:
@@ -490,6 +498,10 @@ def _discard_staging(staging: Path) -> None:
         if previous.is_dir() and not os.path.lexists(target):
             previous.rename(target)
             logger.warning("put the earlier export back at %s (an export was killed while replacing it)", target)
+        elif previous.is_dir() and not (target / MANIFEST).is_file():
+            # Something other than an export took the target's place since: the earlier export is all there is.
+            logger.warning("%s holds no export, so the earlier one is kept in %s", target, staging)
+            return
         for entry in staging.iterdir():
             if entry.name != STAGING_MARKER:
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()

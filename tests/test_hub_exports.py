@@ -351,6 +351,26 @@ def test_an_export_left_aside_by_the_old_swap_is_put_back_or_removed(exported, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", f"existing.old-{os.getpid()}"]
 
 
+def test_recovery_never_puts_back_a_partial_export_nor_drops_the_only_one(exported, tmp_path):
+    """An `.old-<pid>` whose deletion was killed half-way is not put back as the export; an earlier export parked in
+    a staging folder is kept while the target holds something that is not an export."""
+    from hub_exports.exporting import recover_killed_exports
+
+    dead = dead_pid()
+    partial = Path(shutil.copytree(exported, tmp_path / f"existing.old-{dead}"))
+    (partial / "model.safetensors").unlink()
+    recover_killed_exports(tmp_path / "existing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
+    shutil.rmtree(partial)
+    staging = tmp_path / f"staging_existing_{dead}_0123abcd"
+    shutil.copytree(exported, staging / "existing.previous")
+    (staging / "hubzoo_staging.json").write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "notes.txt").write_text("mine")
+    recover_killed_exports(tmp_path / "existing")
+    assert snapshot(staging / "existing.previous") == snapshot(exported)
+
+
 def test_the_next_export_removes_only_staging_folders_of_dead_exports(tmp_path):
     dead = dead_pid()
 
