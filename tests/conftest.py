@@ -27,3 +27,16 @@ def _isolated_hf_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_MODULES_CACHE", str(base / "hf_modules"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+# Markers that transformers' common tests (tests/transformers_common) put on their tests; its own conftest, which
+# registers them, is not in the sdist. `--strict-markers` stays on for ours.
+TRANSFORMERS_MARKERS = ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
+                        "torch_compile_test", "torch_export_test", "is_staging_test", "is_pipeline_test",
+                        "is_agent_test", "is_training_test", "is_tensor_parallel_test", "is_expert_parallel_test",
+                        "is_fsdp_test", "order", "generate", "bitsandbytes", "not_device_test")
+
+
+def pytest_configure(config):
+    for marker in TRANSFORMERS_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: set by transformers' common tests")

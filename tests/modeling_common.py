@@ -30,6 +30,8 @@ NON_SKIPPABLE = {
 ALLOWED_TRANSFORMERS_MODULES = {
     "transformers", "transformers.modeling_outputs", "transformers.activations", "transformers.utils.logging",
     "transformers.generation",
+    # The transformers contract (issue 15): checkpointable blocks, the attention interface, the cache classes.
+    "transformers.modeling_layers", "transformers.modeling_utils", "transformers.cache_utils",
 }
 # Version-dependent internals that exported code must not use (transformers_v5.md §2).
 PRIVATE_TRANSFORMERS_NAMES = {"auto_docstring", "can_return_tuple", "capture_outputs", "check_model_inputs",
