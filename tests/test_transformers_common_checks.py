@@ -76,6 +76,25 @@ class IgnoresPaddingLlama(LlamaForCausalLM):
         return super().forward(input_ids, attention_mask, *args, **kwargs)
 
 
+class DropsEmbeddingHiddenLlama(LlamaForCausalLM):
+    """Returns the block outputs as hidden_states but not the embeddings before them (one entry short)."""
+
+    @functools.wraps(LlamaForCausalLM.forward)
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        if output.hidden_states is not None:
+            output.hidden_states = output.hidden_states[1:]
+        return output
+
+
+class MisreadsEmbedsLlama(LlamaForCausalLM):
+    """Scales the `inputs_embeds` it is given, so they no longer stand for the same ids."""
+
+    @functools.wraps(LlamaForCausalLM.forward)
+    def forward(self, *args, inputs_embeds=None, **kwargs):
+        return super().forward(*args, inputs_embeds=None if inputs_embeds is None else 2 * inputs_embeds, **kwargs)
+
+
 @functools.lru_cache(maxsize=None)
 def _logit_offsets(size):
     # The known bug: a module-level cache of a tensor table, filled by whichever call comes first (a trace too).
@@ -148,9 +167,10 @@ def assert_pass(outcome, *names):
 def test_ignoring_the_cache_is_caught():
     outcome = run_checks(IgnoresCacheLlama, "test_greedy_generate_matches_forward_loop",
                          "test_sample_generate_cache_equivalence", "test_beam_search_generate_cache_equivalence",
-                         "test_generate_continues_from_cache", "test_left_padding_compatibility")
+                         "test_generate_continues_from_cache", "test_cache_format", "test_left_padding_compatibility")
     assert_fail(outcome, "test_greedy_generate_matches_forward_loop", "test_sample_generate_cache_equivalence",
-                "test_beam_search_generate_cache_equivalence", "test_generate_continues_from_cache")
+                "test_beam_search_generate_cache_equivalence", "test_generate_continues_from_cache",
+                "test_cache_format")
     assert_pass(outcome, "test_left_padding_compatibility")  # full forwards: the cache plays no part
 
 
@@ -173,6 +193,19 @@ def test_a_host_side_value_check_is_caught():
                          "test_eager_after_tracing")
     assert_fail(outcome, "test_torch_export", "test_torch_compile_fullgraph")
     assert_pass(outcome, "test_eager_after_tracing")  # nothing cached, eager is unharmed
+
+
+def test_missing_hidden_state_is_caught():
+    outcome = run_checks(DropsEmbeddingHiddenLlama, "test_generate_dict_outputs", "test_cache_format")
+    assert_fail(outcome, "test_generate_dict_outputs")
+    assert_pass(outcome, "test_cache_format")
+
+
+def test_misread_inputs_embeds_are_caught():
+    outcome = run_checks(MisreadsEmbedsLlama, "test_generate_from_inputs_embeds",
+                         "test_greedy_generate_matches_forward_loop")
+    assert_fail(outcome, "test_generate_from_inputs_embeds")
+    assert_pass(outcome, "test_greedy_generate_matches_forward_loop")  # ids only there
 
 
 def test_static_cache_shape_error_is_caught_and_a_clear_refusal_accepted():
