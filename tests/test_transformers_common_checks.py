@@ -6,7 +6,7 @@ import functools
 import unittest
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from tests.transformers_common.export_checks import ExportTesterMixin
 from tests.transformers_common.generation_checks import GenerationTesterMixin
@@ -141,6 +141,14 @@ class RefusesStaticLlama(LlamaForCausalLM):
         return super().generate(*args, **kwargs)
 
 
+def skip_reasons(name, **attributes):
+    case = type("ChecksFlags", (TinyLlamaChecks, unittest.TestCase), attributes)
+    result = unittest.TestResult()
+    case(name).run(result)
+    assert not result.failures and not result.errors, result.failures + result.errors
+    return [reason for _, reason in result.skipped]
+
+
 def run_checks(model_class, *names):
     """Run the named checks of our mixins on `model_class`; map each name to its failures (empty: it passed)."""
     case = type(f"Checks{model_class.__name__}", (TinyLlamaChecks, unittest.TestCase),
@@ -211,3 +219,10 @@ def test_misread_inputs_embeds_are_caught():
 def test_static_cache_shape_error_is_caught_and_a_clear_refusal_accepted():
     assert_fail(run_checks(StaticShapeErrorLlama, "test_static_cache_generate"), "test_static_cache_generate")
     assert_pass(run_checks(RefusesStaticLlama, "test_static_cache_generate"), "test_static_cache_generate")
+
+
+def test_flags_and_missing_classes_skip_with_a_reason():
+    assert "test_torch_exportable = False" in " ".join(skip_reasons("test_torch_export", test_torch_exportable=False))
+    # A base model cannot generate: the generation checks say so instead of passing over no class.
+    assert "no class that can generate" in " ".join(skip_reasons("test_greedy_generate_matches_forward_loop",
+                                                                all_model_classes=(LlamaModel,)))
