@@ -347,7 +347,8 @@ class LtgBertPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
             shape = input_ids.shape
         if shape.numel() == 0:
-            raise ValueError(f"the input is empty (batch and length {tuple(shape)}): a batch needs at least one "
+            name = "input_ids" if inputs_embeds is None else "inputs_embeds"
+            raise ValueError(f"{name} is empty (batch and length {tuple(shape)}): a batch needs at least one "
                              "sequence of at least one token")
         if shape[1] > self.config.max_position_embeddings:
             raise ValueError(
