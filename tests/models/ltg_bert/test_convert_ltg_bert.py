@@ -66,6 +66,7 @@ def test_flex_attention_matches_the_original_wrapper(fixture_dir):
     """flex_attention adds the relative-position bias in its score_mod; the outputs are the original's."""
     model = convert_ltg_bert(fixture_dir, "per_head_interleaved", pad_token_id=3)
     model.set_attn_implementation("flex_attention")
+    assert all(layer.attention.config._attn_implementation == "flex_attention" for layer in model.ltg_bert.layers)
     inputs = load_file(fixture_dir / "inputs.safetensors")
     with torch.no_grad():  # torch 2.13's flex attention has no backward on CPU
         logits = model(**inputs).logits
