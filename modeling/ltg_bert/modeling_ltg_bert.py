@@ -125,8 +125,9 @@ class LtgBertAttention(nn.Module):
     The two position terms depend on the query and key content, so they differ per batch row and head; but they enter
     the scores only as an addition before the softmax. They are computed here, padding is written into them, and the
     result goes to transformers' attention interface as the (B, H, T, T) float `attention_mask`: "eager" (our
-    explicit softmax, which can return the probabilities), "sdpa" (a float `attn_mask` is added to the scores) and
-    "flex_attention" (a `score_mod` adds the mask) all compute exactly the original's attention. Flash-attention
+    explicit softmax, which can return the probabilities) and "sdpa" (a float `attn_mask` is added to the scores);
+    "flex_attention" gets it as the per-head `position_bias` its `score_mod` adds (transformers 5 only, see
+    `_flex_attention`). All three compute exactly the original's attention. Flash-attention
     kernels take only a padding mask, not an arbitrary bias, so the model does not claim them.
     """
 

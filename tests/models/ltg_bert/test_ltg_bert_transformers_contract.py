@@ -10,7 +10,6 @@ import torch
 from transformers import AutoModelForMaskedLM
 
 from modeling.ltg_bert import (
-    LtgBertConfig,
     LtgBertForMaskedLM,
     LtgBertForSequenceClassification,
     LtgBertForTokenClassification,
