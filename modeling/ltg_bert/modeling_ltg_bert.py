@@ -18,7 +18,9 @@ Deliberate deviations from the original wrapper:
     token ids outside the vocabulary raise a `ValueError` instead of an index error or a device-side assert (on an
     accelerator unless `check_values_on_device` was turned off, as hubzoo's trainers do while their collator checks
     every batch on the CPU).
-  * attention runs through `scaled_dot_product_attention` with the relative-position terms as an additive bias.
+  * attention runs through transformers' attention interface (`attn_implementation` "eager", "sdpa" or
+    "flex_attention") with the relative-position terms and the padding folded into one additive float score bias; see
+    `LtgBertAttention` for why no other implementation can run this model exactly.
   * relative-position bucket indices are derived from the config at run time instead of being stored in checkpoints.
 """
 
@@ -30,12 +32,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
     MaskedLMOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_ltg_bert import LtgBertConfig
 
@@ -63,13 +67,36 @@ def relative_position_buckets(seq_len: int, bucket_size: int, max_position: int)
 
 
 @functools.lru_cache(maxsize=8)
+def _cached_relative_position_table(bucket_size: int, max_position: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return relative_position_buckets(max_position, bucket_size, max_position).to(device)
+
+
 def relative_position_table(bucket_size: int, max_position: int, device: torch.device) -> torch.Tensor:
     """The buckets of every (i, j) up to `max_position`, on `device`, computed once: callers slice `[:T, :T]` (a
     bucket depends on i - j only, so the slice equals the buckets of length T, as the original's buffer was used).
     Cached because a copy from pageable host memory at every forward would synchronise host and device each step;
-    built outside inference mode, so that a first call under `torch.inference_mode()` caches a normal tensor."""
-    with torch.inference_mode(False):
+    built outside inference mode, so that a first call under `torch.inference_mode()` caches a normal tensor.
+
+    While torch.compile / torch.export trace, the table is built afresh and never cached: a tensor made during a trace
+    is a fake (or functional) tensor, and caching it would hand it to every later eager forward in the process."""
+    if torch.compiler.is_compiling():
         return relative_position_buckets(max_position, bucket_size, max_position).to(device)
+    return _cached_relative_position_table(bucket_size, max_position, device)
+
+
+# The attention implementations that add a dense float mask to the scores, which is how the relative-position terms
+# enter (see `LtgBertAttention`); flash-attention kernels and serving backends take no such bias.
+EXACT_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention")
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Explicit softmax attention: `softmax(scaling * q k^T + attention_mask) v`. `attention_mask` is the additive
+    float bias (relative-position terms and padding), `(B, H, T, T)`. Returns the output as `(B, T, H, head_dim)`,
+    like transformers' attention functions, and the probabilities (before dropout)."""
+    probs = (torch.matmul(query, key.transpose(-1, -2)) * scaling + attention_mask).softmax(dim=-1)
+    output = torch.matmul(F.dropout(probs, p=dropout, training=module.training), value)
+    return output.transpose(1, 2).contiguous(), probs
 
 
 class LtgBertEmbeddings(nn.Module):
@@ -83,13 +110,29 @@ class LtgBertEmbeddings(nn.Module):
         self.relative_embeddings = nn.Parameter(torch.empty(2 * config.position_bucket_size - 1, config.hidden_size))
         self.relative_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.dropout(self.word_layer_norm(self.word_embeddings(input_ids)))
+    def forward(self, input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        # `inputs_embeds` stand in for the word-embedding lookup; the normalisation applies to both, as in BERT.
+        embeds = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        hidden = self.dropout(self.word_layer_norm(embeds))
         relative = self.relative_layer_norm(self.relative_embeddings)  # (2 * bucket - 1, D), shared by all layers
         return hidden, relative
 
 
 class LtgBertAttention(nn.Module):
+    """Disentangled self-attention: content-content scores plus content-to-position and position-to-content terms.
+
+    The two position terms depend on the query and key content, so they differ per batch row and head; but they enter
+    the scores only as an addition before the softmax. They are computed here, padding is written into them, and the
+    result goes to transformers' attention interface as the (B, H, T, T) float `attention_mask`: "eager" (our
+    explicit softmax, which can return the probabilities) and "sdpa" (a float `attn_mask` is added to the scores);
+    "flex_attention" gets it as the per-head `position_bias` its `score_mod` adds (transformers 5 only, see
+    `_flex_attention`). All three compute exactly the original's attention. Flash-attention
+    kernels take only a padding mask, not an arbitrary bias, so the model does not claim them.
+    """
+
+    is_causal = False  # an encoder: every token sees every other (read by transformers' sdpa function)
+
     def __init__(self, config: LtgBertConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
@@ -158,24 +201,48 @@ class LtgBertAttention(nn.Module):
         query, key = self.qk_proj(normed).chunk(2, dim=-1)
         query, key, value = self._split_heads(query), self._split_heads(key), self._split_heads(self.v_proj(normed))
         # Scaling the keys before the products (instead of the scores after) follows the original's operation order,
-        # which keeps converted checkpoints within float32 rounding of the reference outputs.
+        # which keeps converted checkpoints within float32 rounding of the reference outputs; hence `scaling=1.0`.
         key = key * self.scale
         bias = self._position_bias(query, key, relative, buckets)
         if padding is not None:  # (B, 1, 1, T), True at padded keys; filled in place of adding a float32 mask, which
             # under bf16 autocast made the (B, H, T, T) bias float32
             bias = bias.masked_fill(padding, torch.finfo(bias.dtype).min)
         dropout_p = self.dropout_prob if self.training else 0.0
-        if output_attentions or self.config._attn_implementation == "eager":
-            probs = (torch.matmul(query, key.transpose(-1, -2)) + bias).softmax(dim=-1)
-            context = torch.matmul(F.dropout(probs, p=dropout_p, training=self.training), value)
-            probs = probs if output_attentions else None
+        attention = self._attention_function(output_attentions)
+        if attention is not eager_attention_forward and self.config._attn_implementation == "flex_attention":
+            context, probs = self._flex_attention(attention, query, key, value, bias, dropout_p), None
         else:
-            probs = None
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p, scale=1.0)
-        batch, _, seq_len, _ = context.shape
-        context = context.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)  # (B, T, D)
+            context, probs = attention(self, query, key, value, bias, scaling=1.0, dropout=dropout_p)
+        batch, seq_len = context.shape[:2]
+        context = context.reshape(batch, seq_len, self.num_heads * self.head_dim)  # (B, T, D)
         output = self.output_dropout(self.post_layer_norm(self.out_proj(context)))
-        return output, probs
+        return output, (probs if output_attentions else None)
+
+    def _attention_function(self, output_attentions: bool):
+        """The function `config._attn_implementation` names in transformers' attention interface; ours for "eager".
+        The probabilities exist only on the explicit path, so asking for them runs it whatever the implementation."""
+        implementation = self.config._attn_implementation or "eager"
+        if implementation not in EXACT_ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={implementation!r} cannot run LTG-BERT: its relative-position terms are an "
+                f"additive score bias, which only {', '.join(EXACT_ATTENTION_IMPLEMENTATIONS)} apply."
+            )
+        if output_attentions or implementation == "eager":
+            return eager_attention_forward
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5
+            return ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        return ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]  # transformers 4.57: no `get_interface`
+
+    def _flex_attention(self, attention, query, key, value, bias, dropout_p):
+        """transformers 5's flex function adds `position_bias[b, h, i, j]` in its `score_mod`: the whole bias, padding
+        included, goes there. (Its `attention_mask` tensor path adds `mask[b][0][i][j]`, one bias per row shared by
+        the heads, which is not this model's math, and that chained indexing crashes torch 2.13's compiled CPU
+        kernel.) transformers 4.57's flex function has no per-head bias, so it is refused there."""
+        if "position_bias" not in attention.__code__.co_varnames:
+            raise ValueError("attn_implementation='flex_attention' needs transformers 5, whose flex_attention function "
+                             "takes a per-head position_bias; use 'sdpa' (the same math) on this version")
+        context, _ = attention(self, query, key, value, None, scaling=1.0, dropout=dropout_p, position_bias=bias)
+        return context
 
 
 class LtgBertDepthScaledLinear(nn.Linear):
@@ -211,7 +278,11 @@ class LtgBertFeedForward(nn.Module):
         return self.dropout(self.down_proj(self.mid_layer_norm(geglu)))
 
 
-class LtgBertLayer(nn.Module):
+class LtgBertLayer(GradientCheckpointingLayer):
+    """One encoder layer. A `GradientCheckpointingLayer`: `gradient_checkpointing_enable` makes calling it recompute
+    its activations in backward (for every `every_n_layers`-th layer); the tensors that need gradients are passed
+    positionally, as reentrant checkpointing requires."""
+
     def __init__(self, config: LtgBertConfig, layer_idx: int):
         super().__init__()
         self.attention = LtgBertAttention(config)
@@ -229,13 +300,21 @@ class LtgBertPreTrainedModel(PreTrainedModel):
     base_model_prefix = "ltg_bert"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LtgBertLayer"]
-    _supports_sdpa = True  # the default; `attn_implementation="eager"` runs the explicit softmax instead
+    # The relative-position terms are an additive score bias, which these apply exactly (see `LtgBertAttention`).
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    # No flash attention (its kernels take no arbitrary score bias), hence no serving backend either: those flags
+    # promise kernels fed through the attention interface with only a padding mask.
+    _supports_flash_attn = False
+    _supports_attention_backend = False
     # The range checks of ids and labels read tensor values: on an accelerator each is a host-device sync, which
     # stalls training. hubzoo's trainers check every batch on the CPU before it moves, then turn this off
     # (`trainers.mlm_trainer`); tensors on the CPU are always checked.
     check_values_on_device = True
 
     def _values_checked(self, tensor: torch.Tensor) -> bool:
+        if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
+            return False
         return tensor.device.type == "cpu" or self.check_values_on_device
 
     @torch.no_grad()
@@ -251,32 +330,43 @@ class LtgBertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, LtgBertEmbeddings):
             nn.init.trunc_normal_(module.relative_embeddings, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> None:
-        if input_ids is None:
-            raise ValueError("input_ids is required")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.numel() == 0:
-            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): a batch needs at least one "
+    def _check_inputs(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor],
+                      inputs_embeds: Optional[torch.Tensor] = None) -> None:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {self.config.hidden_size}), got "
+                                 f"{tuple(inputs_embeds.shape)}")
+            if not inputs_embeds.is_floating_point():
+                raise ValueError(f"inputs_embeds must be a floating-point tensor, got {inputs_embeds.dtype}")
+            shape = inputs_embeds.shape[:2]
+        else:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+            if input_ids.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+            shape = input_ids.shape
+        if shape.numel() == 0:
+            name = "input_ids" if inputs_embeds is None else "inputs_embeds"
+            raise ValueError(f"{name} is empty (batch and length {tuple(shape)}): a batch needs at least one "
                              "sequence of at least one token")
-        if input_ids.shape[1] > self.config.max_position_embeddings:
+        if shape[1] > self.config.max_position_embeddings:
             raise ValueError(
-                f"Sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                f"Sequence length {shape[1]} exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings}); truncate the input."
             )
-        if self._values_checked(input_ids):
+        if input_ids is not None and self._values_checked(input_ids):
             low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
             if low < 0 or high >= self.config.vocab_size:
                 raise ValueError(
                     f"input_ids contain ids outside [0, {self.config.vocab_size}) (min {low}, max {high}); "
                     "the tokenizer does not match this model's vocabulary."
                 )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        if attention_mask is not None and attention_mask.shape != shape:
             raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
-                f"shape {tuple(input_ids.shape)}"
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match the input's (batch, seq_len) "
+                f"{tuple(shape)}"
             )
         if attention_mask is not None and self._values_checked(attention_mask) and \
                 not bool(attention_mask.bool().any(dim=1).all()):
@@ -288,7 +378,6 @@ class LtgBertModel(LtgBertPreTrainedModel):
         super().__init__(config)
         self.embeddings = LtgBertEmbeddings(config)
         self.layers = nn.ModuleList(LtgBertLayer(config, i) for i in range(config.num_hidden_layers))
-        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -304,32 +393,29 @@ class LtgBertModel(LtgBertPreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
     ):
-        """`attention_mask`: 1 for real tokens, 0 for padding; padding is hidden from every key position. Padded
+        """`inputs_embeds` (batch, seq_len, hidden_size) replace the word-embedding lookup of `input_ids`.
+        `attention_mask`: 1 for real tokens, 0 for padding; padding is hidden from every key position. Padded
         query positions are still computed (and should be ignored by the caller)."""
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         return_dict = True if return_dict is None else return_dict
-        self._check_inputs(input_ids, attention_mask)
+        self._check_inputs(input_ids, attention_mask, inputs_embeds)
 
-        hidden, relative = self.embeddings(input_ids)
-        seq_len = input_ids.shape[1]
+        hidden, relative = self.embeddings(input_ids, inputs_embeds)
+        seq_len = hidden.shape[1]
         buckets = relative_position_table(
-            self.config.position_bucket_size, self.config.max_position_embeddings, input_ids.device
+            self.config.position_bucket_size, self.config.max_position_embeddings, hidden.device
         )[:seq_len, :seq_len]
         padding = None if attention_mask is None else (attention_mask == 0)[:, None, None, :]
 
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
-                hidden, probs = self._gradient_checkpointing_func(
-                    layer.__call__, hidden, relative, buckets, padding, output_attentions
-                )
-            else:
-                hidden, probs = layer(hidden, relative, buckets, padding, output_attentions)
+            hidden, probs = layer(hidden, relative, buckets, padding, output_attentions)
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden,)
             if output_attentions:
@@ -411,6 +497,7 @@ class LtgBertForMaskedLM(LtgBertPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         sparse_prediction: bool = False,
+        inputs_embeds: Optional[torch.Tensor] = None,
     ):
         """`labels`: original ids at the positions to predict, -100 elsewhere (padding included). The loss is the mean
         cross-entropy over labelled positions; no shift.
@@ -419,7 +506,8 @@ class LtgBertForMaskedLM(LtgBertPreTrainedModel):
         LTG-BERT training did, and returns their logits flattened to `(num_labelled, vocab_size)` in row-major order
         of `labels`; the loss is unchanged. With 15% of tokens labelled this skips most of the vocabulary projection.
         """
-        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True)
+        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True,
+                                inputs_embeds=inputs_embeds)
         hidden = outputs.last_hidden_state
         loss = None
         if labels is not None:
@@ -463,9 +551,11 @@ class LtgBertForSequenceClassification(LtgBertPreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
     ):
         """Classifies the first position ([CLS]). `labels`: class ids (float targets for regression)."""
-        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True)
+        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True,
+                                inputs_embeds=inputs_embeds)
         logits = self.classifier(outputs.last_hidden_state[:, 0])  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -518,9 +608,11 @@ class LtgBertForTokenClassification(LtgBertPreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
     ):
         """`labels`: a class id per token, -100 for positions to ignore (padding, sub-word continuations)."""
-        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True)
+        outputs = self.ltg_bert(input_ids, attention_mask, output_attentions, output_hidden_states, return_dict=True,
+                                inputs_embeds=inputs_embeds)
         logits = self.classifier(outputs.last_hidden_state)  # (B, T, num_labels)
         loss = None
         if labels is not None:

@@ -62,6 +62,17 @@ def test_parity_with_original_wrapper(fixture_dir, split):
                 == 0).all(), "padded keys must get exactly zero attention"
 
 
+def test_flex_attention_matches_the_original_wrapper(fixture_dir):
+    """flex_attention adds the relative-position bias in its score_mod; the outputs are the original's."""
+    model = convert_ltg_bert(fixture_dir, "per_head_interleaved", pad_token_id=3)
+    model.set_attn_implementation("flex_attention")
+    assert all(layer.attention.config._attn_implementation == "flex_attention" for layer in model.ltg_bert.layers)
+    inputs = load_file(fixture_dir / "inputs.safetensors")
+    with torch.no_grad():  # torch 2.13's flex attention has no backward on CPU
+        logits = model(**inputs).logits
+    assert max_diff(logits, load_file(fixture_dir / "outputs.safetensors")["logits"]) <= 1.5e-5
+
+
 def test_wrong_split_is_far_from_reference(fixture_dir):
     model = convert_ltg_bert(fixture_dir, "chunk_first", pad_token_id=3)
     inputs = load_file(fixture_dir / "inputs.safetensors")
