@@ -62,6 +62,7 @@ def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0"):
         "tied": None if output_embeddings is None
         else output_embeddings.weight.data_ptr() == input_embeddings.weight.data_ptr(),
         "tokenizer_max_id": int(tokenized["input_ids"].max()),
+        "can_generate": model.can_generate(),
         "generate": None if prompt is None or not model.can_generate() else _generate(model, prompt, new_tokens),
     }
     print(json.dumps(report))

@@ -12,8 +12,9 @@
               `transformers_modules`, empty loading info, zero warnings, head tied when the config ties it
   outputs     the fresh process reproduces the outputs recorded at export, its first features and the digest of
               all of them (and the in-memory model's outputs, if given)
-  generate    (classes that can generate) the fresh process generates GENERATE_TOKENS tokens greedily after the
-              start of the first probe text, with and without the cache: no error, no warning, the same tokens
+  generate    (classes that can generate; every AutoModelForCausalLM class must) the fresh process generates
+              GENERATE_TOKENS tokens greedily after the start of the first probe text, with and without the cache:
+              no error, no warning, the same tokens
 """
 
 import json
@@ -255,8 +256,11 @@ def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, pyt
             problems.append(f"outputs differ from the in-memory model by {diff:.3g}")
     detail = "; ".join(problems) or f"{', '.join(details)} (tolerance {atol:g}, {tuple(remote.shape[:2])} probe)"
     checks.append(Check("outputs", not problems, detail))
-    if report.get("generate") is not None:
+    if report["generate"] is not None:
         checks.append(_judge_generation(report["generate"], new_tokens))
+    elif auto_class == "AutoModelForCausalLM":  # loaded as a causal LM, it must generate
+        checks.append(Check("generate", False, f"{report['class_name']} is loaded by AutoModelForCausalLM but cannot "
+                                               "generate (no GenerationMixin)"))
     return checks
 
 
@@ -280,6 +284,8 @@ def _judge_generation(result: dict, new_tokens: int) -> Check:
                         f"{uncached[len(prompt):]} (prompt {prompt})")
     if any(row[:len(prompt)] != prompt for row in (cached, uncached)):
         problems.append("the generated sequence does not start with the prompt")
+    if len(cached) == len(prompt):
+        problems.append("no token generated")
     if len(cached) > len(prompt) + new_tokens:
         problems.append(f"{len(cached) - len(prompt)} tokens generated, {new_tokens} asked for")
     if result["warnings"]:

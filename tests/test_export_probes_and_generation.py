@@ -98,6 +98,15 @@ def test_verify_fails_an_export_whose_cache_changes_the_tokens(backpack_export, 
     assert "differ from those without it" in failed["generate"]
 
 
+def test_verify_fails_a_causal_lm_that_cannot_generate(backpack_export, tmp_path, monkeypatch):
+    """A causal LM whose class lost generation (e.g. GenerationMixin dropped from its bases) is not skipped."""
+    folder = Path(shutil.copytree(backpack_export, tmp_path / "broken"))
+    sabotage(folder, tmp_path, monkeypatch, "BackpackForCausalLM.can_generate = classmethod(lambda cls: False)\n")
+    failed = failed_checks(folder)
+    assert list(failed) == ["generate"], failed
+    assert "cannot generate" in failed["generate"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(GENERATIVE))
 def test_every_generative_export_generates_on_transformers_4_57(name, tmp_path):
