@@ -295,18 +295,34 @@ def output_digest(outputs: torch.Tensor) -> torch.Tensor:
     return torch.stack([part.sum(-1) / part.shape[-1] ** 0.5 for part in slices], dim=-1)
 
 
+def probe_inputs(config, tokenizer) -> tuple:
+    """The probe batch (PROBE_TEXTS, padded) and, per text, what of it was probed.
+
+    Texts are cut to the model's `max_position_embeddings` (a byte-level model with few positions cannot take the
+    longer texts whole, and the model would refuse them); the record says for each text how many tokens it has and
+    how many were probed, so the manifest never claims more than was checked."""
+    limit = getattr(config, "max_position_embeddings", None)
+    # Copies: calling a fast tokenizer with padding or truncation leaves them switched on in its backend, and a later
+    # save of the same tokenizer (the next checkpoint's export) would then ship another tokenizer.json.
+    whole = copy.deepcopy(tokenizer)(PROBE_TEXTS)["input_ids"]
+    cut = {} if limit is None else {"truncation": True, "max_length": limit}
+    probe = dict(copy.deepcopy(tokenizer)(PROBE_TEXTS, padding=True, return_tensors="pt", **cut))
+    probed = probe["attention_mask"].sum(-1).tolist()
+    return probe, [{"text": text, "tokens": len(ids), "probed_tokens": kept}
+                   for text, ids, kept in zip(PROBE_TEXTS, whole, probed)]
+
+
 def write_manifest(folder: Path, model, tokenizer) -> None:
     """Fingerprint the export: file hashes (the card may be edited later, so it is left out) and probe outputs (the
     first features exactly, all of them through their digest)."""
-    # A copy: calling a fast tokenizer with padding leaves padding switched on in its backend, and a later save of
-    # the same tokenizer (the next checkpoint's export) would then ship another tokenizer.json.
-    probe = dict(copy.deepcopy(tokenizer)(PROBE_TEXTS, padding=True, return_tensors="pt"))
+    probe, probed = probe_inputs(model.config, tokenizer)
     outputs = probe_outputs(model, probe)
     manifest = {
         "hubzoo_version": metadata.version("hubzoo"),
         "transformers_version": transformers.__version__,
         "device": "cpu",  # where the probe outputs were computed (see probe_outputs)
         "files": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.name != "README.md"},
+        "probe_texts": probed,
         "probe": {key: value.tolist() for key, value in probe.items()},
         "probe_output_sample": outputs[..., :PROBE_SAMPLE_WIDTH].tolist(),
         "probe_output_digest": output_digest(outputs).tolist(),

@@ -4,6 +4,10 @@ Run by `hub_exports.verify` as `python -I fresh_process_load.py <folder> <auto c
 <outputs.safetensors>` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a scratch working directory. Imports
 only the standard library, torch, safetensors and transformers, so it also runs under other transformers versions
 (the 4.57 compatibility check uses it). Prints one JSON report on the last line of stdout.
+
+A model that can generate also generates greedily from `generate_prompt` in the inputs file, with and without its
+cache: a user's first call after loading a causal LM. Its failure is reported (not raised), so that verify can name
+it beside the load.
 """
 
 import json
@@ -25,7 +29,8 @@ class _Collect(logging.Handler):
         self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
-def main(folder, auto_class_name, inputs_path, outputs_path):
+def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0"):
+    new_tokens = int(new_tokens)
     transformers.logging.set_verbosity_warning()
     collector = _Collect()
     logging.getLogger("transformers").addHandler(collector)
@@ -36,11 +41,15 @@ def main(folder, auto_class_name, inputs_path, outputs_path):
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
         model.eval()
         inputs = load_file(inputs_path)
+        prompt = inputs.pop("generate_prompt", None)
         with torch.no_grad():
             outputs = model(**inputs)
+            # The tokenizer's own output must be accepted as-is; `truncation=True` cuts at its model_max_length,
+            # which export sets to the model's max_position_embeddings.
             tokenized = tokenizer(["A short sentence.", "Another one, a little longer."], padding=True,
-                                  return_tensors="pt")
-            model(**tokenized)  # the tokenizer's own output must be accepted as-is
+                                  truncation=True, return_tensors="pt")
+            model(**tokenized)
+    logging.getLogger("transformers").removeHandler(collector)  # generation reports its own warnings
     main_output = outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
     save_file({"outputs": main_output.float().contiguous()}, outputs_path)
     input_embeddings, output_embeddings = model.get_input_embeddings(), model.get_output_embeddings()
@@ -53,9 +62,30 @@ def main(folder, auto_class_name, inputs_path, outputs_path):
         "tied": None if output_embeddings is None
         else output_embeddings.weight.data_ptr() == input_embeddings.weight.data_ptr(),
         "tokenizer_max_id": int(tokenized["input_ids"].max()),
+        "can_generate": model.can_generate(),
+        "generate": None if prompt is None or not model.can_generate() else _generate(model, prompt, new_tokens),
     }
     print(json.dumps(report))
 
 
+def _generate(model, prompt, new_tokens):
+    """Greedy generation of `new_tokens` tokens after `prompt` (1, length), with the model's cache and without:
+    the token ids of both, or the error that stopped it, and the warnings it raised."""
+    collector = _Collect()
+    logging.getLogger("transformers").addHandler(collector)
+    settings = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, do_sample=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            cached = model.generate(prompt, use_cache=True, **settings)
+            uncached = model.generate(prompt, use_cache=False, **settings)
+    except Exception as error:  # reported to verify, which names it as the finding
+        return {"error": f"{type(error).__name__}: {error}"[-2000:]}
+    finally:
+        logging.getLogger("transformers").removeHandler(collector)
+    return {"prompt": prompt.tolist(), "cached": cached.tolist(), "uncached": uncached.tolist(),
+            "warnings": collector.messages + [f"{w.category.__name__}: {w.message}" for w in caught]}
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

@@ -12,6 +12,9 @@
               `transformers_modules`, empty loading info, zero warnings, head tied when the config ties it
   outputs     the fresh process reproduces the outputs recorded at export, its first features and the digest of
               all of them (and the in-memory model's outputs, if given)
+  generate    (classes that can generate; every AutoModelForCausalLM class must) the fresh process generates
+              GENERATE_TOKENS tokens greedily after the start of the first probe text, with and without the cache:
+              no error, no warning, the same tokens
 """
 
 import json
@@ -39,6 +42,7 @@ FRESH_LOADER = Path(__file__).with_name("fresh_process_load.py")
 SHIPPED_FILES = {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", MANIFEST}
 SHIPPED_CODE = re.compile(r"(configuration|modeling)_[a-z0-9_]+\.py")
+GENERATE_TOKENS = 4  # new tokens of the generation check: enough to use the cache a few times, cheap on any model
 
 
 @dataclass
@@ -223,8 +227,9 @@ def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, pyt
     probe = {key: torch.tensor(value) for key, value in manifest["probe"].items()}
     with tempfile.TemporaryDirectory(prefix="hubzoo-verify-") as scratch:
         scratch = Path(scratch)
-        save_file(probe, scratch / "inputs.safetensors")
-        report, error = _run_fresh(python, folder, auto_class, scratch)
+        prompt, new_tokens = _generate_prompt(probe, config)
+        save_file({**probe, "generate_prompt": prompt}, scratch / "inputs.safetensors")
+        report, error = _run_fresh(python, folder, auto_class, scratch, new_tokens)
         if error:
             return [Check("fresh-process load", False, error)]
         remote = load_file(scratch / "outputs.safetensors")["outputs"]
@@ -250,15 +255,52 @@ def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, pyt
         if diff > atol:
             problems.append(f"outputs differ from the in-memory model by {diff:.3g}")
     detail = "; ".join(problems) or f"{', '.join(details)} (tolerance {atol:g}, {tuple(remote.shape[:2])} probe)"
-    return checks + [Check("outputs", not problems, detail)]
+    checks.append(Check("outputs", not problems, detail))
+    if report["generate"] is not None:
+        checks.append(_judge_generation(report["generate"], new_tokens))
+    elif auto_class == "AutoModelForCausalLM":  # loaded as a causal LM, it must generate
+        checks.append(Check("generate", False, f"{report['class_name']} is loaded by AutoModelForCausalLM but cannot "
+                                               "generate (no GenerationMixin)"))
+    return checks
 
 
-def _run_fresh(python: str, folder: Path, auto_class: str, scratch: Path) -> tuple:
+def _generate_prompt(probe: dict, config) -> tuple:
+    """The first probe text's tokens (padding dropped) as a (1, length) prompt, and how many tokens to generate,
+    both cut so that prompt and new tokens fit in `max_position_embeddings`."""
+    ids = probe["input_ids"][0][probe["attention_mask"][0].bool()] if "attention_mask" in probe \
+        else probe["input_ids"][0]
+    limit = getattr(config, "max_position_embeddings", None) or len(ids) + GENERATE_TOKENS
+    new_tokens = max(1, min(GENERATE_TOKENS, limit - 1))
+    return ids[:max(1, min(len(ids), limit - new_tokens))][None].contiguous(), new_tokens
+
+
+def _judge_generation(result: dict, new_tokens: int) -> Check:
+    if "error" in result:
+        return Check("generate", False, f"greedy generate failed in the fresh process: {result['error']}")
+    problems = []
+    prompt, cached, uncached = result["prompt"][0], result["cached"][0], result["uncached"][0]
+    if cached != uncached:
+        problems.append(f"greedy tokens with the cache {cached[len(prompt):]} differ from those without it "
+                        f"{uncached[len(prompt):]} (prompt {prompt})")
+    if any(row[:len(prompt)] != prompt for row in (cached, uncached)):
+        problems.append("the generated sequence does not start with the prompt")
+    if len(cached) == len(prompt):
+        problems.append("no token generated")
+    if len(cached) > len(prompt) + new_tokens:
+        problems.append(f"{len(cached) - len(prompt)} tokens generated, {new_tokens} asked for")
+    if result["warnings"]:
+        problems.append(f"warnings while generating: {result['warnings']}")
+    detail = "; ".join(problems) or (f"{len(cached) - len(prompt)} greedy tokens after a {len(prompt)}-token prompt, "
+                                     "the same with and without the cache, no warnings")
+    return Check("generate", not problems, detail)
+
+
+def _run_fresh(python: str, folder: Path, auto_class: str, scratch: Path, new_tokens: int) -> tuple:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(scratch / "modules"), HF_HOME=str(scratch / "hf_home"),
                HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
     command = [python, "-I", str(FRESH_LOADER), str(folder), auto_class, str(scratch / "inputs.safetensors"),
-               str(scratch / "outputs.safetensors")]
+               str(scratch / "outputs.safetensors"), str(new_tokens)]
     try:
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
