@@ -8,6 +8,7 @@ new process: the adapter on a freshly loaded base gives the saved outputs, merge
 variant -> "ok" or the failure.
 """
 
+import copy
 from pathlib import Path
 
 import torch
@@ -42,7 +43,9 @@ def train(spec, variant, inputs, labels, work: Path):
     base = load_base(spec)
     class_name = type(base).__name__
     before = outputs_of(base, inputs)
-    settings = {key: variant[key] for key in ("target_modules", "task_type", "modules_to_save") if variant.get(key)}
+    # Copies: PEFT's task wrappers extend `modules_to_save` in place with their own default head names.
+    settings = {key: copy.copy(variant[key]) for key in ("target_modules", "task_type", "modules_to_save")
+                if variant.get(key)}
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, **settings))
     adapted = [name for name, _ in model.named_modules() if name.endswith(".lora_A")]
     if not adapted:
