@@ -403,8 +403,6 @@ class BackpackModel(BackpackPreTrainedModel):
             use_cache, cache = False, None
         if use_cache and cache is None:
             cache = DynamicCache()
-        if not use_cache:
-            cache = None
         output_attentions = getattr(config, "output_attentions", False) if output_attentions is None \
             else output_attentions
         implementation = config._attn_implementation or "eager"
@@ -449,7 +447,8 @@ class BackpackModel(BackpackPreTrainedModel):
         alpha, all_senses = self.sense_alpha(hidden, senses, mask, cache, contextualization)
         output = (alpha @ all_senses).sum(dim=1)
         result = BackpackModelOutput(last_hidden_state=output, senses=senses, contextualization=alpha,
-                                     contextual_hidden_state=hidden, cache=cache, hidden_states=all_hidden,
+                                     contextual_hidden_state=hidden, cache=cache if use_cache else None,
+                                     hidden_states=all_hidden,
                                      attentions=all_attentions)
         return result if (config.return_dict if return_dict is None else return_dict) else result.to_tuple()
 
@@ -543,6 +542,17 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
                                         contextualization=outputs.contextualization, cache=outputs.cache,
                                         hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return result if (self.config.return_dict if return_dict is None else return_dict) else result.to_tuple()
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`, refusing before any work a cache other than the dynamic one: the last layer
+        of a Backpack cache holds α's keys and the sense vectors, which a static (or quantized) cache cannot."""
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        implementation = kwargs.get("cache_implementation", getattr(generation_config, "cache_implementation", None))
+        if implementation not in (None, "dynamic", "offloaded"):
+            raise ValueError(f"cache_implementation={implementation!r} is not supported by Backpack models: the last "
+                             "cache layer holds α's keys and the sense vectors, which only the dynamic cache can "
+                             "(generate without cache_implementation, not cache_implementation='static')")
+        return super().generate(*args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
         # transformers 4.57's generate adds `cache_position` for every model; positions here come from the cache

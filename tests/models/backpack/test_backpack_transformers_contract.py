@@ -296,7 +296,10 @@ def test_generate_and_pipeline_work_on_transformers_4_57_and_5(exported_backpack
 def test_static_cache_is_refused_before_any_work():
     model = build()
     calls = []
-    model.backpack.embed_tokens.register_forward_hook(lambda *args: calls.append(1))
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
     with pytest.raises(ValueError, match="cache_implementation='static'"):
         model.generate(ids(1, 4), max_new_tokens=3, do_sample=False, cache_implementation="static")
-    assert not calls, "refused before the first forward computed anything"
+    assert not calls, "refused before the first forward"
+    with pytest.raises(ValueError, match="DynamicCache"):  # a static cache handed to forward directly
+        from transformers import StaticCache
+        model(ids(1, 4), cache=StaticCache(config=model.config, max_cache_len=8))

@@ -1,4 +1,5 @@
 """transformers' own common model tests on the backpack tiny config (tests/transformers_common)."""
+import copy
 import unittest
 from unittest import mock
 
@@ -25,6 +26,20 @@ class BackpackStanfordCommonTest(DeclaredModelTest, ModelTesterMixin, Generation
             patcher = mock.patch.dict(table, {"backpack": name})
             patcher.start()
             self.addCleanup(patcher.stop)
+
+
+    def _check_cache(self, cache, config, batch, length, what):
+        """The generation checks' cache check on the blocks' layers, plus Backpack's one more layer: α's keys
+        (B, k, T, d/k) and the sense vectors (B, k, T, d) of every position, since α at a new position weighs the
+        senses of all earlier ones, which in `generate` only the cache still has."""
+        self.assertEqual(len(cache.layers), config.num_hidden_layers + 1, f"{what}: blocks' layers, then α's")
+        blocks = copy.copy(cache)
+        blocks.layers = cache.layers[:config.num_hidden_layers]
+        super()._check_cache(blocks, config, batch, length, what)
+        senses, width = config.num_senses, config.hidden_size
+        extra = cache.layers[-1]
+        self.assertEqual(tuple(extra.keys.shape), (batch, senses, length, width // senses), f"{what}: α's keys")
+        self.assertEqual(tuple(extra.values.shape), (batch, senses, length, width), f"{what}: sense vectors")
 
 
 class BackpackNanoCommonTest(BackpackStanfordCommonTest):
