@@ -60,6 +60,12 @@ class BackpackConfig(PretrainedConfig):
             Std of the normal init of embeddings and linear weights (GPT-2's).
         tie_word_embeddings (`bool`, *optional*, defaults to `True`):
             The head is the input embedding (both originals); untied heads are possible for new models.
+        bos_token_id, eos_token_id, pad_token_id (`int`, *optional*):
+            Special token ids for `generate` (`eos_token_id` may be a list). None (the default, and what an export
+            whose config.json lacks them gets) means the tokenizer has no such token; transformers 4 gave every
+            config these None defaults, transformers 5 leaves them to the model's config.
+        use_cache (`bool`, *optional*, defaults to `True`):
+            Return and extend a KV cache outside training (`generate` reads it too).
     """
 
     model_type = "backpack"
@@ -84,6 +90,10 @@ class BackpackConfig(PretrainedConfig):
         dropout=0.1,
         initializer_range=0.02,
         tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        use_cache=True,
         **kwargs,
     ):
         check_fields(
@@ -95,7 +105,8 @@ class BackpackConfig(PretrainedConfig):
             probabilities=dict(dropout=dropout),
             optional=("intermediate_size", "sense_intermediate_size"),
         )
-        check_token_ids(vocab_size, kwargs)
+        check_token_ids(vocab_size, dict(kwargs, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                                         pad_token_id=pad_token_id))
         if sense_network not in SENSE_NETWORKS:
             raise ValueError(f"sense_network must be one of {SENSE_NETWORKS}, got {sense_network!r}")
         if hidden_size % num_senses:
@@ -122,7 +133,13 @@ class BackpackConfig(PretrainedConfig):
         self.dropout = dropout
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.use_cache = use_cache
+        # passed on as well: transformers 4.57's base __init__ sets these three itself (to None when not given)
+        super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id,
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
 
 
 # ---- shared field checks (begin): identical in every configuration_<type>.py (tests/models/test_input_validation.py);
