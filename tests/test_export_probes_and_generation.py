@@ -85,7 +85,9 @@ def test_verify_fails_an_export_whose_cache_changes_the_tokens(backpack_export, 
     and the generation without cache are unchanged, the cached generation is not."""
     folder = Path(shutil.copytree(backpack_export, tmp_path / "broken"))
     sabotage(folder, tmp_path, monkeypatch, (
+        "import functools\n"
         "_forward = BackpackForCausalLM.forward\n"
+        "@functools.wraps(_forward)  # generate validates its kwargs against the forward's signature\n"
         "def _sabotaged(self, *args, **kwargs):\n"
         "    outputs = _forward(self, *args, **kwargs)\n"
         "    ids = kwargs['input_ids'] if 'input_ids' in kwargs else args[0]\n"
