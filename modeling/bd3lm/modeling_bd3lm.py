@@ -124,9 +124,9 @@ class DiTTimestepEmbedder(nn.Module):
 
 
 def eager_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """The explicit attention of the DiT, in the signature of transformers' attention functions: softmax(q k^T * scaling)
-    over the keys that `attention_mask` (bool, True = may attend) allows, in float32, then times v. Returns the output
-    as (B, T, heads, head_dim) and the probabilities (B, heads, T, T_keys)."""
+    """The explicit attention of the DiT, in the signature of transformers' attention functions: softmax(q k^T *
+    scaling) over the keys that `attention_mask` (bool, True = may attend) allows, in float32, then times v. Returns
+    the output as (B, T, heads, head_dim) and the probabilities (B, heads, T, T_keys)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -687,10 +687,11 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         inputs_embeds: Optional[torch.Tensor] = None,
         output_attentions: Optional[bool] = None,
     ):
-        """See `Bd3lmModel.forward` (`inputs_embeds`: generation pass only, so never with `labels`). `labels`: x_0 with -100 at positions left out (padding; BOS in evaluation when
-        `ignore_bos`); with `timesteps` (per token (B, L), or per sequence (B,)) the loss is this draw's block NELBO:
-        sum over masked positions of (1/t) * -log p(x_0 | x_t, x_0 of earlier blocks), divided by the number of
-        labelled positions. Without `clean_ids`, labels supply x_0 for the training pass (input ids at -100)."""
+        """See `Bd3lmModel.forward` (`inputs_embeds`: generation pass only, so never with `labels`). `labels`: x_0
+        with -100 at positions left out (padding; BOS in evaluation when `ignore_bos`); with `timesteps` (per token
+        (B, L), or per sequence (B,)) the loss is this draw's block NELBO: sum over masked positions of (1/t) *
+        -log p(x_0 | x_t, x_0 of earlier blocks), divided by the number of labelled positions. Without `clean_ids`,
+        labels supply x_0 for the training pass (input ids at -100)."""
         if labels is not None:
             if input_ids is None:
                 raise ValueError("labels need input_ids: the training pass embeds x_t and x_0 together and the NELBO "

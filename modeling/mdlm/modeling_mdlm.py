@@ -123,9 +123,9 @@ class DiTTimestepEmbedder(nn.Module):
 
 
 def eager_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """The explicit attention of the DiT, in the signature of transformers' attention functions: softmax(q k^T * scaling)
-    over the keys that `attention_mask` (bool, True = may attend) allows, in float32, then times v. Returns the output
-    as (B, T, heads, head_dim) and the probabilities (B, heads, T, T_keys)."""
+    """The explicit attention of the DiT, in the signature of transformers' attention functions: softmax(q k^T *
+    scaling) over the keys that `attention_mask` (bool, True = may attend) allows, in float32, then times v. Returns
+    the output as (B, T, heads, head_dim) and the probabilities (B, heads, T, T_keys)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -561,9 +561,10 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
         output_attentions: Optional[bool] = None,
     ):
         """`input_ids`: x_t, or `inputs_embeds` in their place (no loss then: the NELBO reads which positions of x_t
-        hold the mask, so `labels` need `input_ids`). `labels`: x_0, with -100 at positions left out (padding); with them (and `timesteps`,
-        one t per sequence) the loss is this draw's NELBO estimate: sum over masked positions of w(t) * -log p(x_0 |
-        x_t), divided by the number of positions with a label (all real tokens, masked or not, as the original).
+        hold the mask, so `labels` need `input_ids`). `labels`: x_0, with -100 at positions left out (padding); with
+        them (and `timesteps`, one t per sequence) the loss is this draw's NELBO estimate: sum over masked positions
+        of w(t) * -log p(x_0 | x_t), divided by the number of positions with a label (all real tokens, masked or not,
+        as the original).
         Returns raw logits; apply `subs_log_probs` for the SUBS distribution."""
         if labels is not None:
             if input_ids is None:
