@@ -20,9 +20,10 @@ Deliberate deviations from the original:
     clean_ids=x_0)` is the training pass; `forward(input_ids=...)` alone is the generation pass (block-causal over the
     given blocks, optionally after cached ones).
   * `attention_mask` hides padded keys (the original attends to padding and only its loss ignores it).
-  * SDPA with a boolean mask everywhere (FlexAttention is a speed option of the original, with the same math); the
-    KV cache is a plain object passed in and returned, instead of tensors stored on the modules with a hard-coded
-    CUDA device and bfloat16 dtype.
+  * attention through transformers' attention functions (`attn_implementation` eager, sdpa or flex_attention) with
+    one boolean mask (FlexAttention is a speed option of the original, with the same math); the KV cache is a plain
+    object passed in and returned, instead of tensors stored on the modules with a hard-coded CUDA device and bfloat16
+    dtype.
   * ids outside the vocabulary, sequences longer than `max_position_embeddings`, empty batches, rows of zeros in
     `attention_mask`, timesteps outside (0, 1], a sampling prefix holding the mask id and invalid sampling intervals
     raise a `ValueError`.
@@ -37,7 +38,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MaskedLMOutput, ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.logging import tqdm
 
 from .configuration_bd3lm import Bd3lmConfig, validate_sampling_interval
@@ -52,16 +55,29 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-@functools.lru_cache(maxsize=16)
-def rotary_tables(length: int, head_dim: int, base: float, device) -> Tuple[torch.Tensor, torch.Tensor]:
+def build_rotary_tables(length: int, head_dim: int, base: float, device) -> Tuple[torch.Tensor, torch.Tensor]:
     """(length, head_dim) float32 cos and sin of rotate-half (NeoX) rotary embeddings for positions 0..length-1,
-    frequencies repeated in both halves. Built once per (length, size, device), outside inference mode, in float32
-    (not a buffer, which a `.to(bfloat16)` would round); callers slice the positions they need."""
-    with torch.inference_mode(False):
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
-        angles = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]
-        angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos(), angles.sin()
+    frequencies repeated in both halves, in float32 (not a buffer, which a `.to(bfloat16)` would round); callers slice
+    the positions they need."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    angles = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_rotary_tables(length: int, head_dim: int, base: float, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode(False):  # a table made under inference mode could not be used by a later training step
+        return build_rotary_tables(length, head_dim, base, device)
+
+
+def rotary_tables(length: int, head_dim: int, base: float, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`build_rotary_tables`, built once per (length, size, device) in eager mode. While torch.compile / torch.export
+    trace, the tables are fake tensors: they are built in the graph and never enter the cache, where a later eager call
+    would find them."""
+    if torch.compiler.is_compiling():
+        return build_rotary_tables(length, head_dim, base, device)
+    return _cached_rotary_tables(length, head_dim, base, device)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -107,13 +123,51 @@ class DiTTimestepEmbedder(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
-class DiTBlock(nn.Module):
+def eager_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """The explicit attention of the DiT, in the signature of transformers' attention functions: softmax(q k^T *
+    scaling) over the keys that `attention_mask` (bool, True = may attend) allows, in float32, then times v. Returns
+    the output as (B, T, heads, head_dim) and the probabilities (B, heads, T, T_keys)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(F.dropout(probs, dropout, module.training), value)
+    return output.transpose(1, 2).contiguous(), probs
+
+
+def attention_function(implementation: str):
+    """eager: `eager_attention`; anything else ("sdpa", "flex_attention", ...) from transformers' registry."""
+    return eager_attention if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+
+
+def mask_for_attention(mask: Optional[torch.Tensor], implementation: str, query, key):
+    """The boolean mask (B or 1, 1, T or 1, T_keys), True = may attend, in the form the attention function takes: eager
+    and sdpa broadcast it as is; flex_attention gets it as a BlockMask whose mask_mod reads the same tensor (its
+    additive tensor-mask path crashes on CPU in torch 2.13)."""
+    if mask is None or implementation != "flex_attention":
+        return mask
+    from torch.nn.attention.flex_attention import create_block_mask  # flex needs torch >= 2.5, only asked for here
+
+    batch, queries, keys = query.shape[0], query.shape[2], key.shape[2]
+    full = mask.expand(batch, 1, queries, keys)
+
+    def mask_mod(b, h, q, k):
+        return full[b, 0, q, k]
+
+    return create_block_mask(mask_mod, batch, None, queries, keys, device=query.device)
+
+
+class DiTBlock(GradientCheckpointingLayer):
     """adaLN-modulated pre-norm block: rotary self-attention (no biases), then a GELU(tanh) MLP; both residual
-    branches are dropped out and scaled by their gate before being added."""
+    branches are dropped out and scaled by their gate before being added. Attention goes through transformers'
+    attention functions, picked by `config._attn_implementation` at each call (eager, sdpa, flex_attention); the mask is
+    boolean (padding and BD3-LM's block structure), which flash attention's padding-only masks cannot carry."""
 
     def __init__(self, config):
         super().__init__()
         hidden = config.hidden_size
+        self.config = config  # shared with the model: `set_attn_implementation` reaches every block
+        self.is_causal = False  # bidirectional (BD3-LM's block causality is in the mask)
         self.num_heads = config.num_attention_heads
         self.head_dim = hidden // config.num_attention_heads
         self.dropout = config.dropout
@@ -128,10 +182,12 @@ class DiTBlock(nn.Module):
         # shift, scale, gate for the attention branch, then for the MLP branch
         self.modulation = DiTModulation(config.cond_dim, 6 * hidden) if config.adaln else None
 
-    def forward(self, hidden, cos, sin, conditioning, attn_mask=None, past_key_value=None):
+    def forward(self, hidden, cos, sin, conditioning, attn_mask=None, past_key_value=None, output_attentions=False):
         """`attn_mask`: bool, True = may attend, broadcastable to (B, H, T, T_keys). `past_key_value`: rotated keys
         and values of earlier positions, (B, H, T_past, head_dim) each, placed before this call's keys. Returns the new
-        hidden states and this call's full (keys, values)."""
+        hidden states, this call's full keys and values, and the attention probabilities (None unless
+        `output_attentions` on the eager path). Callers pass every argument positionally: under reentrant gradient
+        checkpointing only positional tensors carry gradients."""
         if self.modulation is not None:
             shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = \
                 self.modulation(conditioning)[:, None].chunk(6, dim=-1)
@@ -143,16 +199,18 @@ class DiTBlock(nn.Module):
         query, key, value = apply_rotary(qkv[0], cos, sin), apply_rotary(qkv[1], cos, sin), qkv[2]
         if past_key_value is not None:
             key, value = torch.cat((past_key_value[0], key), dim=2), torch.cat((past_key_value[1], value), dim=2)
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
-        branch = F.dropout(self.out_proj(context.transpose(1, 2).reshape(batch, length, -1)), self.dropout,
-                           self.training)
+        implementation = self.config._attn_implementation
+        context, probs = attention_function(implementation)(
+            self, query, key, value, mask_for_attention(attn_mask, implementation, query, key), dropout=0.0,
+            scaling=self.head_dim ** -0.5, is_causal=False, output_attentions=output_attentions)
+        branch = F.dropout(self.out_proj(context.reshape(batch, length, -1)), self.dropout, self.training)
         hidden = hidden + (branch if self.modulation is None else gate_attn * branch)
         normed = self.mlp_norm(hidden)
         if self.modulation is not None:
             normed = modulate(normed, shift_mlp, scale_mlp)
         branch = F.dropout(self.mlp(normed), self.dropout, self.training)
         hidden = hidden + (branch if self.modulation is None else gate_mlp * branch)
-        return hidden, (key, value)
+        return hidden, key, value, (probs if output_attentions else None)
 
 
 class DiTModulation(nn.Linear):
@@ -296,14 +354,26 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, max_length: int, c
                              "does not match this model's vocabulary.")
 
 
-def check_attention_mask(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, check_values: bool) -> None:
-    """`attention_mask` (B, T) like `input_ids`, 1 = real token. A row of zeros leaves its sequence nothing to attend
-    to: refused, not averaged over padding."""
+def check_inputs_embeds(inputs_embeds: torch.Tensor, hidden_size: int, max_length: int) -> None:
+    """`inputs_embeds` (B, T, hidden_size), floating, in place of the embedded `input_ids`."""
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden_size or inputs_embeds.shape[:2].numel() == 0:
+        raise ValueError(f"inputs_embeds must have shape (batch, seq_len, hidden_size={hidden_size}) with at least one "
+                         f"token, got {tuple(inputs_embeds.shape)}")
+    if not torch.is_floating_point(inputs_embeds):
+        raise ValueError(f"inputs_embeds must be a floating tensor, got {inputs_embeds.dtype}")
+    if inputs_embeds.shape[1] > max_length:
+        raise ValueError(f"Sequence length {inputs_embeds.shape[1]} of inputs_embeds exceeds max_position_embeddings "
+                         f"({max_length}); truncate the input or sample semi-autoregressively.")
+
+
+def check_attention_mask(attention_mask: Optional[torch.Tensor], shape, check_values: bool) -> None:
+    """`attention_mask` (B, T) of the `shape` of the input ids, 1 = real token. A row of zeros leaves its sequence
+    nothing to attend to: refused, not averaged over padding."""
     if attention_mask is None:
         return
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
-                         f"{tuple(input_ids.shape)}")
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match the input shape "
+                         f"{tuple(shape)}")
     if check_values and not bool(attention_mask.bool().any(dim=1).all()):
         raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
 
@@ -326,21 +396,33 @@ def check_timesteps(timesteps: torch.Tensor, shapes, check_values: bool, closed_
 # ---- shared DiT (end) ----
 
 
-@torch.compiler.disable  # a cached constant; traced, inductor 2.11 fails on its boolean index arithmetic
-@functools.lru_cache(maxsize=8)
-def block_diffusion_mask(length: int, block_size: int, device=None) -> torch.Tensor:
+def build_block_diffusion_mask(length: int, block_size: int, device=None) -> torch.Tensor:
     """The (2L, 2L) training mask over x_t (+) x_0, True = may attend: block-diagonal within each half, plus x_t block
-    b -> x_0 blocks < b, plus x_0 block b -> x_0 blocks <= b. Cached per (length, block size, device), built outside
-    inference mode, so a training step neither rebuilds it nor copies it to the device."""
-    with torch.inference_mode(False):
-        position = torch.arange(2 * length, device=device)
-        clean = position >= length
-        block = torch.where(clean, position - length, position) // block_size
-        clean_q, clean_k, block_q, block_k = clean[:, None], clean[None, :], block[:, None], block[None, :]
-        block_diagonal = (block_q == block_k) & (clean_q == clean_k)
-        offset_block_causal = (block_q > block_k) & clean_k & ~clean_q
-        block_causal = (block_q >= block_k) & clean_k & clean_q
-        return block_diagonal | offset_block_causal | block_causal
+    b -> x_0 blocks < b, plus x_0 block b -> x_0 blocks <= b."""
+    # Integer comparisons only: inductor (torch 2.13) cannot bound `==` between boolean tensors
+    position = torch.arange(2 * length, device=device)
+    half = torch.div(position, length, rounding_mode="floor")  # 0: x_t, 1: x_0
+    block = (position - half * length) // block_size
+    half_q, half_k, block_q, block_k = half[:, None], half[None, :], block[:, None], block[None, :]
+    block_diagonal = (block_q == block_k) & (half_q == half_k)
+    offset_block_causal = (block_q > block_k) & (half_q == 0) & (half_k == 1)
+    block_causal = (block_q >= block_k) & (half_q == 1) & (half_k == 1)
+    return block_diagonal | offset_block_causal | block_causal
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_block_diffusion_mask(length: int, block_size: int, device=None) -> torch.Tensor:
+    with torch.inference_mode(False):  # a mask made under inference mode could not be used by a later training step
+        return build_block_diffusion_mask(length, block_size, device)
+
+
+def block_diffusion_mask(length: int, block_size: int, device=None) -> torch.Tensor:
+    """`build_block_diffusion_mask`, cached per (length, block size, device) in eager mode, so a training step neither
+    rebuilds it nor copies it to the device. While torch.compile / torch.export trace, it is a fake tensor: built in the
+    graph, never cached (a later eager call would find it)."""
+    if torch.compiler.is_compiling():
+        return build_block_diffusion_mask(length, block_size, device)
+    return _cached_block_diffusion_mask(length, block_size, device)
 
 
 class Bd3lmKVCache:
@@ -362,6 +444,7 @@ class Bd3lmModelOutput(ModelOutput):
     last_hidden_state: Optional[torch.FloatTensor] = None
     conditioning: Optional[torch.FloatTensor] = None
     hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+    attentions: Optional[Tuple[torch.FloatTensor, ...]] = None
     kv_cache: Optional[Bd3lmKVCache] = None
 
 
@@ -375,12 +458,22 @@ class Bd3lmPreTrainedModel(PreTrainedModel):
     base_model_prefix = "bd3lm"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DiTBlock"]
+    # Attention runs through transformers' attention functions with a boolean mask (see DiTBlock): eager, sdpa and
+    # flex_attention carry the block-diffusion mask; flash attention takes padding masks only.
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = False
+    _supports_attention_backend = False  # kwargs are not passed through to the attention layer, no TP plan
+    _can_compile_fullgraph = True  # the host-side value checks are skipped while tracing (checks_values)
     # Range checks of ids read tensor values: on an accelerator each is a host-device sync. hubzoo's trainer checks
     # every batch on the CPU before it moves and turns this off while it trains; CPU tensors are always checked.
     check_values_on_device = True
 
-    def _values_checked(self, tensor: torch.Tensor) -> bool:
+    def checks_values(self, tensor: torch.Tensor) -> bool:
+        """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
+        `check_values_on_device` is off."""
+        if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
+            return False
         return tensor.device.type == "cpu" or self.check_values_on_device
 
     @torch.no_grad()
@@ -399,7 +492,6 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.time_embedder = DiTTimestepEmbedder(config)
         self.layers = nn.ModuleList(DiTBlock(config) for _ in range(config.num_hidden_layers))
-        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -422,10 +514,10 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
             raise ValueError(f"sigma must hold one value per sequence ({batch_size}), got {tuple(sigma.shape)}")
         return sigma.reshape(batch_size)
 
-    def _attention_layout(self, input_ids, clean_ids, attention_mask, kv_cache):
-        """Token ids fed to the blocks, their rotary cos/sin tables, and the boolean attention mask (B or 1, 1, T,
-        T_keys)."""
-        config, length, device = self.config, input_ids.shape[1], input_ids.device
+    def _attention_layout(self, input_ids, clean_ids, attention_mask, kv_cache, length, device):
+        """Token ids fed to the blocks (None: `inputs_embeds` are), their rotary cos/sin tables, and the boolean
+        attention mask (B or 1, 1, T, T_keys)."""
+        config = self.config
         cos, sin = rotary_tables(config.max_position_embeddings, config.hidden_size // config.num_attention_heads,
                                  config.rotary_base, device)
         if clean_ids is not None:  # training pass over x_t (+) x_0, both halves at positions 0..L-1
@@ -456,15 +548,32 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
         update_cache: bool = False,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
     ):
         """Training pass: `input_ids` = x_t and `clean_ids` = x_0, same shape. Generation pass (no `clean_ids`):
         `input_ids` are whole blocks, the last one possibly noisy, continuing after `kv_cache` if given; with
         `update_cache=True` their keys and values are appended to it (do this once a block is clean).
-        `attention_mask`: 1 = real token, 0 = padding (never attended); it covers `input_ids` only."""
+        `inputs_embeds` (B, T, hidden_size) may replace `input_ids` in the generation pass only: the training pass
+        embeds x_t and x_0 together, and the NELBO reads the mask positions of the x_t ids.
+        `attention_mask`: 1 = real token, 0 = padding (never attended); it covers `input_ids` only.
+        `hidden_states` (with `output_hidden_states`) are the tensors the blocks pass on: in the training pass
+        (B, 2L, hidden) over x_t (+) x_0, whose first L positions are x_t's. `output_attentions`: each block's
+        attention probabilities over the same layout (eager attention only)."""
         config = self.config
         offset = kv_cache.length if kv_cache is not None else 0
-        check_token_ids(input_ids, config.vocab_size, config.max_position_embeddings - offset,
-                        self._values_checked(input_ids), "input_ids")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is not None and clean_ids is not None:
+            raise ValueError("the training pass (clean_ids given) takes input_ids, not inputs_embeds: x_t and x_0 are "
+                             "embedded together and the NELBO reads which x_t ids are the mask")
+        if input_ids is not None:
+            check_token_ids(input_ids, config.vocab_size, config.max_position_embeddings - offset,
+                            self.checks_values(input_ids), "input_ids")
+        else:
+            check_inputs_embeds(inputs_embeds, config.hidden_size, config.max_position_embeddings - offset)
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        batch, length = inputs.shape[:2]
         if clean_ids is not None:
             if clean_ids.shape != input_ids.shape:
                 raise ValueError(f"clean_ids shape {tuple(clean_ids.shape)} does not match input_ids shape "
@@ -472,34 +581,36 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
             if kv_cache is not None or update_cache:
                 raise ValueError("the training pass (clean_ids given) takes no KV cache")
             check_token_ids(clean_ids, config.vocab_size, config.max_position_embeddings,
-                            self._values_checked(clean_ids), "clean_ids")
+                            self.checks_values(clean_ids), "clean_ids")
         if update_cache and kv_cache is None:
             raise ValueError("update_cache=True needs a Bd3lmKVCache in kv_cache")
         # Cached blocks are real keys of every row: only a row without a cache can be left nothing to attend to
-        check_attention_mask(attention_mask, input_ids, self._values_checked(input_ids) and offset == 0)
+        check_attention_mask(attention_mask, (batch, length), self.checks_values(inputs) and offset == 0)
         if timesteps is not None:
-            check_timesteps(timesteps, [(input_ids.shape[0],), tuple(input_ids.shape)], self._values_checked(timesteps))
+            check_timesteps(timesteps, [(batch,), (batch, length)], self.checks_values(timesteps))
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        batch, length = input_ids.shape
-        ids, (cos, sin), mask = self._attention_layout(input_ids, clean_ids, attention_mask, kv_cache)
-        conditioning = F.silu(self.time_embedder(self.conditioning_sigma(batch, input_ids.device, timesteps, sigma)))
-        hidden = self.embed_tokens(ids)
-        all_hidden = (hidden[:, :length],) if output_hidden_states else None
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        ids, (cos, sin), mask = self._attention_layout(input_ids, clean_ids, attention_mask, kv_cache, length,
+                                                       inputs.device)
+        conditioning = F.silu(self.time_embedder(self.conditioning_sigma(batch, inputs.device, timesteps, sigma)))
+        hidden = self.embed_tokens(ids) if inputs_embeds is None else inputs_embeds
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         new_cache = []
         for index, layer in enumerate(self.layers):
             past = kv_cache.layers[index] if kv_cache is not None and kv_cache.layers else None
-            if self.gradient_checkpointing and self.training:
-                hidden, key_value = self._gradient_checkpointing_func(layer.__call__, hidden, cos, sin, conditioning,
-                                                                      mask, past)
-            else:
-                hidden, key_value = layer(hidden, cos, sin, conditioning, mask, past)
-            new_cache.append(key_value)
+            # positional arguments: the layer checkpoints itself (GradientCheckpointingLayer) when enabled
+            hidden, key, value, probs = layer(hidden, cos, sin, conditioning, mask, past, output_attentions)
+            new_cache.append((key, value))
             if output_hidden_states:
-                all_hidden = all_hidden + (hidden[:, :length],)
+                all_hidden = all_hidden + (hidden,)
+            if output_attentions:
+                all_attentions = all_attentions + (probs,)
         if update_cache:
             kv_cache.layers = new_cache
-        output = Bd3lmModelOutput(last_hidden_state=hidden[:, :length], conditioning=conditioning,
-                                  hidden_states=all_hidden, kv_cache=kv_cache)
+        last = hidden if clean_ids is None else hidden[:, :length]  # the training pass: x_t's half
+        output = Bd3lmModelOutput(last_hidden_state=last, conditioning=conditioning, hidden_states=all_hidden,
+                                  attentions=all_attentions, kv_cache=kv_cache)
         return output if return_dict in (None, True) else output.to_tuple()
 
 
@@ -573,26 +684,33 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         update_cache: bool = False,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
     ):
-        """See `Bd3lmModel.forward`. `labels`: x_0 with -100 at positions left out (padding; BOS in evaluation when
-        `ignore_bos`); with `timesteps` (per token (B, L), or per sequence (B,)) the loss is this draw's block NELBO:
-        sum over masked positions of (1/t) * -log p(x_0 | x_t, x_0 of earlier blocks), divided by the number of
-        labelled positions. Without `clean_ids`, labels supply x_0 for the training pass (input ids at -100)."""
+        """See `Bd3lmModel.forward` (`inputs_embeds`: generation pass only, so never with `labels`). `labels`: x_0
+        with -100 at positions left out (padding; BOS in evaluation when `ignore_bos`); with `timesteps` (per token
+        (B, L), or per sequence (B,)) the loss is this draw's block NELBO: sum over masked positions of (1/t) *
+        -log p(x_0 | x_t, x_0 of earlier blocks), divided by the number of labelled positions. Without `clean_ids`,
+        labels supply x_0 for the training pass (input ids at -100)."""
         if labels is not None:
-            check_clean_labels(labels, input_ids, self.config, self._values_checked(labels))
+            if input_ids is None:
+                raise ValueError("labels need input_ids: the training pass embeds x_t and x_0 together and the NELBO "
+                                 "reads which x_t ids are the mask, which inputs_embeds do not show")
+            check_clean_labels(labels, input_ids, self.config, self.checks_values(labels))
             if timesteps is None:
                 raise ValueError("the NELBO needs timesteps: the t of each token's block, shape (batch, seq_len) (or "
                                  "one per sequence, (batch,))")
         if labels is not None and clean_ids is None:
             clean_ids = torch.where(labels == -100, input_ids, labels)
         outputs = self.bd3lm(input_ids, clean_ids, attention_mask, timesteps, sigma, kv_cache, update_cache,
-                             output_hidden_states, return_dict=True)
+                             output_hidden_states, return_dict=True, inputs_embeds=inputs_embeds,
+                             output_attentions=output_attentions)
         logits = self.output_layer(outputs.last_hidden_state, outputs.conditioning)
         loss = None
         if labels is not None:
             loss = self._nelbo(logits, input_ids, labels, timesteps)
         output = Bd3lmMaskedDiffusionLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                              kv_cache=outputs.kv_cache)
+                                              attentions=outputs.attentions, kv_cache=outputs.kv_cache)
         return output if return_dict in (None, True) else output.to_tuple()
 
     def _nelbo(self, logits, noisy_ids, labels, timesteps) -> torch.Tensor:
