@@ -464,12 +464,12 @@ class Bd3lmPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_flash_attn = False
     _supports_attention_backend = False  # kwargs are not passed through to the attention layer, no TP plan
-    _can_compile_fullgraph = True  # the host-side value checks are skipped while tracing (checks_values)
+    _can_compile_fullgraph = True  # the host-side value checks are skipped while tracing (_values_checked)
     # Range checks of ids read tensor values: on an accelerator each is a host-device sync. hubzoo's trainer checks
     # every batch on the CPU before it moves and turns this off while it trains; CPU tensors are always checked.
     check_values_on_device = True
 
-    def checks_values(self, tensor: torch.Tensor) -> bool:
+    def _values_checked(self, tensor: torch.Tensor) -> bool:
         """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
         `check_values_on_device` is off."""
         if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
@@ -569,7 +569,7 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
                              "embedded together and the NELBO reads which x_t ids are the mask")
         if input_ids is not None:
             check_token_ids(input_ids, config.vocab_size, config.max_position_embeddings - offset,
-                            self.checks_values(input_ids), "input_ids")
+                            self._values_checked(input_ids), "input_ids")
         else:
             check_inputs_embeds(inputs_embeds, config.hidden_size, config.max_position_embeddings - offset)
         inputs = input_ids if input_ids is not None else inputs_embeds
@@ -581,13 +581,13 @@ class Bd3lmModel(Bd3lmPreTrainedModel):
             if kv_cache is not None or update_cache:
                 raise ValueError("the training pass (clean_ids given) takes no KV cache")
             check_token_ids(clean_ids, config.vocab_size, config.max_position_embeddings,
-                            self.checks_values(clean_ids), "clean_ids")
+                            self._values_checked(clean_ids), "clean_ids")
         if update_cache and kv_cache is None:
             raise ValueError("update_cache=True needs a Bd3lmKVCache in kv_cache")
         # Cached blocks are real keys of every row: only a row without a cache can be left nothing to attend to
-        check_attention_mask(attention_mask, (batch, length), self.checks_values(inputs) and offset == 0)
+        check_attention_mask(attention_mask, (batch, length), self._values_checked(inputs) and offset == 0)
         if timesteps is not None:
-            check_timesteps(timesteps, [(batch,), (batch, length)], self.checks_values(timesteps))
+            check_timesteps(timesteps, [(batch,), (batch, length)], self._values_checked(timesteps))
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         ids, (cos, sin), mask = self._attention_layout(input_ids, clean_ids, attention_mask, kv_cache, length,
@@ -696,7 +696,7 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
             if input_ids is None:
                 raise ValueError("labels need input_ids: the training pass embeds x_t and x_0 together and the NELBO "
                                  "reads which x_t ids are the mask, which inputs_embeds do not show")
-            check_clean_labels(labels, input_ids, self.config, self.checks_values(labels))
+            check_clean_labels(labels, input_ids, self.config, self._values_checked(labels))
             if timesteps is None:
                 raise ValueError("the NELBO needs timesteps: the t of each token's block, shape (batch, seq_len) (or "
                                  "one per sequence, (batch,))")

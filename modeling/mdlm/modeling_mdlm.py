@@ -422,12 +422,12 @@ class MdlmPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_flash_attn = False
     _supports_attention_backend = False  # kwargs are not passed through to the attention layer, no TP plan
-    _can_compile_fullgraph = True  # the host-side value checks are skipped while tracing (checks_values)
+    _can_compile_fullgraph = True  # the host-side value checks are skipped while tracing (_values_checked)
     # Range checks of ids read tensor values: on an accelerator each is a host-device sync. hubzoo's trainer checks
     # every batch on the CPU before it moves and turns this off while it trains; CPU tensors are always checked.
     check_values_on_device = True
 
-    def checks_values(self, tensor: torch.Tensor) -> bool:
+    def _values_checked(self, tensor: torch.Tensor) -> bool:
         """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
         `check_values_on_device` is off."""
         if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
@@ -488,14 +488,14 @@ class MdlmModel(MdlmPreTrainedModel):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if input_ids is not None:
             check_token_ids(input_ids, config.vocab_size, config.max_position_embeddings,
-                            self.checks_values(input_ids), "input_ids")
+                            self._values_checked(input_ids), "input_ids")
         else:
             check_inputs_embeds(inputs_embeds, config.hidden_size, config.max_position_embeddings)
         inputs = input_ids if input_ids is not None else inputs_embeds
         batch, length = inputs.shape[:2]
-        check_attention_mask(attention_mask, (batch, length), self.checks_values(inputs))
+        check_attention_mask(attention_mask, (batch, length), self._values_checked(inputs))
         if timesteps is not None:  # with noise_eps = 0, sigma(1) = -log(0): t = 1 is outside the schedule
-            check_timesteps(timesteps, [(batch,)], self.checks_values(timesteps), closed_at_one=config.noise_eps > 0)
+            check_timesteps(timesteps, [(batch,)], self._values_checked(timesteps), closed_at_one=config.noise_eps > 0)
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         conditioning = F.silu(self.time_embedder(self.conditioning_sigma(batch, inputs.device, timesteps, sigma)))
@@ -570,7 +570,7 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
             if input_ids is None:
                 raise ValueError("labels need input_ids: the NELBO counts the positions where x_t holds the mask, "
                                  "which inputs_embeds do not show")
-            check_clean_labels(labels, input_ids, self.config, self.checks_values(labels))
+            check_clean_labels(labels, input_ids, self.config, self._values_checked(labels))
             if timesteps is None:
                 raise ValueError("the NELBO needs timesteps: the t of each sequence's noise draw, shape (batch,)")
         outputs = self.mdlm(input_ids, attention_mask, timesteps, sigma, output_hidden_states, return_dict=True,

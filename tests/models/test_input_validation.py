@@ -177,7 +177,7 @@ def test_checks_that_read_values_follow_the_device_switch():
     `_values_checked` says so, as the id checks are while a trainer whose collator checked the batch trains; the
     checks of shapes and dtypes always run."""
     model, ids = mdlm(), torch.tensor([[5, 6, 7, 8]])
-    model.mdlm.checks_values = lambda tensor: False
+    model.mdlm._values_checked = lambda tensor: False
     model.mdlm(input_ids=ids, attention_mask=torch.zeros_like(ids), timesteps=torch.tensor([2.0]))
     with pytest.raises(ValueError, match="floating"):
         model.mdlm(input_ids=ids, timesteps=torch.tensor([1]))
