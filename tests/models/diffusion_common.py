@@ -24,17 +24,3 @@ class DiffusionInputs:
         guesses = torch.randint(5, config.vocab_size, noisy.shape, generator=generator)
         return torch.where(noisy == config.mask_token_id, guesses, noisy)
 
-
-def register_base_model_for_common_tests(test_case, auto_classes) -> None:
-    """transformers' common tests tell an architecture's base model (no head, no loss: left out of the training and
-    checkpointing tests, as BertModel is) by its name in `MODEL_MAPPING_NAMES`, the AutoModel table of transformers'
-    own architectures. Our AutoModel class is registered as remote code, so it is absent from that table: list it
-    there for the duration of the test, under the architecture's model_type."""
-    from unittest import mock
-
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-
-    base = auto_classes["AutoModel"]
-    patcher = mock.patch.dict(MODEL_MAPPING_NAMES, {base.config_class.model_type: base.__name__})
-    patcher.start()
-    test_case.addCleanup(patcher.stop)

@@ -7,18 +7,21 @@ kept a traced or fake tensor silently corrupts every later call).
 
 `ModelTesterMixin` (upstream) subclasses this mixin, so its flag `test_torch_exportable` is honoured here. The checks
 trace the forward pass (`use_cache=False` where the forward takes it); the cache is the generation checks' subject.
-Compilation uses the `aot_eager` backend: graph capture without graph breaks and fake-tensor tracing (what fails on
+The checks run on transformers' `torch_device` (CUDA where there is one). Compilation uses the `aot_eager` backend
+(inductor with HUBZOO_COMPILE_BACKEND=inductor): graph capture without graph breaks and fake-tensor tracing (what fails on
 host-side value checks and poisons caches) are dynamo's and AOTAutograd's; inductor's C++ code generation would only
 add minutes per class on a CPU runner.
 """
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 
 import pytest
 import torch
 
+from transformers.testing_utils import torch_device
 from transformers.utils import ModelOutput
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -55,13 +58,16 @@ def clear_module_caches(model_class) -> None:
 
 
 class ExportTesterMixin:
-    compile_backend = "aot_eager"
+    # The GPU run sets HUBZOO_COMPILE_BACKEND=inductor: generated kernels are cheap to build there.
+    compile_backend = os.environ.get("HUBZOO_COMPILE_BACKEND", "aot_eager")
 
     def _export_model(self, model_class):
         config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
         inputs = self._prepare_for_class(inputs, model_class)
         torch.manual_seed(0)
-        model = model_class(config).eval()
+        model = model_class(config).to(torch_device).eval()  # torch_device: "cuda" on a GPU machine
+        inputs = {key: value.to(torch_device) if isinstance(value, torch.Tensor) else value
+                  for key, value in inputs.items()}
         if "use_cache" in inspect.signature(model.forward).parameters:
             inputs["use_cache"] = False
         return model, inputs

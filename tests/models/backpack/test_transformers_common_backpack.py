@@ -1,9 +1,6 @@
 """transformers' own common model tests on the backpack tiny config (tests/transformers_common)."""
 import copy
 import unittest
-from unittest import mock
-
-from transformers.models.auto import modeling_auto
 
 from tests.models.backpack import test_modeling_backpack as declared
 from tests.transformers_common.testers import DeclaredModelTest, GenerationTesterMixin, ModelTesterMixin
@@ -13,20 +10,6 @@ class BackpackStanfordCommonTest(DeclaredModelTest, ModelTesterMixin, Generation
     declaration = declared.TestBackpackStanford
     all_model_classes = declared.TestBackpackStanford.model_classes
     test_resize_position_embeddings = True  # learned positions, resizable (off by default upstream)
-    # upstream runs the init test only on files with a "# Copyright 2023" or later header; ours carry none
-    test_can_init_all_missing_weights_before_2023 = True
-
-    def setUp(self):
-        super().setUp()
-        # transformers' tests tell a base model (no loss: left out of the training tests) and a decoder LM head (the
-        # shift_labels test) by the name tables behind its Auto classes. hubzoo registers with the Auto classes,
-        # which does not write those tables, so the test records there what the registration says.
-        for table, name in ((modeling_auto.MODEL_MAPPING_NAMES, "BackpackModel"),
-                            (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "BackpackForCausalLM")):
-            patcher = mock.patch.dict(table, {"backpack": name})
-            patcher.start()
-            self.addCleanup(patcher.stop)
-
 
     def _check_cache(self, cache, config, batch, length, what):
         """The generation checks' cache check on the blocks' layers, plus Backpack's one more layer: α's keys

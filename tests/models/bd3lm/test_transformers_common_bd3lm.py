@@ -1,8 +1,6 @@
 """transformers' own common model tests on the bd3lm tiny config (tests/transformers_common)."""
 import unittest
 
-from modeling.bd3lm import AUTO_CLASSES
-from tests.models.diffusion_common import register_base_model_for_common_tests
 from tests.models.bd3lm import test_modeling_bd3lm as declared
 from tests.transformers_common.testers import DeclaredModelTest, ModelTesterMixin
 
@@ -10,10 +8,3 @@ from tests.transformers_common.testers import DeclaredModelTest, ModelTesterMixi
 class Bd3lmCommonTest(DeclaredModelTest, ModelTesterMixin, unittest.TestCase):
     declaration = declared.TestBd3lm
     all_model_classes = declared.TestBd3lm.model_classes
-    # transformers skips this check for models it dates before 2023 (from a copyright line we do not have); ours
-    # must pass it: every parameter and buffer is set by _init_weights
-    test_can_init_all_missing_weights_before_2023 = True
-
-    def setUp(self):
-        super().setUp()
-        register_base_model_for_common_tests(self, AUTO_CLASSES)
