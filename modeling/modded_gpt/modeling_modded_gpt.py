@@ -429,14 +429,13 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
-        cache_position: Optional[torch.Tensor] = None,
         past_key_values: Optional[DynamicCache] = None,
     ):
         """`attention_mask` (B, cached + new): 1 for real tokens; padding is never attended. `position_ids` default to
         the count of real tokens before each one (so left and right padding agree). `document_ids` (B, cached + new)
         are needed only to continue a cache whose past holds an EOT; by default they come from the EOT tokens of
         `input_ids`. `cache` (`past_key_values` before transformers 5.24): a `DynamicCache` to extend; layer i is
-        block i's. `cache_position` (what transformers 4.57's `generate` passes) is implied by the cache's length.
+        block i's (positions in it follow from its length, so there is no `cache_position`).
 
         `inputs_embeds` is accepted only as None (the keyword PEFT's wrappers always pass): the value embeddings and
         the document mask are functions of the token ids, so embeddings alone do not determine the output."""
@@ -458,8 +457,6 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
             cache = DynamicCache(config=config)  # one layer per block, as generate builds it
         past_length = cache.get_seq_length() if cache is not None else 0
         check_inputs(input_ids, attention_mask, past_length, config, self._values_checked(input_ids))
-        if cache_position is not None and cache_position.shape[-1] != input_ids.shape[1]:
-            raise ValueError(f"cache_position has {cache_position.shape[-1]} entries for {input_ids.shape[1]} tokens")
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         query_positions, key_positions = self._positions(input_ids, attention_mask, position_ids, past_length)
@@ -568,7 +565,6 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
-        cache_position: Optional[torch.Tensor] = None,
         past_key_values: Optional[DynamicCache] = None,
     ):
         """`labels` (B, T) are the input ids with `ignore_index` where no loss is wanted (padding): the model shifts
@@ -578,8 +574,7 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
         positions, or their sum / `num_items_in_batch`."""
         outputs = self.model(input_ids, attention_mask, position_ids, document_ids, cache=cache, use_cache=use_cache,
                              output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                             return_dict=True, inputs_embeds=inputs_embeds, cache_position=cache_position,
-                             past_key_values=past_key_values)
+                             return_dict=True, inputs_embeds=inputs_embeds, past_key_values=past_key_values)
         logits = self.capped_logits(outputs.last_hidden_state)
         loss = None
         if labels is not None or shift_labels is not None:
@@ -625,8 +620,10 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
         return total / num_items_in_batch
 
     def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
-        """As transformers', plus the document ids of the whole sequence so far (the cache holds only keys)."""
+        """As transformers', plus the document ids of the whole sequence so far (the cache holds only keys), less
+        `cache_position` (transformers 4.57 adds it; the cache's length already says where the new tokens go)."""
         inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        inputs.pop("cache_position", None)
         if self.config.eot_token_id is not None:
             inputs["document_ids"] = document_ids_of(input_ids, self.config.eot_token_id)
         return inputs
