@@ -264,8 +264,9 @@ class PaddingRowsSuppressor(LogitsProcessor):
         self.first_padding_id = first_padding_id
 
     def __call__(self, input_ids, scores):
-        scores[..., self.first_padding_id:] = float("-inf")
-        return scores
+        # Not in place: `generate` keeps the same tensor as the raw logits it returns (output_logits=True).
+        padding = torch.arange(scores.shape[-1], device=scores.device) >= self.first_padding_id
+        return scores.masked_fill(padding, float("-inf"))
 
 
 class ModdedGptPreTrainedModel(PreTrainedModel):
@@ -632,6 +633,9 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
         """transformers' `generate`, with the padding rows of the head (ids >= tokenizer_vocab_size) never chosen.
         Only the dynamic cache is supported (refused before any work otherwise): the document and window masks are
         built against the keys actually cached, which a static cache pads to its full length."""
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("ModdedGpt generates from input_ids only: its value embeddings and its document mask are "
+                             "looked up from the token ids, which inputs_embeds do not determine")
         generation_config = kwargs.get("generation_config") or self.generation_config
         implementation = kwargs.get("cache_implementation", getattr(generation_config, "cache_implementation", None))
         given_cache = kwargs.get("cache", kwargs.get("past_key_values"))

@@ -248,6 +248,19 @@ def test_static_cache_is_refused_before_any_work():
     assert not calls
 
 
+def test_generate_returns_the_raw_logits_and_never_picks_padding_rows():
+    model = build()
+    prompt = ids(2, 5)
+    with torch.no_grad():
+        model.lm_head.weight[TINY["tokenizer_vocab_size"]:] = 10 * model.lm_head.weight.abs().max()  # padding wins
+        last = model(prompt).logits[:, -1]
+    out = model.generate(prompt, max_new_tokens=1, do_sample=False, return_dict_in_generate=True, output_logits=True,
+                         output_scores=True)
+    torch.testing.assert_close(out.logits[0], last)  # the processor did not write into the raw logits
+    assert torch.isinf(out.scores[0][:, TINY["tokenizer_vocab_size"]:]).all()
+    assert int(out.sequences[:, -1].max()) < TINY["tokenizer_vocab_size"]
+
+
 @pytest.fixture(scope="module")
 def old_style_export(tmp_path_factory):
     from hub_exports import export

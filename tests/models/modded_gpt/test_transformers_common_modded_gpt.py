@@ -2,6 +2,8 @@
 import unittest
 from unittest import mock
 
+import torch
+
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
@@ -61,3 +63,26 @@ class ModdedGptCommonTest(DeclaredModelTest, ModelTesterMixin, GenerationTesterM
 
     def test_inputs_embeds_matches_input_ids(self):
         self.skipTest(INPUTS_EMBEDS_REASON)
+
+    def test_generate_from_inputs_embeds(self):
+        self.skipTest(INPUTS_EMBEDS_REASON + "; generate refuses it with the same reason")
+
+    def test_greedy_generate_matches_forward_loop(self):
+        """Greedy decoding is the argmax of the last logits over the tokenizer's ids, one full forward per token,
+        with and without cache: `generate` never picks the head's padding rows (their logits stay in the forward's
+        output, as the original's loss takes them), so the hand loop leaves them out too."""
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        torch.manual_seed(0)
+        model = declared.ModdedGptForCausalLM(config).eval()
+        model.generation_config.eos_token_id = None  # every call makes exactly 3 tokens
+        ids, mask = inputs["input_ids"][:2], inputs["attention_mask"][:2]
+        expected, expected_mask = ids, mask
+        with torch.no_grad():
+            for _ in range(3):
+                logits = model(expected, attention_mask=expected_mask, use_cache=False).logits
+                expected = torch.cat([expected, logits[:, -1, :config.tokenizer_vocab_size].argmax(-1, True)], 1)
+                expected_mask = torch.cat([expected_mask, torch.ones_like(mask[:, :1])], dim=1)
+        for use_cache in (False, True):
+            generated = model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                                       use_cache=use_cache)
+            self.assertTrue(torch.equal(generated, expected), f"use_cache={use_cache}: {generated} != {expected}")
