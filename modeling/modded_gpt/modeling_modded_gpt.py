@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
-import transformers
 import torch.nn.functional as F
+import transformers
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -449,7 +449,8 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
             raise ValueError(f"ModdedGpt supports only a DynamicCache (got {type(cache).__name__}): its document and "
                              "window masks are built against the cached keys, which a static cache pads")
         use_cache = (config.use_cache and not self.training) if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and (use_cache or cache is not None):
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing and (use_cache or cache is not None):
             # The backward replay of a block would append its keys to the cache a second time.
             get_logger(__name__).warning_once("use_cache=True is incompatible with gradient checkpointing: not using "
                                               "the cache")
