@@ -136,6 +136,14 @@ class ModdedGptConfig(PretrainedConfig):
             `uniform(±sqrt(3) · 0.5 · fan_in^-0.5)`, scaled by `initializer_range`.
         tie_word_embeddings (`bool`, *optional*, defaults to `False`):
             Share the head with the input embedding (no record of these eras does).
+        bos_token_id (`int`, *optional*):
+            Defaults to `eot_token_id`: GPT-2's `<|endoftext|>` both opens and ends a document.
+        eos_token_id (`int` or `list[int]`, *optional*):
+            Where `generate` stops; defaults to `eot_token_id`.
+        pad_token_id (`int`, *optional*, defaults to `None`):
+            GPT-2 has no padding token; padded positions are told by `attention_mask`, never by their id.
+        use_cache (`bool`, *optional*, defaults to `True`):
+            Whether the causal LM returns its KV cache in eval mode (training never builds one).
     """
 
     model_type = "modded_gpt"
@@ -172,6 +180,10 @@ class ModdedGptConfig(PretrainedConfig):
         zero_init_projections=True,
         initializer_range=1.0,
         tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        use_cache=True,
         **kwargs,
     ):
         check_fields(
@@ -190,7 +202,13 @@ class ModdedGptConfig(PretrainedConfig):
             optional=("intermediate_size", "sliding_window_num_blocks", "num_scalars", "block_lambdas_offset",
                       "value_lambdas_offset", "logit_softcap_temperature"),
         )
-        check_token_ids(tokenizer_vocab_size, dict(kwargs, eot_token_id=eot_token_id))
+        # Exports written before these fields existed lack them: they load with the EOT id, as GPT-2's tokenizer has it.
+        bos_token_id = eot_token_id if bos_token_id is None else bos_token_id
+        eos_token_id = eot_token_id if eos_token_id is None else eos_token_id
+        check_token_ids(tokenizer_vocab_size, dict(kwargs, eot_token_id=eot_token_id, bos_token_id=bos_token_id,
+                                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id))
+        if not isinstance(use_cache, bool):
+            raise ValueError(f"config field use_cache must be a bool, got {use_cache!r}")
         layout = small_track_layout(num_hidden_layers)
         given = dict(attention_input_norm=attention_input_norm, value_norm=value_norm,
                      layers_without_attention=layers_without_attention, attention_windows=attention_windows,
@@ -225,6 +243,11 @@ class ModdedGptConfig(PretrainedConfig):
         self.tie_word_embeddings = tie_word_embeddings
         self._validate()
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        # After the base __init__: transformers 4.57's pops these from kwargs and sets them to None otherwise.
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.use_cache = use_cache
 
     @property
     def num_value_embeddings(self) -> int:
@@ -260,6 +283,9 @@ class ModdedGptConfig(PretrainedConfig):
                              f"{self.logit_softcap_temperature!r} with {self.logit_softcap!r})")
         if not set(self.layers_without_attention) <= set(range(n)):
             raise ValueError(f"layers_without_attention {self.layers_without_attention} must index blocks 0..{n - 1}")
+        if 0 in self.layers_without_attention:
+            raise ValueError("block 0 must have attention: the KV cache's length is read from its layer 0, as "
+                             "transformers' generate does")
         if len(self.attention_windows) != n or not set(self.attention_windows) <= set(WINDOW_KINDS):
             raise ValueError(f"attention_windows needs one of {WINDOW_KINDS} per block ({n}), got "
                              f"{self.attention_windows}")

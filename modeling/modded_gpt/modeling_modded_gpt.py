@@ -3,34 +3,51 @@
 Faithful to `train_gpt.py@16e2da07` (small format) and `train_gpt_medium.py@06743860` (medium format) of
 KellerJordan/modded-nanogpt in eval mode; the per-era differences are config fields (see `ModdedGptConfig`). The
 original's FlexAttention block mask becomes an explicit boolean mask for SDPA with the same rule: causal, within one
-document (`cumsum(ids == eot)`), and a sliding window counted in whole 128-token blocks of absolute position. With
-`attn_implementation="flex_attention"` (for compiled training on a GPU) the same rule becomes a FlexAttention block
-mask, which skips the blocks no query sees; the KV-cache steps of generation always use SDPA.
+document (`cumsum(ids == eot)`), and a sliding window counted in whole 128-token blocks of absolute position.
+Attention goes through transformers' attention interface: `attn_implementation="eager"` (our explicit softmax, which
+returns the probabilities for `output_attentions`), `"sdpa"` (the default) with that boolean mask, or
+`"flex_attention"` (for compiled training on a GPU), where the same rule becomes a FlexAttention block mask that skips
+the blocks no query sees; the KV-cache steps of generation then use SDPA. FlashAttention kernels are not supported:
+they take only causal and token-granular sliding masks, not the document and block-granular window masks.
 """
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.generation import LogitsProcessor, LogitsProcessorList
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.logging import get_logger
 
 from .configuration_modded_gpt import ModdedGptConfig
 
 
+def cache_renamed() -> bool:
+    """transformers 5.24 renamed the cache argument `past_key_values` to `cache` (deprecating the old name); older
+    releases, 4.57 among them, still pass `past_key_values` from `generate`, where it is not deprecated."""
+    return tuple(int(part) for part in transformers.__version__.split(".")[:2]) >= (5, 24)
+
+
 @dataclass
 class ModdedGptModelOutput(ModelOutput):
-    """`last_hidden_state` is after the final RMSNorm; `hidden_states` are x0 and the output of every block. The KV
-    cache is `cache` (the name transformers 5.24 gave it; generation updates the cache object in place, so
-    transformers 5.17, which looks for `past_key_values`, keeps using the same object)."""
+    """`last_hidden_state` is after the final RMSNorm; `hidden_states` are x0 and the output of every block;
+    `attentions` one entry per block (None for a block without attention). The KV cache is `cache` (the name
+    transformers 5.24 gave it; generation updates the cache object in place, so older releases, which look for
+    `past_key_values`, keep using the same object). Layer i of the cache is block i's (never filled for a block
+    without attention)."""
 
     last_hidden_state: Optional[torch.FloatTensor] = None
     cache: Optional[DynamicCache] = None
     hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+    attentions: Optional[Tuple[Optional[torch.FloatTensor], ...]] = None
 
 
 @dataclass
@@ -42,6 +59,7 @@ class ModdedGptCausalLMOutput(ModelOutput):
     logits: Optional[torch.FloatTensor] = None
     cache: Optional[DynamicCache] = None
     hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+    attentions: Optional[Tuple[Optional[torch.FloatTensor], ...]] = None
 
 
 @dataclass
@@ -49,6 +67,7 @@ class ModdedGptSequenceClassifierOutput(ModelOutput):
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+    attentions: Optional[Tuple[Optional[torch.FloatTensor], ...]] = None
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -136,20 +155,37 @@ def flex_block_masks(config, positions, docs, valid):
     return masks
 
 
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """The explicit softmax attention: query, key, value (B, H, T, D); `attention_mask` a boolean (B, 1, Tq, Tk)
+    mask (True: visible) or None for plain causal attention. Returns the output (B, Tq, H, D), as transformers'
+    attention functions, and the probabilities (B, H, Tq, Tk)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scaling
+    if attention_mask is None and query.shape[-2] > 1:
+        attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool,
+                                    device=query.device).tril(key.shape[-2] - query.shape[-2])
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    probabilities = scores.softmax(dim=-1).type_as(query)
+    probabilities = F.dropout(probabilities, p=dropout, training=module.training)
+    return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), probabilities
+
+
 class ModdedGptAttention(nn.Module):
     """QK-normed, half-truncated rotary self-attention with a constant scale; fused QKV (`qkv_w` of the original,
     rows Q, K, V) and a value-embedding mix `v = λ0·v + λ1·ve`."""
 
-    def __init__(self, config: ModdedGptConfig, cache_index: int):
+    is_causal = True
+
+    def __init__(self, config: ModdedGptConfig, layer_idx: int):
         super().__init__()
         self.config = config
-        self.cache_index = cache_index
+        self.layer_idx = layer_idx  # its layer of the KV cache: the block's index
         inner = config.num_attention_heads * config.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * inner, bias=False)
         self.o_proj = nn.Linear(inner, config.hidden_size, bias=False)
         self.o_proj.is_output_projection = True
 
-    def forward(self, x, value_embedding, value_lambdas, cos, sin, mask, cache):
+    def forward(self, x, value_embedding, value_lambdas, cos, sin, mask, cache, output_attentions=False):
         batch, length, _ = x.shape
         heads, head_dim = self.config.num_attention_heads, self.config.head_dim
         q, k, v = self.qkv_proj(x).view(batch, length, 3 * heads, head_dim).chunk(3, dim=-2)
@@ -162,13 +198,26 @@ class ModdedGptAttention(nn.Module):
             v = v + value_lambdas[1] * value_embedding.view_as(v).type_as(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            k, v = cache.update(k, v, self.cache_index)
-        if isinstance(mask, BlockMask):
-            y = flex_attention(q, k, v.type_as(q), block_mask=mask, scale=self.config.attention_scale)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
-                                               scale=self.config.attention_scale)
-        return self.o_proj(y.transpose(1, 2).reshape(batch, length, heads * head_dim))
+            k, v = cache.update(k, v, self.layer_idx)
+        y, probabilities = self.attention_function(output_attentions, mask)(
+            self, q, k, v.type_as(q), mask, scaling=self.config.attention_scale, dropout=0.0)
+        y = self.o_proj(y.reshape(batch, length, heads * head_dim))
+        return y, probabilities
+
+    def attention_function(self, output_attentions, mask):
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation not in (None, "eager"):
+            # Only the explicit softmax has the probabilities; transformers' other kernels return None for them.
+            get_logger(__name__).warning_once(f"output_attentions=True needs the eager attention: using it instead "
+                                              f"of {implementation!r} for this call")
+            implementation = "eager"
+        elif implementation == "flex_attention" and not isinstance(mask, BlockMask):
+            implementation = "sdpa"  # flex builds a block mask only without a cache; cached steps use SDPA
+        if implementation in (None, "eager"):
+            return eager_attention_forward
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5: also refuses an unknown name
+            return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 class ModdedGptMLP(nn.Module):
@@ -182,25 +231,30 @@ class ModdedGptMLP(nn.Module):
         return self.down_proj(F.relu(self.up_proj(x)).square())
 
 
-class ModdedGptBlock(nn.Module):
+class ModdedGptBlock(GradientCheckpointingLayer):
+    """x = λ0·x + λ1·x0, then attention (unless the block has none) and the MLP. Returns (x, attention
+    probabilities or None). Tensors that need gradients come positionally (the reentrant checkpoint's rule)."""
+
     def __init__(self, config: ModdedGptConfig, layer: int):
         super().__init__()
         self.config = config
         self.layer = layer
         has_attention = layer not in config.layers_without_attention
-        cache_index = sum(1 for i in range(layer) if i not in config.layers_without_attention)
-        self.attn = ModdedGptAttention(config, cache_index) if has_attention else None
+        self.attn = ModdedGptAttention(config, layer) if has_attention else None
         self.mlp = ModdedGptMLP(config)
 
-    def forward(self, x, x0, value_embedding, scalars, cos, sin, masks, cache):
+    def forward(self, x, x0, value_embedding, scalars, cos, sin, masks=None, cache=None, output_attentions=False):
         block = self.config.block_lambdas_offset + 2 * self.layer
         x = scalars[block] * x + scalars[block + 1] * x0
+        probabilities = None
         if self.attn is not None:
             value = self.config.value_lambdas_offset + 2 * self.layer
             attn_input = rms_norm(x) if self.config.attention_input_norm else x
             mask = None if masks is None else masks[self.config.window_blocks(self.layer)]
-            x = x + self.attn(attn_input, value_embedding, scalars[value:value + 2], cos, sin, mask, cache)
-        return x + self.mlp(rms_norm(x))
+            y, probabilities = self.attn(attn_input, value_embedding, scalars[value:value + 2], cos, sin, mask, cache,
+                                         output_attentions)
+            x = x + y
+        return x + self.mlp(rms_norm(x)), probabilities
 
 
 class PaddingRowsSuppressor(LogitsProcessor):
@@ -210,8 +264,9 @@ class PaddingRowsSuppressor(LogitsProcessor):
         self.first_padding_id = first_padding_id
 
     def __call__(self, input_ids, scores):
-        scores[..., self.first_padding_id:] = float("-inf")
-        return scores
+        # Not in place: `generate` keeps the same tensor as the raw logits it returns (output_logits=True).
+        padding = torch.arange(scores.shape[-1], device=scores.device) >= self.first_padding_id
+        return scores.masked_fill(padding, float("-inf"))
 
 
 class ModdedGptPreTrainedModel(PreTrainedModel):
@@ -221,12 +276,42 @@ class ModdedGptPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ModdedGptBlock"]
     _supports_sdpa = True
     _supports_flex_attn = True
+    _supports_attention_backend = True
+    # The masks are document- and block-window-shaped booleans, which the FlashAttention kernels cannot take.
+    _supports_flash_attn = False
     # Range checks of ids read tensor values: on an accelerator each is a host-device sync; trainers that checked the
     # batch on the CPU turn them off (modeling.device_value_checks).
     check_values_on_device = True
 
     def _values_checked(self, tensor: torch.Tensor) -> bool:
+        if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
+            return False
         return tensor.device.type == "cpu" or self.check_values_on_device
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """transformers' resize of the embeddings and head, plus the value-embedding tables (same rows, so the saved
+        folder reloads) and `tokenizer_vocab_size`: `new_num_tokens` is the tokenizer's new length, so exactly its
+        ids are accepted; rows added by `pad_to_multiple_of` are padding, as in the original's padded vocabulary."""
+        config = self.config
+        if new_num_tokens is not None:
+            special = {name: getattr(config, name) for name in ("eot_token_id", "bos_token_id", "eos_token_id",
+                                                                "pad_token_id")}
+            ids = [(name, i) for name, value in special.items() if value is not None
+                   for i in (value if isinstance(value, (list, tuple)) else [value])]
+            rows = self.get_input_embeddings().num_embeddings
+            cut = [f"{name}={i}" for name, i in ids if new_num_tokens <= i < rows]
+            if cut:
+                raise ValueError(f"cannot resize to {new_num_tokens} tokens: it would cut {', '.join(cut)} out of "
+                                 "the vocabulary; change those config fields first")
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        trunk = self.base_model
+        for index, table in enumerate(trunk.value_embeddings):
+            trunk.value_embeddings[index] = self._get_resized_embeddings(table, embeddings.num_embeddings,
+                                                                          mean_resizing=mean_resizing)
+        config.vocab_size = embeddings.num_embeddings
+        if new_num_tokens is not None:
+            config.tokenizer_vocab_size = new_num_tokens
+        return embeddings
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -301,6 +386,18 @@ def check_position_ids(position_ids: torch.Tensor, input_ids: torch.Tensor, max_
 # ---- shared position checks (end) ----
 
 
+def resolve_cache_argument(cache, past_key_values):
+    """The cache under either name; `past_key_values` warns where transformers has renamed it (>= 5.24)."""
+    if past_key_values is None:
+        return cache
+    if cache is not None:
+        raise ValueError("pass the KV cache as `cache` or as `past_key_values`, not both")
+    if cache_renamed():
+        warnings.warn("`past_key_values` is deprecated for ModdedGpt (transformers >= 5.24 names it `cache`). Use "
+                      "`cache` instead.", FutureWarning, stacklevel=3)
+    return past_key_values
+
+
 class ModdedGptModel(ModdedGptPreTrainedModel):
     """Embeddings, value embeddings, the blocks with their skip connections, and the final RMSNorm."""
 
@@ -312,7 +409,7 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         self.layers = nn.ModuleList(ModdedGptBlock(config, layer) for layer in range(config.num_hidden_layers))
         # Every skip weight and lambda in one vector, laid out as the original's `scalars` (see the config).
         self.scalars = nn.Parameter(torch.empty(config.num_scalars))
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing = False  # set by gradient_checkpointing_enable; the blocks checkpoint themselves
         self.post_init()
 
     def get_input_embeddings(self):
@@ -327,29 +424,48 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         document_ids: Optional[torch.Tensor] = None,
-        past_key_values: Optional[DynamicCache] = None,
         cache: Optional[DynamicCache] = None,
         use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        past_key_values: Optional[DynamicCache] = None,
     ):
         """`attention_mask` (B, cached + new): 1 for real tokens; padding is never attended. `position_ids` default to
         the count of real tokens before each one (so left and right padding agree). `document_ids` (B, cached + new)
         are needed only to continue a cache whose past holds an EOT; by default they come from the EOT tokens of
-        `input_ids`. `past_key_values` (or `cache`, its transformers >= 5.24 name): a `DynamicCache` to extend."""
+        `input_ids`. `cache` (`past_key_values` before transformers 5.24): a `DynamicCache` to extend; layer i is
+        block i's (positions in it follow from its length, so there is no `cache_position`).
+
+        `inputs_embeds` is accepted only as None (the keyword PEFT's wrappers always pass): the value embeddings and
+        the document mask are functions of the token ids, so embeddings alone do not determine the output."""
         config = self.config
-        cache = past_key_values if past_key_values is not None else cache
-        use_cache = (not self.training) if use_cache is None else use_cache
+        cache = resolve_cache_argument(cache, past_key_values)
+        if inputs_embeds is not None:
+            raise ValueError("ModdedGpt needs input_ids and cannot take inputs_embeds: its value embeddings and its "
+                             "document mask are looked up from the token ids, which embeddings do not determine")
+        if cache is not None and not isinstance(cache, DynamicCache):
+            raise ValueError(f"ModdedGpt supports only a DynamicCache (got {type(cache).__name__}): its document and "
+                             "window masks are built against the cached keys, which a static cache pads")
+        use_cache = (config.use_cache and not self.training) if use_cache is None else use_cache
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing and (use_cache or cache is not None):
+            # The backward replay of a block would append its keys to the cache a second time.
+            get_logger(__name__).warning_once("use_cache=True is incompatible with gradient checkpointing: not using "
+                                              "the cache")
+            use_cache, cache = False, None
         if use_cache and cache is None:
-            cache = DynamicCache()
+            cache = DynamicCache(config=config)  # one layer per block, as generate builds it
         past_length = cache.get_seq_length() if cache is not None else 0
         check_inputs(input_ids, attention_mask, past_length, config, self._values_checked(input_ids))
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         query_positions, key_positions = self._positions(input_ids, attention_mask, position_ids, past_length)
         key_docs = self._documents(input_ids, document_ids, past_length)
         query_docs = None if key_docs is None else key_docs[:, past_length:]
         key_valid = None if attention_mask is None else attention_mask.bool()
-        if config._attn_implementation == "flex_attention" and past_length == 0:
+        if config._attn_implementation == "flex_attention" and past_length == 0 and not output_attentions:
             masks = flex_block_masks(config, key_positions, key_docs, key_valid)
         else:
             # Default positions never exceed the index; given ones are only bounded by the rotary tables.
@@ -364,23 +480,23 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         value_embeddings = [embedding(input_ids) for embedding in self.value_embeddings]
         skip_sources = {source for source, _, _ in config.skip_connections}
         outputs, all_hidden = {}, (x0,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer, block in enumerate(self.layers):
             for source, target, index in config.skip_connections:
                 if target == layer:
                     x = x + self.scalars[index] * outputs[source]
             ve_index = config.value_embedding_layers[layer]
             ve = None if ve_index is None else value_embeddings[ve_index]
-            arguments = (x, x0, ve, self.scalars, cos, sin, masks, cache)
-            if self.gradient_checkpointing and self.training:
-                x = self._gradient_checkpointing_func(block.__call__, *arguments)
-            else:
-                x = block(*arguments)
+            x, probabilities = block(x, x0, ve, self.scalars, cos, sin, masks=masks, cache=cache,
+                                     output_attentions=output_attentions)
             if layer in skip_sources:
                 outputs[layer] = x
             if output_hidden_states:
                 all_hidden = all_hidden + (x,)
+            if output_attentions:
+                all_attentions = all_attentions + (probabilities,)
         output = ModdedGptModelOutput(last_hidden_state=rms_norm(x), cache=cache if use_cache else None,
-                                      hidden_states=all_hidden)
+                                      hidden_states=all_hidden, attentions=all_attentions)
         return output if return_dict in (None, True) else output.to_tuple()
 
     def _positions(self, input_ids, attention_mask, position_ids, past_length):
@@ -441,22 +557,33 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         document_ids: Optional[torch.Tensor] = None,
-        past_key_values: Optional[DynamicCache] = None,
         cache: Optional[DynamicCache] = None,
         use_cache: Optional[bool] = None,
         labels: Optional[torch.Tensor] = None,
+        shift_labels: Optional[torch.Tensor] = None,
         num_items_in_batch: Optional[torch.Tensor] = None,
+        ignore_index: int = -100,
+        output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        past_key_values: Optional[DynamicCache] = None,
     ):
-        """`labels` (B, T) are the input ids with -100 where no loss is wanted (padding): the model shifts them once,
-        position t predicts labels[t + 1]. The loss is their mean cross-entropy, or the sum / `num_items_in_batch`."""
-        outputs = self.model(input_ids, attention_mask, position_ids, document_ids, past_key_values, cache, use_cache,
-                             output_hidden_states, return_dict=True)
+        """`labels` (B, T) are the input ids with `ignore_index` where no loss is wanted (padding): the model shifts
+        them once, position t predicts labels[t + 1]. `shift_labels` (B, T) are labels already shifted (position t
+        predicts shift_labels[t], as Trainer passes them under context parallelism); when given they are the targets
+        and `labels` is not read, as in transformers' causal LM loss. The loss is the mean cross-entropy over labelled
+        positions, or their sum / `num_items_in_batch`."""
+        outputs = self.model(input_ids, attention_mask, position_ids, document_ids, cache=cache, use_cache=use_cache,
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, inputs_embeds=inputs_embeds, past_key_values=past_key_values)
         logits = self.capped_logits(outputs.last_hidden_state)
-        loss = None if labels is None else self.next_token_loss(logits, labels, num_items_in_batch)
+        loss = None
+        if labels is not None or shift_labels is not None:
+            loss = self.next_token_loss(logits, labels, num_items_in_batch, shift_labels=shift_labels,
+                                        ignore_index=ignore_index)
         output = ModdedGptCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache,
-                                         hidden_states=outputs.hidden_states)
+                                         hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return output if return_dict in (None, True) else output.to_tuple()
 
     def capped_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -471,31 +598,54 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
             return cap * logits * torch.rsqrt(logits.square() + cap * cap)
         return logits
 
-    def next_token_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        """Cross-entropy of position t against labels[t + 1] over all head rows, ignoring -100: the mean over the
-        labelled targets, or their sum / `num_items_in_batch` when given (Trainer's gradient-accumulation contract;
-        1 gives the sum). The labels are shifted, not the logits, so the (B, T, vocab) logits are never copied."""
-        if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels shape {tuple(labels.shape)} must match input_ids {tuple(logits.shape[:2])}")
-        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-        if self._values_checked(labels):
-            bad = (targets != -100) & ((targets < 0) | (targets >= self.config.tokenizer_vocab_size))
+    def next_token_loss(self, logits: torch.Tensor, labels: Optional[torch.Tensor], num_items_in_batch=None,
+                        shift_labels: Optional[torch.Tensor] = None, ignore_index: int = -100) -> torch.Tensor:
+        """Cross-entropy of position t against shift_labels[t], else labels[t + 1], over all head rows, ignoring
+        `ignore_index`: the mean over the labelled targets, or their sum / `num_items_in_batch` when given (Trainer's
+        gradient-accumulation contract; 1 gives the sum). The labels are shifted, not the logits, so the
+        (B, T, vocab) logits are never copied."""
+        given, name = (labels, "labels") if shift_labels is None else (shift_labels, "shift_labels")
+        if given.shape != logits.shape[:2]:
+            raise ValueError(f"{name} shape {tuple(given.shape)} must match input_ids {tuple(logits.shape[:2])}")
+        targets = F.pad(labels[:, 1:], (0, 1), value=ignore_index) if shift_labels is None else shift_labels
+        targets = targets.to(logits.device)
+        if self._values_checked(targets):
+            bad = (targets != ignore_index) & ((targets < 0) | (targets >= self.config.tokenizer_vocab_size))
             if bad.any():
-                raise ValueError(f"labels hold ids outside [0, {self.config.tokenizer_vocab_size}) that are not -100")
+                raise ValueError(f"{name} hold ids outside [0, {self.config.tokenizer_vocab_size}) that are not "
+                                 f"ignore_index ({ignore_index})")
         if num_items_in_batch is None:
-            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+        total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="sum")
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(total.device)
         return total / num_items_in_batch
 
     def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
-        """As transformers', plus the document ids of the whole sequence so far (the cache holds only keys)."""
+        """As transformers', plus the document ids of the whole sequence so far (the cache holds only keys), less
+        `cache_position` (transformers 4.57 adds it; the cache's length already says where the new tokens go)."""
         inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        inputs.pop("cache_position", None)
         if self.config.eot_token_id is not None:
             inputs["document_ids"] = document_ids_of(input_ids, self.config.eot_token_id)
         return inputs
 
     def generate(self, *args, logits_processor=None, **kwargs):
-        """transformers' `generate`, with the padding rows of the head (ids >= tokenizer_vocab_size) never chosen."""
+        """transformers' `generate`, with the padding rows of the head (ids >= tokenizer_vocab_size) never chosen.
+        Only the dynamic cache is supported (refused before any work otherwise): the document and window masks are
+        built against the keys actually cached, which a static cache pads to its full length."""
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("ModdedGpt generates from input_ids only: its value embeddings and its document mask are "
+                             "looked up from the token ids, which inputs_embeds do not determine")
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        implementation = kwargs.get("cache_implementation", getattr(generation_config, "cache_implementation", None))
+        given_cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if implementation not in (None, "dynamic") or (given_cache is not None and
+                                                        not isinstance(given_cache, DynamicCache)):
+            raise ValueError(f"ModdedGpt generates only with the dynamic cache (got cache_implementation="
+                             f"{implementation!r}, cache {type(given_cache).__name__}): its document and window "
+                             "masks are built against the keys actually cached, which a static cache pads; leave "
+                             "cache_implementation unset")
         processors = LogitsProcessorList(logits_processor or [])
         if self.config.tokenizer_vocab_size < self.config.vocab_size:
             processors.append(PaddingRowsSuppressor(self.config.tokenizer_vocab_size))
@@ -524,12 +674,16 @@ class ModdedGptForSequenceClassification(ModdedGptPreTrainedModel):
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
     ):
-        """Padding may be on either side: the pooled position is the last one whose `attention_mask` is 1."""
+        """Padding may be on either side: the pooled position is the last one whose `attention_mask` is 1.
+        `inputs_embeds` only as None, as in `ModdedGptModel`."""
         outputs = self.model(input_ids, attention_mask, position_ids, use_cache=False,
-                             output_hidden_states=output_hidden_states, return_dict=True)
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, inputs_embeds=inputs_embeds)
         hidden = outputs.last_hidden_state
         if attention_mask is None:
             last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
@@ -538,7 +692,8 @@ class ModdedGptForSequenceClassification(ModdedGptPreTrainedModel):
             last = (attention_mask.bool() * index).argmax(dim=-1)
         logits = self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).float()
         loss = None if labels is None else self.classification_loss(logits, labels)
-        output = ModdedGptSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = ModdedGptSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                   attentions=outputs.attentions)
         return output if return_dict in (None, True) else output.to_tuple()
 
     def classification_loss(self, logits, labels):
