@@ -92,6 +92,11 @@ class GenerationTesterMixin:
         return {"use_cache": False} if _accepts(model, "use_cache") else {}
 
     # -- decoding modes ------------------------------------------------------------------------------------------
+    def _logits_generate_chooses_from(self, model, logits):
+        """The logits over the tokens `generate` may pick; a model whose head has rows no token uses (padding rows
+        its own logits processor shuts) narrows this."""
+        return logits
+
     def test_greedy_generate_matches_forward_loop(self):
         """Greedy decoding is argmax of the last logits, one full forward per token; the cache must not change it."""
         for model_class in self._generative_classes():
@@ -101,7 +106,8 @@ class GenerationTesterMixin:
                 with torch.no_grad():
                     for _ in range(self.max_new_tokens):
                         logits = model(input_ids=ids, attention_mask=mask, **self._forward_kwargs(model)).logits
-                        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+                        next_logits = self._logits_generate_chooses_from(model, logits[:, -1])
+                        ids = torch.cat([ids, next_logits.argmax(-1, keepdim=True)], dim=1)
                         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 uncached = self._generate(model, inputs, use_cache=False)
                 cached = self._generate(model, inputs, use_cache=True)

@@ -29,6 +29,7 @@ AUTO_NAME_TABLES = {
     "AutoModel": modeling_auto.MODEL_MAPPING_NAMES,
     "AutoModelForCausalLM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     "AutoModelForMaskedLM": modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    "AutoModelForSequenceClassification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 }
 
 
@@ -87,7 +88,9 @@ class DeclaredModelTest:
 
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
         inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=return_labels)
-        if return_labels:
+        # The declaration's labels fit the model (clean x_0 for a diffusion LM, tokenizer ids for a padded head);
+        # a classifier keeps transformers' zeros, which fit whatever num_labels a test sets (test_problem_types).
+        if return_labels and not model_class.__name__.endswith("ForSequenceClassification"):
             config = self.model_tester.get_config()
             labels = self.declared.get_labels(model_class, config, inputs_dict, torch.Generator().manual_seed(1))
             if labels is not None:
