@@ -527,6 +527,18 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         return document_ids.to(input_ids.device)
 
 
+class ModdedGptHead(nn.Linear):
+    """The output projection. Its weight meets the hidden states in their dtype, rounded to bfloat16 first when
+    `round_to_bf16` (the medium record keeps an fp32 head and rounds it at use). A module rather than a bare weight
+    read, so that accelerate's offload hooks (`device_map` with CPU or disk offload) place the weight before use."""
+
+    round_to_bf16 = False
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.bfloat16() if self.round_to_bf16 else self.weight
+        return F.linear(hidden, weight.type_as(hidden))
+
+
 class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
     """The trunk and its soft-capped head. `generate` works with the KV cache and never samples padding rows."""
 
@@ -535,8 +547,7 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
     def __init__(self, config: ModdedGptConfig):
         super().__init__(config)
         self.model = ModdedGptModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.lm_head.is_output_projection = not config.tie_word_embeddings  # tied: the embedding's init stands
+        self.set_output_embeddings(nn.Linear(config.hidden_size, config.vocab_size, bias=False))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -549,6 +560,14 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
         return self.lm_head
 
     def set_output_embeddings(self, new_embeddings):
+        # transformers' resizing hands over a plain nn.Linear: made our head in place (ModdedGptHead adds no state),
+        # it keeps its weight and the marks that tell post_init it is already initialised
+        if type(new_embeddings) is nn.Linear:
+            new_embeddings.__class__ = ModdedGptHead
+        if not isinstance(new_embeddings, ModdedGptHead):
+            raise TypeError(f"the output embeddings must be an nn.Linear, got {type(new_embeddings).__name__}")
+        new_embeddings.round_to_bf16 = self.config.round_head_weight_to_bf16
+        new_embeddings.is_output_projection = not self.config.tie_word_embeddings  # tied: the embedding's init stands
         self.lm_head = new_embeddings
 
     def forward(
@@ -587,10 +606,7 @@ class ModdedGptForCausalLM(ModdedGptPreTrainedModel, GenerationMixin):
         return output if return_dict in (None, True) else output.to_tuple()
 
     def capped_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.lm_head.weight
-        if self.config.round_head_weight_to_bf16:
-            weight = weight.bfloat16()
-        logits = F.linear(hidden, weight.type_as(hidden)).float()
+        logits = self.lm_head(hidden).float()
         cap = self.config.logit_softcap_cap
         if self.config.logit_softcap == "sigmoid":
             return cap * torch.sigmoid(logits / self.config.logit_softcap_temperature)

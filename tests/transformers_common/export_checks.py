@@ -8,9 +8,9 @@ kept a traced or fake tensor silently corrupts every later call).
 `ModelTesterMixin` (upstream) subclasses this mixin, so its flag `test_torch_exportable` is honoured here. The checks
 trace the forward pass (`use_cache=False` where the forward takes it); the cache is the generation checks' subject.
 The checks run on transformers' `torch_device` (CUDA where there is one). Compilation uses the `aot_eager` backend
-(inductor with HUBZOO_COMPILE_BACKEND=inductor): graph capture without graph breaks and fake-tensor tracing (what fails on
-host-side value checks and poisons caches) are dynamo's and AOTAutograd's; inductor's C++ code generation would only
-add minutes per class on a CPU runner.
+(inductor with HUBZOO_COMPILE_BACKEND=inductor): graph capture without graph breaks and fake-tensor tracing (what
+fails on host-side value checks and poisons caches) are dynamo's and AOTAutograd's; inductor's C++ code generation
+would only add minutes per class on a CPU runner.
 """
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ class GenerationTesterMixin:
             model = model_class(config)
         else:
             model = model_class._from_config(config, attn_implementation=attn_implementation)
-        model.eval()
+        model.to(input_ids.device).eval()  # transformers' torch_device, where the tester put the inputs
         generation_config = model.generation_config
         # Without EOS every call makes exactly max_new_tokens tokens; `generate` fills unset values from here.
         generation_config.eos_token_id = None

@@ -92,7 +92,10 @@ class DeclaredModelTest:
         # a classifier keeps transformers' zeros, which fit whatever num_labels a test sets (test_problem_types).
         if return_labels and not model_class.__name__.endswith("ForSequenceClassification"):
             config = self.model_tester.get_config()
-            labels = self.declared.get_labels(model_class, config, inputs_dict, torch.Generator().manual_seed(1))
+            # drawn on the CPU, where the declaration's generator lives, then put beside the inputs
+            on_cpu = {key: value.cpu() if isinstance(value, torch.Tensor) else value
+                      for key, value in inputs_dict.items()}
+            labels = self.declared.get_labels(model_class, config, on_cpu, torch.Generator().manual_seed(1))
             if labels is not None:
                 inputs_dict["labels"] = labels.to(inputs_dict["input_ids"].device)
         return inputs_dict
