@@ -18,19 +18,10 @@ from modeling.modded_gpt import (
     ModdedGptModel,
 )
 from tests.modeling_common import tiny_tokenizer
+from tests.models.modded_gpt.test_modded_gpt_behaviour import EOT, build, ids
 from tests.models.modded_gpt.test_modeling_modded_gpt import TINY
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-EOT = TINY["eot_token_id"]
-
-
-def build(model_class=ModdedGptForCausalLM, **overrides):
-    torch.manual_seed(0)
-    return model_class(ModdedGptConfig(**{**TINY, "zero_init_projections": False, **overrides})).eval()
-
-
-def ids(*shape, seed=0):
-    return torch.randint(1, EOT, shape, generator=torch.Generator().manual_seed(seed))
 
 
 def documents_and_padding():
