@@ -236,7 +236,7 @@ class GenerationTesterMixin:
     def _left_pad(self, model, inputs, pad):
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         pad_id = model.generation_config.pad_token_id
-        pad_ids = torch.full((ids.shape[0], pad), pad_id, dtype=ids.dtype)
+        pad_ids = torch.full((ids.shape[0], pad), pad_id, dtype=ids.dtype, device=ids.device)
         return {"input_ids": torch.cat([pad_ids, ids], 1),
                 "attention_mask": torch.cat([torch.zeros_like(pad_ids), mask], 1)}
 
