@@ -100,7 +100,21 @@ def json_object(text: str) -> dict:
 
 
 @dataclass
-class MaskedLMTrainingArguments(TrainingArguments):
+class RunTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the fields every hubzoo run script has: a verified export in each checkpoint and a
+    wall-clock budget (see `trainers.finishing.run_callbacks`)."""
+
+    export_checkpoints: bool = field(
+        default=True, metadata={"help": "Write a verified Hub export (of the weights the run exports: the EMA where "
+                                        "there is one) into every saved checkpoint (checkpoint-N/export)."}
+    )
+    max_train_minutes: Optional[float] = field(
+        default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
+    )
+
+
+@dataclass
+class MaskedLMTrainingArguments(RunTrainingArguments):
     """`TrainingArguments` plus the masked-LM knobs (everything else is transformers' own)."""
 
     mask_strategy: str = field(
@@ -109,14 +123,8 @@ class MaskedLMTrainingArguments(TrainingArguments):
                   "choices": ["span", "token"]},
     )
     mask_probability: float = field(default=0.15, metadata={"help": "Share of real, non-special tokens predicted."})
-    export_checkpoints: bool = field(
-        default=True, metadata={"help": "Write a verified Hub export into every saved checkpoint (checkpoint-N/export)."}
-    )
     blimp_scorer: str = field(default="pll", metadata={"help": "Scorer for the BLiMP evaluation after training."})
     blimp_token_budget: int = field(default=8192, metadata={"help": "Tokens per BLiMP scoring forward pass."})
-    max_train_minutes: Optional[float] = field(
-        default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
-    )
 
     def __post_init__(self):
         # Checked here, not at the end of the run; not as argparse choices, which would freeze the scorers registered
@@ -134,7 +142,7 @@ DIFFUSION_REQUIRED_FIELDS = {"mdlm": ("hidden_size", "num_hidden_layers", "num_a
 
 
 @dataclass
-class DiffusionTrainingArguments(TrainingArguments):
+class DiffusionTrainingArguments(RunTrainingArguments):
     """`TrainingArguments` with the originals' defaults (AdamW 3e-4, no weight decay, constant LR after 2500 warmup
     steps, gradient clipping 1.0) plus the masked-diffusion knobs."""
 
@@ -146,12 +154,6 @@ class DiffusionTrainingArguments(TrainingArguments):
     )
     ema_decay: float = field(default=0.9999, metadata={"help": "EMA decay of the weights used to evaluate and export; "
                                                               "0 turns the EMA off."})
-    export_checkpoints: bool = field(
-        default=True, metadata={"help": "Write a verified Hub export (EMA weights) into every saved checkpoint."}
-    )
-    max_train_minutes: Optional[float] = field(
-        default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
-    )
     nelbo_samples: int = field(default=8, metadata={"help": "Monte-Carlo draws per held-out sequence for the final "
                                                            "NELBO perplexity bound."})
     nelbo_max_sequences: int = field(default=256, metadata={"help": "Held-out sequences in the final bound."})
@@ -175,7 +177,7 @@ MODDED_GPT_REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention
 
 
 @dataclass
-class MuonTrainingArguments(TrainingArguments):
+class MuonTrainingArguments(RunTrainingArguments):
     """`TrainingArguments` plus the optimizer choice (AdamW, or Muon for the hidden matrices with AdamW for the rest),
     the trapezoid schedule's cooldown, checkpoint exports and a wall-clock budget."""
 
@@ -189,12 +191,6 @@ class MuonTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "With lr_scheduler_type=warmup_stable_decay (the trapezoid): the share of max_steps spent "
                           "decaying linearly at the end (the speedrun: 0.45); sets lr_scheduler_kwargs."},
-    )
-    export_checkpoints: bool = field(
-        default=True, metadata={"help": "Write a verified Hub export into every saved checkpoint (checkpoint-N/export)."}
-    )
-    max_train_minutes: Optional[float] = field(
-        default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
     )
 
     def __post_init__(self):

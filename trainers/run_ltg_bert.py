@@ -18,14 +18,13 @@ from transformers import AutoTokenizer, set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
 from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
-from hub_exports import CardInfo, Metric, export
+from hub_exports import CardInfo, Metric
 from hub_exports.exporting import add_results_to_card, full_fp32_matmuls, load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
-from trainers.callbacks import (ExportCheckpointCallback, TimeBudgetCallback, finish_on_main_process,
-                                plot_loss_curve)
 from trainers.collators import MaskedLMCollator, MaskingEpochCallback
 from trainers.embedded_corpus import write_minimal_pairs
+from trainers.finishing import RunReport, finish_run, run_callbacks
 from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
 from trainers.mlm_trainer import MaskedLMTrainer
 from trainers.preflight import check_before_training, check_overrides
@@ -64,7 +63,7 @@ def model_card(model, data_args, training_args, num_lines: int) -> CardInfo:
     )
 
 
-def score_blimp(data_args, training_args, folder: Path) -> dict:
+def score_blimp(data_args, training_args, folder: Path) -> RunReport:
     """Score the export as a user would load it (fp32, from its files), not the in-memory training model, which may
     still carry the mixed-precision forward that Trainer installed."""
     model = load_checkpoint(folder).to(training_args.device)
@@ -75,11 +74,13 @@ def score_blimp(data_args, training_args, folder: Path) -> dict:
                                 token_budget=training_args.blimp_token_budget)
     name = Path(pairs_dir).name
     report = markdown_report(result, title=f"BLiMP ({name})")
-    (Path(training_args.output_dir) / "blimp.json").write_text(json.dumps(result, indent=2) + "\n")
-    (Path(training_args.output_dir) / "blimp.md").write_text(report)
-    add_results_to_card(folder, [Metric("text-scoring", name, "blimp", "accuracy", round(result["accuracy"], 4),
-                                        metric_name=f"BLiMP ({training_args.blimp_scorer})")], report)
-    return result
+    per_paradigm = ", ".join(f"{k} {v:.3f}" for k, v in result["per_paradigm"].items())
+    return RunReport(
+        results={"blimp": result}, files={"blimp.json": json.dumps(result, indent=2) + "\n", "blimp.md": report},
+        card_metrics=[Metric("text-scoring", name, "blimp", "accuracy", round(result["accuracy"], 4),
+                             metric_name=f"BLiMP ({training_args.blimp_scorer})")], card_section=report,
+        lines=[f"BLiMP accuracy {result['accuracy']:.4f} ({result['num_pairs']} pairs, {result['num_paradigms']} "
+               f"paradigms; per paradigm: {per_paradigm})"])
 
 
 def main(model_args, data_args, training_args) -> None:
@@ -102,29 +103,17 @@ def main(model_args, data_args, training_args) -> None:
     check_before_training(training_args.output_dir, [data_args.blimp_dir], model, tokenizer, card)
     collator = MaskedLMCollator(tokenizer, mask_probability=training_args.mask_probability,
                                 strategy=training_args.mask_strategy)
-    callbacks = [MaskingEpochCallback(collator)]
-    if training_args.export_checkpoints:
-        callbacks.append(ExportCheckpointCallback(tokenizer, card))
-    if training_args.max_train_minutes:
-        callbacks.append(TimeBudgetCallback(training_args.max_train_minutes))
     trainer = MaskedLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-                              processing_class=tokenizer, data_collator=collator, callbacks=callbacks)
+                              processing_class=tokenizer, data_collator=collator,
+                              callbacks=[MaskingEpochCallback(collator), *run_callbacks(training_args, tokenizer, card)])
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
-
-    def export_and_score():
-        plot_loss_curve(trainer.state.log_history, Path(training_args.output_dir) / "loss_curve.png")
-        source = "hubzoo-embedded" if not data_args.train_file else "local"
-        card.metrics = [Metric("fill-mask", "held-out split", source, "loss", round(metrics["eval_loss"], 4),
-                               metric_name="masked-LM loss")]
-        folder = export(model, tokenizer, Path(training_args.output_dir) / "export", card=card)  # verified
-        result = score_blimp(data_args, training_args, folder)
-        print(f"BLiMP accuracy {result['accuracy']:.4f} ({result['num_pairs']} pairs, {result['num_paradigms']} "
-              f"paradigms; per paradigm: {', '.join(f'{k} {v:.3f}' for k, v in result['per_paradigm'].items())})")
-        print(f"Exported and verified: {folder}")
-
-    finish_on_main_process(trainer, export_and_score)
+    source = "hubzoo-embedded" if not data_args.train_file else "local"
+    card.metrics = [Metric("fill-mask", "held-out split", source, "loss", round(metrics["eval_loss"], 4),
+                           metric_name="masked-LM loss")]
+    finish_run(trainer, tokenizer, card, lambda folder: score_blimp(data_args, training_args, folder),
+               loss_label="masked-LM loss (nats per masked token)")
 
 
 if __name__ == "__main__":
