@@ -31,10 +31,9 @@ import transformers  # noqa: E402
 from transformers import BertConfig, BertForMaskedLM  # noqa: E402
 
 from benchmarks.train_mlm import PEAK_BF16_FLOPS, timed  # noqa: E402
-from modeling import device_value_checks  # noqa: E402
+from modeling import device_value_checks, diffusion_policy  # noqa: E402
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM  # noqa: E402
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM, masked_diffusion_nelbo  # noqa: E402
-from trainers.diffusion_trainer import stratified_uniforms  # noqa: E402
 
 PRESETS = {  # width, depth, heads, conditioning width
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, cond_dim=64),
@@ -58,32 +57,23 @@ def build_models(preset: dict, vocab_size: int, seq_len: int, block_size: int) -
 
 
 def flops_per_token(model, seq_len: int) -> float:
-    config = model.config
-    attended = 2 * seq_len if config.model_type == "bd3lm" else seq_len
+    config, policy = model.config, diffusion_policy(model)
+    blockwise = policy is not None and policy.blockwise
+    attended = 2 * seq_len if blockwise else seq_len
     body = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "lm_head" not in name
                and not name.startswith("cls."))
     head = config.vocab_size * config.hidden_size
-    if config.model_type == "bd3lm":  # the trunk runs over x_t and x_0, the output projection over x_t only
+    if blockwise:  # the trunk runs over x_t and x_0, the output projection over x_t only
         return 6 * (2 * body + head) + 12 * config.num_hidden_layers * config.hidden_size * attended * 2
     return 6 * (body + head) + 12 * config.num_hidden_layers * config.hidden_size * attended
 
 
 def diffusion_step(model, forward, clean, generator):
-    """One NELBO evaluation as MaskedDiffusionTrainer computes it (noise drawn on the device)."""
-    batch, length = clean.shape
-    uniforms = torch.rand(clean.shape, generator=generator, device=clean.device)
-    if model.config.model_type == "mdlm":
-        timesteps = (1 - 1e-3) * stratified_uniforms((batch,), generator, clean.device) + 1e-3
-        noisy = clean.masked_fill(uniforms < model.noise_schedule(timesteps)[0][:, None], MASK_ID)
-        logits = forward(input_ids=noisy, timesteps=timesteps).logits
-        weights = model.noise_schedule(timesteps)[1][:, None]
-    else:
-        blocks = length // model.config.block_size
-        timesteps = stratified_uniforms((batch, blocks), generator, clean.device).repeat_interleave(
-            model.config.block_size, dim=1) * (1 - 1e-3) + 1e-3
-        noisy = clean.masked_fill(uniforms <= timesteps, MASK_ID)
-        logits = forward(input_ids=noisy, clean_ids=clean, timesteps=timesteps).logits
-        weights = model.noise_schedule(timesteps)[1]
+    """One NELBO evaluation as MaskedDiffusionTrainer computes it (noise drawn on the device by the model's policy)."""
+    policy = diffusion_policy(model)
+    noisy, timesteps = policy.draw_noise(model, clean, generator, training=True)
+    logits = forward(input_ids=noisy, timesteps=timesteps, **policy.forward_inputs(clean)).logits
+    weights = policy.nelbo_weights(model, timesteps)
     return masked_diffusion_nelbo(logits, noisy, clean, weights, MASK_ID).sum() / clean.numel()
 
 
@@ -97,7 +87,7 @@ def measure_training(model, clean, steps, warmup, device, autocast, compile_mode
 
     def step():
         with autocast():
-            if model.config.model_type == "bert":
+            if diffusion_policy(model) is None:  # the BERT baseline
                 loss = forward(input_ids=clean.masked_fill(labels != -100, MASK_ID), labels=labels).loss
             else:
                 loss = diffusion_step(model, forward, clean, generator)

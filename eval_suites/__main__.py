@@ -21,8 +21,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 
 from eval_suites import classification
 from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
-from eval_suites.likelihood import DIFFUSION_MODEL_TYPES
 from eval_suites.scoring import SCORERS
+from modeling import diffusion_policy
 
 COLLAPSE_EXIT_CODE = 3  # distinct from 1 (a crash) and 2 (bad arguments), so scripts can tell a collapse apart
 
@@ -61,9 +61,9 @@ def run_blimp(args) -> int:
 
 
 def load_likelihood_model(name: str):
-    """Diffusion exports (model_type mdlm/bd3lm) answer to AutoModelForMaskedLM, everything else is a causal LM."""
-    model_type = AutoConfig.from_pretrained(name, trust_remote_code=True).model_type
-    auto_class = AutoModelForMaskedLM if model_type in DIFFUSION_MODEL_TYPES else AutoModelForCausalLM
+    """Diffusion exports (MDLM, BD3-LM) answer to AutoModelForMaskedLM, everything else is a causal LM."""
+    config = AutoConfig.from_pretrained(name, trust_remote_code=True)
+    auto_class = AutoModelForMaskedLM if diffusion_policy(config) is not None else AutoModelForCausalLM
     return auto_class.from_pretrained(name, trust_remote_code=True).eval()
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from eval_suites.blimp import unk_rate
 from eval_suites.likelihood import build_likelihood, is_diffusion_model
 from eval_suites.scoring import check_encoded
+from modeling import diffusion_policy
 
 METRIC_DIR = Path(__file__).with_name("metrics") / "classification"
 DEFAULT_TEMPLATE = "{label}: "
@@ -222,8 +223,8 @@ class GenerativeClassifier:
             "start_prefix": self.tokenizer.convert_ids_to_tokens(self.prefix),
             "priors": {name: float(math.exp(p)) for name, p in zip(self.names, self.log_priors)},
             # None: exact scores, no noise. MDLM's noise follows the target whatever the context length.
-            "shared_noise": (len(lengths) == 1 or self.models[0].config.model_type == "mdlm") if self.diffusion
-            else None,
+            "shared_noise": (len(lengths) == 1 or diffusion_policy(self.models[0]).noise_follows_target)
+            if self.diffusion else None,
             "truncated_texts": self.num_truncated,
         }
         if not self.per_class:

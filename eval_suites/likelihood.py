@@ -22,10 +22,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from eval_suites.scoring import budget_batches
-from modeling import device_value_checks
+from modeling import device_value_checks, diffusion_policy, require_diffusion_policy
 from modeling.mdlm import masked_diffusion_nelbo
-
-DIFFUSION_MODEL_TYPES = ("mdlm", "bd3lm")
 
 
 @dataclass
@@ -36,7 +34,7 @@ class LikelihoodEstimate:
 
 
 def is_diffusion_model(model) -> bool:
-    return getattr(model.config, "model_type", None) in DIFFUSION_MODEL_TYPES
+    return diffusion_policy(model) is not None
 
 
 def build_likelihood(model, num_samples: int = 32, seed: int = 0, token_budget: int = 16384):
@@ -128,14 +126,13 @@ class DiffusionLikelihood:
         """`shared_noise` (common random numbers, for comparing sequences): one noise table for every sequence. Off
         (for corpus estimates such as perplexity, where a t shared by all sequences would not average out): each
         sequence gets its own table, seeded by its index."""
-        if not is_diffusion_model(model):
-            raise ValueError(f"DiffusionLikelihood needs an MDLM or BD3-LM, got {type(model).__name__}")
+        self.policy = require_diffusion_policy(model, "DiffusionLikelihood")
         if num_samples < 1:
             raise ValueError("num_samples must be at least 1")
         self.model, self.num_samples, self.token_budget = model, num_samples, token_budget
         self.seed, self.shared_noise = seed, shared_noise
         config = model.config
-        self.block_size = config.block_size if config.model_type == "bd3lm" else None
+        self.block_size = self.policy.likelihood_block_size(config)
         self._tables = {}
 
     def _noise(self, sequence_index: int):
@@ -222,7 +219,7 @@ class DiffusionLikelihood:
             for start in range(0, len(order), per_batch):
                 indices = order[start:start + per_batch]
                 noisy, times, weights, clean, attention = self._batch(indices, rows, context_lengths, pad_id)
-                extra = {"clean_ids": clean.to(device)} if self.block_size else {}
+                extra = self.policy.forward_inputs(clean.to(device))
                 logits = model(input_ids=noisy.to(device), attention_mask=attention.to(device),
                                timesteps=times.to(device)[:, 0] if not self.block_size else times.to(device),
                                **extra).logits

@@ -13,6 +13,7 @@ from typing import List
 
 
 from eval_suites.likelihood import CausalLikelihood, DiffusionLikelihood, is_diffusion_model
+from modeling import diffusion_policy
 
 
 def perplexity_report(model, sequences: List[List[int]], num_samples: int = 8, seed: int = 0,
@@ -21,7 +22,8 @@ def perplexity_report(model, sequences: List[List[int]], num_samples: int = 8, s
     causal LMs and for BD3-LM with `ignore_bos`; MDLM scores every token, as the original does."""
     if not sequences or any(len(row) < 2 for row in sequences):
         raise ValueError("perplexity needs sequences of at least 2 tokens")
-    skip_first = not is_diffusion_model(model) or (model.config.model_type == "bd3lm" and model.config.ignore_bos)
+    policy = diffusion_policy(model)
+    skip_first = policy is None or not policy.scores_first_token(model.config)
     contexts = [row[:1] if skip_first else [] for row in sequences]
     targets = [row[1:] if skip_first else row for row in sequences]
     num_tokens = sum(map(len, targets))

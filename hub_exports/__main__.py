@@ -3,7 +3,9 @@
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from transformers import AutoTokenizer
 
@@ -11,6 +13,7 @@ from hub_exports.exporting import CardInfo, Metric, check_export_target, export,
 from hub_exports.publishing import push
 from hub_exports.strict_mapping import ConversionError, first_line
 from hub_exports.verification import VerificationError, format_report, verify
+from modeling import DIFFUSION_POLICIES, diffusion_policy
 
 
 def _metric(text: str) -> Metric:
@@ -89,12 +92,11 @@ def cmd_convert(args) -> int:
     message and status 1; anything else is a bug and keeps its traceback."""
     if _refuse_out(args.out, args.source, args.tokenizer):
         return 1
+    source_format = SOURCE_FORMATS[args.source_format]
     try:
-        if args.source_format == "ltg_bert" and args.position_qk_split is None:
-            raise ConversionError("convert ltg_bert needs --position-qk-split (it is not visible in the checkpoint's "
-                                  "keys)")
+        source_format.check_flags(args)
         tokenizer = conversion_tokenizer(args)
-        model, description = convert(args, tokenizer)
+        model, description = source_format.convert(args, tokenizer)
     except ConversionError as error:
         print(f"Not converted: {error}", file=sys.stderr)
         return 1
@@ -112,7 +114,7 @@ def conversion_tokenizer(args):
     """The tokenizer the converted model is exported with, loaded before any conversion work: --tokenizer, else the
     source folder's own (ltg_bert, mdlm, bd3lm) or GPT-2's from the Hub (modded_gpt, backpack). A source that ships
     none, a folder that holds none, or a tokenizer that cannot be loaded is a ConversionError saying how to give it."""
-    gpt_family = args.source_format in ("modded_gpt", "backpack")
+    gpt_family = SOURCE_FORMATS[args.source_format].gpt2_tokenizer
     name = args.tokenizer or ("gpt2" if gpt_family else args.source)
     how = ("pass --tokenizer with the folder (or Hub id) of the tokenizer the checkpoint was trained with"
            + (f" ({GPT2_TOKENIZER_HINT})" if gpt_family else ""))
@@ -132,29 +134,41 @@ def conversion_tokenizer(args):
                               f"{how}") from None
 
 
-def convert(args, tokenizer):
-    """(model, what was converted, in a paragraph) for `args.source_format`."""
-    from hub_exports import convert_backpack, convert_modded_gpt
+def _convert_modded_gpt(args, tokenizer):
+    from hub_exports import convert_modded_gpt
 
-    if args.source_format == "modded_gpt":
-        model, checkpoint_format = convert_modded_gpt.convert_modded_gpt(
-            args.source, tokenizer, eot_token_id=args.eot_token_id, head_dim=args.head_dim,
-            sliding_window_num_blocks=None if args.window_blocks == 0 else args.window_blocks,
-            max_position_embeddings=args.max_length)
-        return model, convert_modded_gpt.describe(model, checkpoint_format)
-    if args.source_format == "backpack":
-        model, checkpoint_format = convert_backpack.convert_backpack(args.source, tokenizer)
-        return model, convert_backpack.describe(model, checkpoint_format)
-    if args.source_format == "ltg_bert":
-        from hub_exports.convert_ltg_bert import convert_ltg_bert
+    model, checkpoint_format = convert_modded_gpt.convert_modded_gpt(
+        args.source, tokenizer, eot_token_id=args.eot_token_id, head_dim=args.head_dim,
+        sliding_window_num_blocks=None if args.window_blocks == 0 else args.window_blocks,
+        max_position_embeddings=args.max_length)
+    return model, convert_modded_gpt.describe(model, checkpoint_format)
 
-        model = convert_ltg_bert(args.source, args.position_qk_split, tokenizer=tokenizer,
-                                 pad_token_id=args.pad_token_id)
-        return model, f"Converted ltg_bert ({args.position_qk_split}): {model.num_parameters():,} parameters"
+
+def _convert_backpack(args, tokenizer):
+    from hub_exports import convert_backpack
+
+    model, checkpoint_format = convert_backpack.convert_backpack(args.source, tokenizer)
+    return model, convert_backpack.describe(model, checkpoint_format)
+
+
+def _require_position_qk_split(args) -> None:
+    if args.position_qk_split is None:
+        raise ConversionError("convert ltg_bert needs --position-qk-split (it is not visible in the checkpoint's "
+                              "keys)")
+
+
+def _convert_ltg_bert(args, tokenizer):
+    from hub_exports.convert_ltg_bert import convert_ltg_bert
+
+    model = convert_ltg_bert(args.source, args.position_qk_split, tokenizer=tokenizer, pad_token_id=args.pad_token_id)
+    return model, f"Converted ltg_bert ({args.position_qk_split}): {model.num_parameters():,} parameters"
+
+
+def _convert_diffusion(args, tokenizer):
     from hub_exports.convert_diffusion import convert_diffusion
 
     model = convert_diffusion(args.source, tokenizer=tokenizer, mask_token_id=args.mask_token_id, weights=args.weights)
-    if model.config.model_type != args.source_format:
+    if diffusion_policy(model) is not DIFFUSION_POLICIES[args.source_format]:
         raise ConversionError(f"{args.source} holds a {model.config.model_type} checkpoint, not {args.source_format}")
     if tokenizer.mask_token_id is None:  # the original appended the mask id after the tokenizer's vocabulary
         tokenizer.add_special_tokens({"mask_token": "[MASK]"})
@@ -162,6 +176,28 @@ def convert(args, tokenizer):
             raise ConversionError(f"could not give the tokenizer the mask id {model.config.mask_token_id}")
     return model, (f"Converted {model.config.model_type} ({args.weights} weights): {model.num_parameters():,} "
                    f"parameters, mask id {model.config.mask_token_id}")
+
+
+def _no_flags_needed(args) -> None:
+    """Every flag of the format has a default or is checked by its converter."""
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """One kind of original checkpoint the convert command reads."""
+
+    convert: Callable  # (args, tokenizer) -> (model, what was converted, in a paragraph)
+    check_flags: Callable = _no_flags_needed  # raises ConversionError before any work when a needed flag is missing
+    gpt2_tokenizer: bool = False  # trained with GPT-2's tokenizer, the default (else the source folder's own)
+
+
+# Named as the architecture the checkpoint converts to.
+SOURCE_FORMATS = {
+    "ltg_bert": SourceFormat(_convert_ltg_bert, check_flags=_require_position_qk_split),
+    **dict.fromkeys(DIFFUSION_POLICIES, SourceFormat(_convert_diffusion)),
+    "modded_gpt": SourceFormat(_convert_modded_gpt, gpt2_tokenizer=True),
+    "backpack": SourceFormat(_convert_backpack, gpt2_tokenizer=True),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_push)
 
     p = commands.add_parser("convert", help="original checkpoint -> verified hubzoo export")
-    p.add_argument("source_format", choices=["ltg_bert", "mdlm", "bd3lm", "modded_gpt", "backpack"])
+    p.add_argument("source_format", choices=list(SOURCE_FORMATS))
     p.add_argument("source", help="ltg_bert: folder with config.json + pytorch_model.bin; mdlm/bd3lm: Hub folder "
                                   "(config.json + model.safetensors) or Lightning .ckpt file; modded_gpt: the "
                                   "speedrun's state_step*.pt; backpack: a backpack-gpt2 folder or a nanoBackpackLM "

@@ -33,8 +33,7 @@ from hub_exports.strict_mapping import (
     make_config,
     read_json_config,
 )
-from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
-from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
+from modeling import DIFFUSION_POLICIES
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +59,7 @@ HUB_CONFIG_FIELDS = {"vocab_size": "vocab_size", "hidden_dim": "hidden_size", "n
                      "n_heads": "num_attention_heads", "cond_dim": "cond_dim",
                      "model_length": "max_position_embeddings", "dropout": "dropout",
                      "time_conditioning": "time_conditioning"}
+ORIGINAL_DEFAULT_ALGORITHM = "mdlm"  # what a Lightning config without algo.name trained (the MDLM code names none)
 BD3LM_HUB_FIELDS = {"block_size": "block_size", "sampling_eps_min": "sampling_eps_min",
                     "sampling_eps_max": "sampling_eps_max", "adaln": "adaln"}
 
@@ -74,62 +74,62 @@ def convert_diffusion(source, tokenizer=None, mask_token_id: Optional[int] = Non
     shadow = None
     if source.is_file():
         weights_file = source
-        model_type, fields, state, shadow = _read_lightning(source, weights)
+        policy, fields, state, shadow = _read_lightning(source, weights)
     else:
         if weights != "ema":
             raise ConversionError(f"{source} is a Hub export, which holds the EMA weights only; the live weights are "
                                   "in the training run's Lightning .ckpt")
-        weights_file, model_type, fields, state = _read_hub_folder(source)
+        weights_file, policy, fields, state = _read_hub_folder(source)
     try:
         fields["vocab_size"] = _vocab_size(state, fields)
         fields["mask_token_id"] = _mask_token_id(fields["vocab_size"], tokenizer, mask_token_id)
         if tokenizer is not None:
             fields["pad_token_id"] = tokenizer.pad_token_id
-        if model_type == "bd3lm":
+        if policy.blockwise:
             _take_buffer_interval(fields, state)
-        model = _build_model(model_type, fields)
+        model = policy.model_class(make_config(policy.config_class, fields, "its config"))
         # The state dict is checked by name first: a key missing, extra or mis-shaped there is named, and the EMA
         # shadow list (which has no names) is then matched, shape by shape, against a state dict known to be complete.
-        mapped = _map_keys(state, model_type, model.config)
+        mapped = _map_keys(state, policy, model.config)
         check_complete(mapped, model.state_dict(), "the checkpoint")
         if shadow is not None:
-            mapped = _map_keys(_with_ema_weights(state, shadow), model_type, model.config)
+            mapped = _map_keys(_with_ema_weights(state, shadow), policy, model.config)
     except ConversionError as error:
         raise ConversionError(f"{weights_file}: {error}") from None
     model.load_state_dict(mapped, strict=True)
-    if model_type == "bd3lm":
-        try:
-            model.sampling_interval  # validates the loaded buffers
-        except ValueError as error:
-            raise ConversionError(f"{weights_file}: {error}") from None
+    try:
+        policy.validate(model)  # e.g. BD3-LM's loaded sampling-interval buffers
+    except ValueError as error:
+        raise ConversionError(f"{weights_file}: {error}") from None
     return model.eval()
-
-
-def _build_model(model_type: str, fields: dict):
-    config_class, model_class = ((Bd3lmConfig, Bd3lmForMaskedDiffusionLM) if model_type == "bd3lm"
-                                 else (MdlmConfig, MdlmForMaskedDiffusionLM))
-    return model_class(make_config(config_class, fields, "its config"))
 
 
 def _read_hub_folder(folder: Path):
     config_path = checkpoint_folder(folder) / "config.json"
     original = read_json_config(config_path)
-    model_type = original.get("model_type")
-    if model_type not in ("mdlm", "bd3lm"):
-        raise ConversionError(f"{config_path}: model_type {model_type!r} is neither 'mdlm' nor 'bd3lm'")
-    table = {**HUB_CONFIG_FIELDS, **(BD3LM_HUB_FIELDS if model_type == "bd3lm" else {})}
+    policy = _policy_named(original.get("model_type"))
+    if policy is None:
+        raise ConversionError(f"{config_path}: model_type {original.get('model_type')!r} is neither "
+                              f"{' nor '.join(map(repr, DIFFUSION_POLICIES))}")
+    table = {**HUB_CONFIG_FIELDS, **(BD3LM_HUB_FIELDS if policy.blockwise else {})}
     missing = sorted(name for name in table if name not in original)
     if missing:
         raise ConversionError(f"{config_path} lacks required fields {missing}")
     fields = {ours: original[theirs] for theirs, ours in table.items()}
-    if model_type == "bd3lm":
+    if policy.blockwise:
         _check_block_attention(original.get("cross_attn"), original.get("causal"), config_path)
     weights_file, state = load_folder_weights(folder)
-    return weights_file, model_type, fields, state
+    return weights_file, policy, fields, state
+
+
+def _policy_named(name):
+    """The diffusion policy of an original checkpoint's architecture name (the originals name theirs as hubzoo does)."""
+    return DIFFUSION_POLICIES.get(name) if isinstance(name, str) else None
 
 
 def _read_lightning(path: Path, weights: str):
-    """(model type, config fields, the state dict's live tensors, the EMA shadow list or None for weights='live')."""
+    """(diffusion policy, config fields, the state dict's live tensors, the EMA shadow list or None for
+    weights='live')."""
     checkpoint = load_torch_file(path, refusal_hint="Lightning checkpoints of the original code may pickle their "
                                  "Hydra config: re-save state_dict, ema and hyper_parameters.config as plain dicts "
                                  "and tensors in the original environment")
@@ -141,9 +141,8 @@ def _read_lightning(path: Path, weights: str):
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ConversionError(f"{path}: hyper_parameters.config is missing or not a plain dict")
     algo = config.get("algo") or {}
-    model_type = "bd3lm" if algo.get("name") == "bd3lm" else "mdlm"
-    if algo.get("name") not in (None, "mdlm", "bd3lm") or config.get("parameterization", algo.get("parameterization")) \
-            != "subs":
+    policy = _policy_named(ORIGINAL_DEFAULT_ALGORITHM if algo.get("name") is None else algo.get("name"))
+    if policy is None or config.get("parameterization", algo.get("parameterization")) != "subs":
         raise ConversionError(f"{path}: only the SUBS masked-diffusion models (mdlm, bd3lm) convert, got algo "
                               f"{algo.get('name')!r}, parameterization {config.get('parameterization')!r}")
     model = config["model"]
@@ -155,7 +154,7 @@ def _read_lightning(path: Path, weights: str):
               "num_attention_heads": model["n_heads"], "cond_dim": model["cond_dim"],
               "max_position_embeddings": model["length"], "dropout": model["dropout"],
               "time_conditioning": bool(algo.get("time_conditioning", config.get("time_conditioning", False)))}
-    if model_type == "bd3lm":
+    if policy.blockwise:
         _check_block_attention(algo.get("cross_attn"), algo.get("causal_attention"), path)
         if "block_size" not in config:
             raise ConversionError(f"{path}: hyper_parameters.config lacks block_size")
@@ -176,7 +175,7 @@ def _read_lightning(path: Path, weights: str):
         if name in checkpoint and name in state and not torch.equal(checkpoint[name], state[name]):
             raise ConversionError(f"{path}: top-level {name} {checkpoint[name].item()} disagrees with the "
                                   f"state_dict's {state[name].item()}")
-    return model_type, fields, state, shadow
+    return policy, fields, state, shadow
 
 
 def _with_ema_weights(state: dict, shadow) -> dict:
@@ -242,8 +241,8 @@ def _take_buffer_interval(fields: dict, state: dict) -> None:
     fields.update(buffers)
 
 
-def _map_keys(state: dict, model_type: str, config) -> dict:
-    trunk = model_type
+def _map_keys(state: dict, policy, config) -> dict:
+    trunk = policy.model_class.base_model_prefix
     mapped, unknown = {}, []
     for key, tensor in state.items():
         for pattern, template in KEY_MAP:
@@ -256,10 +255,10 @@ def _map_keys(state: dict, model_type: str, config) -> dict:
                 break
         else:
             unknown.append(key)
-    if model_type == "mdlm":
+    if not policy.blockwise:  # the sampling-interval buffers are block diffusion's
         unknown += [key for key in mapped if key.startswith("sampling_eps_")]
     if unknown:
-        raise ConversionError(f"Unknown keys in the {model_type} checkpoint: {sorted(unknown)}")
+        raise ConversionError(f"Unknown keys in the {policy.model_type} checkpoint: {sorted(unknown)}")
     return mapped
 
 

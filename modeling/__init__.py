@@ -6,10 +6,12 @@ module and collide with a local registration.
 
 import inspect
 from contextlib import contextmanager
+from typing import Optional
 
 import transformers
 
 from . import backpack, bd3lm, latent_wire, ltg_bert, mdlm, modded_gpt
+from .diffusion import BD3LM, MDLM, DiffusionPolicy
 
 # model_type -> (config class, {Auto class name: model class})
 ARCHITECTURES = {
@@ -20,6 +22,8 @@ ARCHITECTURES = {
     "backpack": (backpack.BackpackConfig, backpack.AUTO_CLASSES),
     "latent_wire": (latent_wire.LatentWireConfig, latent_wire.AUTO_CLASSES),
 }
+# model_type -> what that masked diffusion architecture brings to training, scoring, conversion and sampling
+DIFFUSION_POLICIES = {policy.model_type: policy for policy in (MDLM, BD3LM)}
 
 
 def _register(model_type, config_class, auto_classes):
@@ -49,6 +53,26 @@ def task_class(model_type: str, class_name: str) -> tuple:
     raise ValueError(f"{class_name!r} is not a registered class of hubzoo model_type {model_type!r}")
 
 
+def _model_type_of(model_or_config) -> Optional[str]:
+    config = model_or_config if isinstance(model_or_config, transformers.PretrainedConfig) else \
+        getattr(model_or_config, "config", None)
+    return getattr(config, "model_type", None)
+
+
+def diffusion_policy(model_or_config) -> Optional[DiffusionPolicy]:
+    """The `DiffusionPolicy` of a masked diffusion model or config (also one loaded as remote code), else None."""
+    return DIFFUSION_POLICIES.get(_model_type_of(model_or_config))
+
+
+def require_diffusion_policy(model_or_config, user: str) -> DiffusionPolicy:
+    """`diffusion_policy`, for `user` (named in the error), which works with masked diffusion models only."""
+    policy = diffusion_policy(model_or_config)
+    if policy is None:
+        raise ValueError(f"{user} needs a masked diffusion model (model_type {' or '.join(DIFFUSION_POLICIES)}), got "
+                         f"{type(model_or_config).__name__} with model_type {_model_type_of(model_or_config)!r}")
+    return policy
+
+
 def supports_sparse_prediction(model) -> bool:
     """Whether `model.forward` takes `sparse_prediction` (its MLM head can run on the labelled positions only)."""
     return "sparse_prediction" in inspect.signature(model.forward).parameters
@@ -73,4 +97,5 @@ def device_value_checks(model, enabled: bool):
 for _model_type, (_config_class, _auto_classes) in ARCHITECTURES.items():
     _register(_model_type, _config_class, _auto_classes)
 
-__all__ = ["ARCHITECTURES", "auto_map", "device_value_checks", "supports_sparse_prediction", "task_class"]
+__all__ = ["ARCHITECTURES", "DIFFUSION_POLICIES", "DiffusionPolicy", "auto_map", "device_value_checks",
+           "diffusion_policy", "require_diffusion_policy", "supports_sparse_prediction", "task_class"]

@@ -8,11 +8,12 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
+from modeling.diffusion import stratified_uniforms
 from modeling.mdlm import masked_diffusion_nelbo
 from tests.diffusion_trainer_driver import MASK_ID, PAD_ID, REAL_PER_ROW, VOCAB, one_step, rows_dataset, tiny_model
 from tests.test_mlm_trainer import launch_two_processes, max_diff
 from trainers.collators import DiffusionCollator
-from trainers.diffusion_trainer import MaskedDiffusionTrainer, stratified_uniforms
+from trainers.diffusion_trainer import MaskedDiffusionTrainer
 
 DRIVER = Path(__file__).with_name("diffusion_trainer_driver.py")
 

@@ -1,14 +1,9 @@
 """`Trainer` for masked diffusion LMs (MDLM, BD3-LM): the NELBO of the originals, exact under gradient accumulation and
 multi-process data parallelism, with an EMA of the weights used for evaluation and export.
 
-Per micro-batch (x_0 from the collator, labels = x_0 with -100 at padding):
-* MDLM: one t per sequence, antithetic (stratified over the micro-batch), t = (1 - eps) u + eps with eps =
-  `config.sampling_eps`; a token is masked when a uniform draw is < move_chance(t) = 1 - exp(-sigma(t)); its NELBO
-  weight is sigma'(t) / expm1(sigma(t)) (= 1/t).
-* BD3-LM: one t per block, stratified over batch x blocks, in [sampling_eps_min, sampling_eps_max] (the model's
-  buffers) for training and in (1e-3, 1) for evaluation; masked when the uniform is <= t; weight 1/t; with
-  `ignore_bos` the first token is never masked, and in evaluation it is not scored.
-The quantity optimised per optimizer step is sum over masked tokens of weight * -log p(x_0 | x_t), divided by the
+Per micro-batch (x_0 from the collator, labels = x_0 with -100 at padding) the model's diffusion policy
+(`modeling.diffusion`) draws t and the masks, gives the NELBO weights and says which tokens evaluation scores. The
+quantity optimised per optimizer step is sum over masked tokens of weight * -log p(x_0 | x_t), divided by the
 number of real tokens of the step (masked or not: the original's per-token NELBO), over all micro-batches and ranks.
 
 Noise comes from a generator seeded by (seed, rank, optimizer step, micro-step), not from the global RNG: a resumed run
@@ -22,21 +17,11 @@ from contextlib import nullcontext
 import torch
 from transformers import Trainer
 
+from modeling import diffusion_policy, require_diffusion_policy
 from modeling.mdlm import masked_diffusion_nelbo
 from trainers.checkpoints import CompleteCheckpointsMixin
 from trainers.ema import EMACallback
 from trainers.mlm_trainer import CollatorCheckedMixin, mean_scored_tokens_per_row, normalise_over_step
-
-NELBO_INTERVAL = (1e-3, 1.0)  # BD3-LM: the interval a likelihood bound is reported on
-
-
-def stratified_uniforms(shape, generator, device) -> torch.Tensor:
-    """Uniforms over `shape`, antithetic: the n = numel values are (u_i + i) / n for i in row-major order."""
-    count = 1
-    for size in shape:
-        count *= size
-    uniform = torch.rand(shape, generator=generator, device=device)
-    return (uniform / count + torch.arange(count, device=device).view(shape) / count) % 1
 
 
 class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
@@ -46,11 +31,8 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
             raise ValueError("MaskedDiffusionTrainer computes its own loss: no label_smoothing_factor or "
                              "compute_loss_func")
         unwrapped = self.accelerator.unwrap_model(self.model)
-        self.model_type = unwrapped.config.model_type
-        if self.model_type not in ("mdlm", "bd3lm"):
-            raise ValueError(f"MaskedDiffusionTrainer trains mdlm or bd3lm models, got {self.model_type!r}")
-        if self.model_type == "bd3lm":
-            unwrapped.sampling_interval  # validates the buffers before any step
+        self.policy = require_diffusion_policy(unwrapped, "MaskedDiffusionTrainer")
+        self.policy.validate(unwrapped)
         # As in MaskedLMTrainer: makes Trainer count the labelled (real) tokens of the whole optimizer step, which is
         # exactly our denominator, and skip its own division by the accumulation steps.
         self.model_accepts_loss_kwargs = True
@@ -72,28 +54,9 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
         return self._generator("train", self.state.global_step, drawn)
 
     def draw_noise(self, model, clean, generator, training: bool):
-        """(x_t, t) for a batch of clean ids: t is (B,) for MDLM, (B, L) per token for BD3-LM, every t in (0, 1]. The
-        interval t is drawn from is checked here, on the host: on an accelerator the model's own check of the values
-        is off while the trainer trains (it would be a host-device sync per step)."""
-        batch, length = clean.shape
-        config, mask_id = model.config, model.config.mask_token_id
-        if self.model_type == "mdlm" and not 0.0 < config.sampling_eps < 1.0:
-            # t = (1 - eps) u + eps lies in [eps, 1); its NELBO weight 1/t is infinite at t = 0
-            raise ValueError(f"config.sampling_eps must lie in (0, 1), got {config.sampling_eps}")
-        uniforms = torch.rand(clean.shape, generator=generator, device=clean.device)
-        if self.model_type == "mdlm":
-            eps = config.sampling_eps
-            timesteps = (1 - eps) * stratified_uniforms((batch,), generator, clean.device) + eps
-            masked = uniforms < model.noise_schedule(timesteps)[0][:, None]
-        else:
-            low, high = model.sampling_interval if training else NELBO_INTERVAL
-            blocks = -(-length // config.block_size)
-            per_block = stratified_uniforms((batch, blocks), generator, clean.device) * (high - low) + low
-            timesteps = per_block.repeat_interleave(config.block_size, dim=1)[:, :length]
-            masked = uniforms <= model.noise_schedule(timesteps)[0]
-            if config.ignore_bos:
-                masked[:, 0] = False
-        return clean.masked_fill(masked, mask_id), timesteps
+        """(x_t, t) for a batch of clean ids, as the (unwrapped) model's diffusion policy draws them: t is (B,) for
+        MDLM, (B, L) per token for BD3-LM, every t in (0, 1]."""
+        return diffusion_policy(model).draw_noise(model, clean, generator, training)
 
     # ---- loss ----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -103,13 +66,12 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
         training = model.training
         generator = self._training_generator() if training else self._generator("eval", self._eval_batch)
         noisy, timesteps = self.draw_noise(unwrapped, clean, generator, training)
-        extra = {"clean_ids": clean} if self.model_type == "bd3lm" else {}
-        outputs = model(input_ids=noisy, attention_mask=attention_mask, timesteps=timesteps, **extra)
-        if self.model_type == "bd3lm" and unwrapped.config.ignore_bos and not training:
+        outputs = model(input_ids=noisy, attention_mask=attention_mask, timesteps=timesteps,
+                        **self.policy.forward_inputs(clean))
+        if not training and not self.policy.scores_first_token(unwrapped.config):
             labels = labels.clone()
             labels[:, 0] = -100  # the original's evaluation does not score BOS
-        weights = unwrapped.noise_schedule(timesteps)[1]
-        weights = weights[:, None] if weights.dim() == 1 else weights
+        weights = self.policy.nelbo_weights(unwrapped, timesteps)
         total = masked_diffusion_nelbo(outputs.logits, noisy, labels, weights, unwrapped.config.mask_token_id).sum()
         if not training and self._eval_tokens_per_row:
             # Trainer averages the batch losses weighted by rows; dividing by rows x (scored tokens per row over the
@@ -147,5 +109,5 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
     def _scored_tokens_per_row(self, dataset):
         """Tokens the evaluation NELBO scores per row: all real tokens; BD3-LM with `ignore_bos`: all but the first."""
         config = self.accelerator.unwrap_model(self.model).config
-        skipped = 1 if self.model_type == "bd3lm" and config.ignore_bos else 0
+        skipped = 0 if self.policy.scores_first_token(config) else 1
         return mean_scored_tokens_per_row(dataset, skipped)
