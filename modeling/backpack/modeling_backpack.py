@@ -193,7 +193,10 @@ class BackpackPreTrainedModel(PreTrainedModel):
     # batch on the CPU turn them off (modeling.device_value_checks).
     check_values_on_device = True
 
+    # Copied from modeling.ltg_bert.modeling_ltg_bert.LtgBertPreTrainedModel._values_checked
     def _values_checked(self, tensor: torch.Tensor) -> bool:
+        """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
+        `check_values_on_device` is off."""
         if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
             return False
         return tensor.device.type == "cpu" or self.check_values_on_device
@@ -243,8 +246,8 @@ def check_inputs(input_ids, inputs_embeds, attention_mask, past_length, config, 
     return tokens
 
 
-# ---- shared position checks (begin): identical in modeling_backpack.py and modeling_modded_gpt.py
-# (tests/models/test_input_validation.py); each exported modeling file must stand alone. ----
+# ---- shared position checks (begin): copied from modeling_backpack.py into modeling_modded_gpt.py (checked by
+# utils/check_copies.py); each exported modeling file must stand alone. ----
 
 
 def check_position_ids(position_ids: torch.Tensor, input_ids: torch.Tensor, max_positions: int, check_values: bool):
