@@ -219,7 +219,8 @@ def check_inputs(input_ids, inputs_embeds, attention_mask, past_length, config, 
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if input_ids is not None and (input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32)):
-        raise ValueError("input_ids must be an integer tensor of shape (batch, seq_len)")
+        raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got {input_ids.dtype} "
+                         f"{tuple(input_ids.shape)}")
     if inputs_embeds is not None and (inputs_embeds.dim() != 3 or not inputs_embeds.is_floating_point() or
                                       inputs_embeds.shape[-1] != config.hidden_size):
         raise ValueError(f"inputs_embeds must be a float tensor of shape (batch, seq_len, hidden_size="
@@ -239,8 +240,9 @@ def check_inputs(input_ids, inputs_embeds, attention_mask, past_length, config, 
     if check_values and input_ids is not None:
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
         if low < 0 or high >= config.vocab_size:
-            raise ValueError(f"input_ids contain ids outside [0, {config.vocab_size}) (min {low}, max {high}): the "
-                             "tokenizer does not match this model's vocabulary")
+            raise ValueError(f"input_ids contain ids outside [0, {config.vocab_size}) (min {low}, max "
+                             f"{high}): the tokenizer does not match this model's vocabulary "
+                             "(config.vocab_size)")
     if attention_mask is not None and check_values and not bool(attention_mask.bool().any(dim=1).all()):
         raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
     return tokens
