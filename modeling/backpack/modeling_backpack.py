@@ -308,11 +308,11 @@ def flex_block_mask(attention_mask, batch: int, query_length: int, past_length: 
     return create_block_mask(visible, batch, None, query_length, key_length, device=device, BLOCK_SIZE=block)
 
 
-def cache_is_the_forward_name() -> bool:
-    """transformers >= 5.24 names a forward's cache `cache` (`past_key_values` is its deprecated name); 4.57's
-    `generate` passes `past_key_values`, which is no deprecation there."""
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return (major, minor) >= (5, 24)
+# Copied from modeling.modded_gpt.modeling_modded_gpt.cache_renamed
+def cache_renamed() -> bool:
+    """transformers 5.24 renamed the cache argument `past_key_values` to `cache` (deprecating the old name); older
+    releases, 4.57 among them, still pass `past_key_values` from `generate`, where it is not deprecated."""
+    return tuple(int(part) for part in transformers.__version__.split(".")[:2]) >= (5, 24)
 
 
 def ensure_cache_layer(cache, index: int) -> None:
@@ -391,7 +391,7 @@ class BackpackModel(BackpackPreTrainedModel):
         if past_key_values is not None:
             if cache is not None:
                 raise ValueError("pass the cache once: cache (past_key_values is its old name), not both")
-            if cache_is_the_forward_name() and not torch.compiler.is_compiling():
+            if cache_renamed() and not torch.compiler.is_compiling():
                 warnings.warn(f"`past_key_values` is deprecated for `{type(self).__name__}.forward`. Use `cache` "
                               "instead.", FutureWarning, stacklevel=2)
             cache = past_key_values
