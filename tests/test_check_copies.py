@@ -59,15 +59,13 @@ ORIGINAL = """
         def forward(self, x):
             return ALPHA_SCALE * alpha_helper(x)
 """
+BETA = "class BetaBlock:\n    def forward(self, x):\n        return BETA_SCALE * beta_helper(x)\n"
 
 
 @pytest.mark.parametrize("marker,copy,problem", [
-    ("# Copied from modeling.a.modeling_a.AlphaBlock with Alpha->Beta,alpha->beta,ALPHA->BETA",
-     "class BetaBlock:\n    def forward(self, x):\n        return BETA_SCALE * beta_helper(x)\n", None),
-    ("# Copied from modeling.a.modeling_a.AlphaBlock with Alpha->Beta all-casing",
-     "class BetaBlock:\n    def forward(self, x):\n        return BETA_SCALE * beta_helper(x)\n", None),
-    ("# Copied from modeling.a.modeling_a.AlphaBlock with Alpha->Beta",
-     "class BetaBlock:\n    def forward(self, x):\n        return BETA_SCALE * beta_helper(x)\n", "differs"),
+    ("# Copied from modeling.a.modeling_a.AlphaBlock with Alpha->Beta,alpha->beta,ALPHA->BETA", BETA, None),
+    ("# Copied from modeling.a.modeling_a.AlphaBlock with Alpha->Beta all-casing", BETA, None),
+    ("# Copied from modeling.a.modeling_a.AlphaBlock with Alpha->Beta", BETA, "differs"),  # alpha_helper stays
     ("# Copied from modeling.a.modeling_a.AlphaBlock.backward",
      "def backward(self, x):\n    return x\n", "no class or def AlphaBlock.backward in modeling/a/modeling_a.py"),
     ("# Copied from modeling.a.modeling_b.AlphaBlock", "class AlphaBlock:\n    pass\n", "names no module"),
@@ -86,8 +84,8 @@ def test_markers(tmp_path, marker, copy, problem):
 
 
 def test_a_copy_of_a_copy_follows_the_copy_it_names(tmp_path):
-    """b copies a's method into a class (indented); c copies b's method: c is compared with b alone, and a fix
-    reaches c through b."""
+    """b copies a's function as a method (indented), c copies b's method as a function: c is compared with b alone,
+    and a fix reaches c through b."""
     root = write_tree(tmp_path, {
         "modeling/a/modeling_a.py": "def scale(x):\n    return 2 * x\n",
         "modeling/b/modeling_b.py": "class B:\n    # Copied from modeling.a.modeling_a.scale\n"
