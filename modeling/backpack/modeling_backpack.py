@@ -193,7 +193,10 @@ class BackpackPreTrainedModel(PreTrainedModel):
     # batch on the CPU turn them off (modeling.device_value_checks).
     check_values_on_device = True
 
+    # Copied from modeling.ltg_bert.modeling_ltg_bert.LtgBertPreTrainedModel._values_checked
     def _values_checked(self, tensor: torch.Tensor) -> bool:
+        """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
+        `check_values_on_device` is off."""
         if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
             return False
         return tensor.device.type == "cpu" or self.check_values_on_device
@@ -216,7 +219,8 @@ def check_inputs(input_ids, inputs_embeds, attention_mask, past_length, config, 
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if input_ids is not None and (input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32)):
-        raise ValueError("input_ids must be an integer tensor of shape (batch, seq_len)")
+        raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got {input_ids.dtype} "
+                         f"{tuple(input_ids.shape)}")
     if inputs_embeds is not None and (inputs_embeds.dim() != 3 or not inputs_embeds.is_floating_point() or
                                       inputs_embeds.shape[-1] != config.hidden_size):
         raise ValueError(f"inputs_embeds must be a float tensor of shape (batch, seq_len, hidden_size="
@@ -236,15 +240,16 @@ def check_inputs(input_ids, inputs_embeds, attention_mask, past_length, config, 
     if check_values and input_ids is not None:
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
         if low < 0 or high >= config.vocab_size:
-            raise ValueError(f"input_ids contain ids outside [0, {config.vocab_size}) (min {low}, max {high}): the "
-                             "tokenizer does not match this model's vocabulary")
+            raise ValueError(f"input_ids contain ids outside [0, {config.vocab_size}) (min {low}, max "
+                             f"{high}): the tokenizer does not match this model's vocabulary "
+                             "(config.vocab_size)")
     if attention_mask is not None and check_values and not bool(attention_mask.bool().any(dim=1).all()):
         raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
     return tokens
 
 
-# ---- shared position checks (begin): identical in modeling_backpack.py and modeling_modded_gpt.py
-# (tests/models/test_input_validation.py); each exported modeling file must stand alone. ----
+# ---- shared position checks (begin): copied from modeling_backpack.py into modeling_modded_gpt.py (checked by
+# utils/check_copies.py); each exported modeling file must stand alone. ----
 
 
 def check_position_ids(position_ids: torch.Tensor, input_ids: torch.Tensor, max_positions: int, check_values: bool):
@@ -303,11 +308,11 @@ def flex_block_mask(attention_mask, batch: int, query_length: int, past_length: 
     return create_block_mask(visible, batch, None, query_length, key_length, device=device, BLOCK_SIZE=block)
 
 
-def cache_is_the_forward_name() -> bool:
-    """transformers >= 5.24 names a forward's cache `cache` (`past_key_values` is its deprecated name); 4.57's
-    `generate` passes `past_key_values`, which is no deprecation there."""
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return (major, minor) >= (5, 24)
+# Copied from modeling.modded_gpt.modeling_modded_gpt.cache_renamed
+def cache_renamed() -> bool:
+    """transformers 5.24 renamed the cache argument `past_key_values` to `cache` (deprecating the old name); older
+    releases, 4.57 among them, still pass `past_key_values` from `generate`, where it is not deprecated."""
+    return tuple(int(part) for part in transformers.__version__.split(".")[:2]) >= (5, 24)
 
 
 def ensure_cache_layer(cache, index: int) -> None:
@@ -386,7 +391,7 @@ class BackpackModel(BackpackPreTrainedModel):
         if past_key_values is not None:
             if cache is not None:
                 raise ValueError("pass the cache once: cache (past_key_values is its old name), not both")
-            if cache_is_the_forward_name() and not torch.compiler.is_compiling():
+            if cache_renamed() and not torch.compiler.is_compiling():
                 warnings.warn(f"`past_key_values` is deprecated for `{type(self).__name__}.forward`. Use `cache` "
                               "instead.", FutureWarning, stacklevel=2)
             cache = past_key_values

@@ -46,8 +46,9 @@ from transformers.utils.logging import tqdm
 from .configuration_bd3lm import Bd3lmConfig, validate_sampling_interval
 
 
-# ---- shared DiT (begin): kept identical in modeling_mdlm.py and modeling_bd3lm.py (tests/models/test_dit_shared.py);
-# each exported modeling file must stand alone, so the two architectures carry the same copy. ----
+# Copied from modeling.mdlm.modeling_mdlm[shared DiT]
+# ---- shared DiT (begin): modeling_bd3lm.py carries a copy of this section, checked by utils/check_copies.py; each
+# exported modeling file must stand alone, so the two architectures carry the same code. ----
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -469,6 +470,7 @@ class Bd3lmPreTrainedModel(PreTrainedModel):
     # every batch on the CPU before it moves and turns this off while it trains; CPU tensors are always checked.
     check_values_on_device = True
 
+    # Copied from modeling.ltg_bert.modeling_ltg_bert.LtgBertPreTrainedModel._values_checked
     def _values_checked(self, tensor: torch.Tensor) -> bool:
         """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
         `check_values_on_device` is off."""
@@ -487,6 +489,7 @@ class Bd3lmPreTrainedModel(PreTrainedModel):
 class Bd3lmModel(Bd3lmPreTrainedModel):
     """The DiT trunk with block-structured attention."""
 
+    # Copied from modeling.mdlm.modeling_mdlm.MdlmModel.__init__ with Mdlm->Bd3lm
     def __init__(self, config: Bd3lmConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)

@@ -313,6 +313,8 @@ class LtgBertPreTrainedModel(PreTrainedModel):
     check_values_on_device = True
 
     def _values_checked(self, tensor: torch.Tensor) -> bool:
+        """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
+        `check_values_on_device` is off."""
         if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
             return False
         return tensor.device.type == "cpu" or self.check_values_on_device

@@ -148,8 +148,9 @@ def validate_dit_fields(hidden_size, num_attention_heads, timestep_embedding_siz
         raise ValueError("time_conditioning needs adaln: the noise level reaches the blocks through the modulation")
 
 
-# ---- shared field checks (begin): identical in every configuration_<type>.py (tests/models/test_input_validation.py);
-# each exported configuration file must stand alone, so every architecture carries the same copy. ----
+# Copied from modeling.ltg_bert.configuration_ltg_bert[shared field checks]
+# ---- shared field checks (begin): copied from configuration_ltg_bert.py into every configuration_<type>.py (checked
+# by utils/check_copies.py); each exported configuration file must stand alone. ----
 
 FIELD_RULES = {"positive_ints": "an int > 0", "non_negative_ints": "an int >= 0",
                "positive_numbers": "a finite number > 0", "probabilities": "a number in [0, 1)"}

@@ -45,8 +45,8 @@ from transformers.utils.logging import tqdm
 from .configuration_mdlm import MdlmConfig
 
 
-# ---- shared DiT (begin): kept identical in modeling_mdlm.py and modeling_bd3lm.py (tests/models/test_dit_shared.py);
-# each exported modeling file must stand alone, so the two architectures carry the same copy. ----
+# ---- shared DiT (begin): modeling_bd3lm.py carries a copy of this section, checked by utils/check_copies.py; each
+# exported modeling file must stand alone, so the two architectures carry the same code. ----
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -427,6 +427,7 @@ class MdlmPreTrainedModel(PreTrainedModel):
     # every batch on the CPU before it moves and turns this off while it trains; CPU tensors are always checked.
     check_values_on_device = True
 
+    # Copied from modeling.ltg_bert.modeling_ltg_bert.LtgBertPreTrainedModel._values_checked
     def _values_checked(self, tensor: torch.Tensor) -> bool:
         """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
         `check_values_on_device` is off."""

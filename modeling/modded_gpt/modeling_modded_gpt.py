@@ -283,7 +283,10 @@ class ModdedGptPreTrainedModel(PreTrainedModel):
     # batch on the CPU turn them off (modeling.device_value_checks).
     check_values_on_device = True
 
+    # Copied from modeling.ltg_bert.modeling_ltg_bert.LtgBertPreTrainedModel._values_checked
     def _values_checked(self, tensor: torch.Tensor) -> bool:
+        """Whether the checks that read `tensor`'s values run: in eager mode on the CPU, and on an accelerator unless
+        `check_values_on_device` is off."""
         if torch.compiler.is_compiling():  # torch.compile / torch.export trace fake tensors; eager keeps the checks
             return False
         return tensor.device.type == "cpu" or self.check_values_on_device
@@ -339,34 +342,44 @@ def init_scalars(scalars: torch.Tensor, config: ModdedGptConfig) -> None:
         nn.init.constant_(scalars[value:value + 2], 0.5)
 
 
-def check_inputs(input_ids, attention_mask, past_length, config, check_values):
-    if input_ids is None:
-        raise ValueError("input_ids is required")
-    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+# Copied from modeling.backpack.modeling_backpack.check_inputs with config.vocab_size->config.tokenizer_vocab_size
+def check_inputs(input_ids, inputs_embeds, attention_mask, past_length, config, check_values):
+    """The tokens (exactly one of `input_ids` (B, T) and `inputs_embeds` (B, T, d)), their mask and their length."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    if input_ids is not None and (input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32)):
         raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got {input_ids.dtype} "
                          f"{tuple(input_ids.shape)}")
-    if input_ids.numel() == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): a batch needs at least one sequence of "
-                         "at least one token")
-    total = past_length + input_ids.shape[1]
+    if inputs_embeds is not None and (inputs_embeds.dim() != 3 or not inputs_embeds.is_floating_point() or
+                                      inputs_embeds.shape[-1] != config.hidden_size):
+        raise ValueError(f"inputs_embeds must be a float tensor of shape (batch, seq_len, hidden_size="
+                         f"{config.hidden_size}), got {inputs_embeds.dtype} {tuple(inputs_embeds.shape)}")
+    tokens = input_ids if input_ids is not None else inputs_embeds[..., 0]
+    if tokens.numel() == 0:
+        name = "input_ids" if input_ids is not None else "inputs_embeds"
+        raise ValueError(f"{name} is empty (shape {tuple(tokens.shape)}): a batch needs at least one sequence of at "
+                         "least one token")
+    total = past_length + tokens.shape[1]
     if total > config.max_position_embeddings:
-        raise ValueError(f"Sequence length {total} (cached {past_length} + new {input_ids.shape[1]}) exceeds "
+        raise ValueError(f"Sequence length {total} (cached {past_length} + new {tokens.shape[1]}) exceeds "
                          f"max_position_embeddings ({config.max_position_embeddings})")
-    if attention_mask is not None and attention_mask.shape != (input_ids.shape[0], total):
+    if attention_mask is not None and attention_mask.shape != (tokens.shape[0], total):
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be (batch, cached + new tokens) = "
-                         f"{(input_ids.shape[0], total)}")
-    if check_values:
+                         f"{(tokens.shape[0], total)}")
+    if check_values and input_ids is not None:
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host-device sync, not two
         if low < 0 or high >= config.tokenizer_vocab_size:
             raise ValueError(f"input_ids contain ids outside [0, {config.tokenizer_vocab_size}) (min {low}, max "
-                             f"{high}): the tokenizer does not match this model's vocabulary (tokenizer_vocab_size; "
-                             f"rows up to vocab_size={config.vocab_size} are padding)")
+                             f"{high}): the tokenizer does not match this model's vocabulary "
+                             "(config.tokenizer_vocab_size)")
     if attention_mask is not None and check_values and not bool(attention_mask.bool().any(dim=1).all()):
         raise ValueError("attention_mask has a row of zeros: that sequence has no real token to attend to")
+    return tokens
 
 
-# ---- shared position checks (begin): identical in modeling_backpack.py and modeling_modded_gpt.py
-# (tests/models/test_input_validation.py); each exported modeling file must stand alone. ----
+# Copied from modeling.backpack.modeling_backpack[shared position checks]
+# ---- shared position checks (begin): copied from modeling_backpack.py into modeling_modded_gpt.py (checked by
+# utils/check_copies.py); each exported modeling file must stand alone. ----
 
 
 def check_position_ids(position_ids: torch.Tensor, input_ids: torch.Tensor, max_positions: int, check_values: bool):
@@ -458,7 +471,7 @@ class ModdedGptModel(ModdedGptPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=config)  # one layer per block, as generate builds it
         past_length = cache.get_seq_length() if cache is not None else 0
-        check_inputs(input_ids, attention_mask, past_length, config, self._values_checked(input_ids))
+        check_inputs(input_ids, None, attention_mask, past_length, config, self._values_checked(input_ids))
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         query_positions, key_positions = self._positions(input_ids, attention_mask, position_ids, past_length)
