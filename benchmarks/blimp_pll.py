@@ -30,7 +30,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from eval_suites.blimp import load_pairs  # noqa: E402
 from eval_suites.scoring import MaskedLMScorer  # noqa: E402
-from hub_exports.exporting import full_fp32_matmuls, load_checkpoint  # noqa: E402
+from hub_exports import full_fp32_matmuls, load_checkpoint  # noqa: E402
 from trainers.embedded_corpus import write_minimal_pairs  # noqa: E402
 
 

@@ -52,7 +52,7 @@ def run_blimp(args) -> int:
     print(f"BLiMP accuracy {result['accuracy']:.4f} over {result['num_paradigms']} paradigms, "
           f"{result['num_pairs']} pairs, UNK rate {result['unk_rate']:.4f} -> {output}/blimp.json")
     if args.write_card:
-        from hub_exports.exporting import Metric, add_results_to_card
+        from hub_exports import Metric, add_results_to_card
 
         add_results_to_card(args.model, [Metric("text-scoring", Path(args.data).name, "blimp", "accuracy",
                                                 round(result["accuracy"], 4), metric_name=f"BLiMP ({args.scorer})")],

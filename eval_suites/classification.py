@@ -39,7 +39,7 @@ import numpy as np
 
 from eval_suites.blimp import unk_rate
 from eval_suites.likelihood import build_likelihood, is_diffusion_model
-from eval_suites.scoring import check_encoded
+from eval_suites.token_sequences import check_encoded
 from modeling import diffusion_policy
 
 METRIC_DIR = Path(__file__).with_name("metrics") / "classification"

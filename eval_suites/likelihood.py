@@ -17,11 +17,11 @@ variance from their difference.
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 
-from eval_suites.scoring import budget_batches
+from eval_suites.token_sequences import budget_batches, check_sequences
 from modeling import device_value_checks, diffusion_policy, require_diffusion_policy
 from modeling.mdlm import masked_diffusion_nelbo
 
@@ -55,15 +55,6 @@ def evaluation_mode(model):
         model.train(was_training)
 
 
-def _check_ids(model, sequences: Sequence[Sequence[int]]) -> None:
-    vocab_size, limit = model.config.vocab_size, getattr(model.config, "max_position_embeddings", None)
-    for index, ids in enumerate(sequences):
-        if ids and (min(ids) < 0 or max(ids) >= vocab_size):
-            raise ValueError(f"sequence {index} holds ids outside [0, {vocab_size}): tokenizer and model differ")
-        if limit is not None and len(ids) > limit:
-            raise ValueError(f"sequence {index} has {len(ids)} tokens, more than max_position_embeddings ({limit})")
-
-
 def _pad(rows: List[List[int]], pad_id: int, device) -> tuple:
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -86,7 +77,7 @@ class CausalLikelihood:
     def log_likelihood(self, targets, contexts=None) -> List[LikelihoodEstimate]:
         contexts = contexts or [[] for _ in targets]
         rows = [list(c) + list(t) for c, t in zip(contexts, targets)]
-        _check_ids(self.model, rows)
+        check_sequences(self.model, rows)
         if any(not context for context, target in zip(contexts, targets) if target):
             raise ValueError("a causal LM cannot score the first token without context: give at least BOS")
         device = next(self.model.parameters()).device
@@ -185,7 +176,7 @@ class DiffusionLikelihood:
     def log_likelihood(self, targets, contexts=None) -> List[LikelihoodEstimate]:
         contexts = contexts or [[] for _ in targets]
         rows = [list(c) + list(t) for c, t in zip(contexts, targets)]
-        _check_ids(self.model, rows)
+        check_sequences(self.model, rows)
         mask_id = self.model.config.mask_token_id
         if any(mask_id in row for row in rows):
             raise ValueError(f"sequences to score contain the mask id {mask_id}")
@@ -201,7 +192,7 @@ class DiffusionLikelihood:
         combines them across sequences draw by draw."""
         contexts = contexts or [[] for _ in targets]
         rows = [list(c) + list(t) for c, t in zip(contexts, targets)]
-        _check_ids(self.model, rows)
+        check_sequences(self.model, rows)
         with torch.no_grad():
             return torch.stack(self._per_draw_nelbo(rows, [len(c) for c in contexts]))
 
@@ -246,24 +237,3 @@ class DiffusionLikelihood:
             attention_rows.append(torch.nn.functional.pad(torch.ones(self.num_samples, len(sequence), dtype=torch.long),
                                                           (0, pad), value=0))
         return tuple(torch.cat(parts) for parts in (noisy_rows, time_rows, weight_rows, clean_rows, attention_rows))
-
-
-class ElboScorer:
-    """Sentence scores for minimal pairs from a masked diffusion LM: minus the NELBO of the sentence's tokens given
-    the tokenizer's leading special tokens (e.g. [CLS]), with `num_samples` draws of noise shared by every sentence
-    (common random numbers), so the two sentences of a pair are compared under the same t and mask uniforms."""
-
-    def __init__(self, model, tokenizer, num_samples: int = 32, seed: int = 0, token_budget: int = 16384):
-        self.tokenizer = tokenizer
-        self.likelihood = DiffusionLikelihood(model, num_samples, seed, token_budget, shared_noise=True)
-
-    def score(self, sentences: List[str]) -> List[float]:
-        if not sentences:
-            return []
-        encoded = self.tokenizer(list(sentences), return_special_tokens_mask=True)
-        contexts, targets = [], []
-        for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"]):
-            lead = next((i for i, flag in enumerate(special) if not flag), len(ids))
-            contexts.append(ids[:lead])
-            targets.append(ids[lead:])
-        return [estimate.log_likelihood for estimate in self.likelihood.log_likelihood(targets, contexts)]

@@ -18,6 +18,8 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
+from eval_suites.likelihood import DiffusionLikelihood
+from eval_suites.token_sequences import budget_batches, check_encoded
 from modeling import device_value_checks, supports_sparse_prediction
 
 SCORERS: Dict[str, Callable] = {}
@@ -31,34 +33,6 @@ def build_scorer(name: str, model, tokenizer, **options):
     if name not in SCORERS:
         raise ValueError(f"Unknown scorer {name!r}; available: {sorted(SCORERS)}")
     return SCORERS[name](model, tokenizer, **options)
-
-
-def check_encoded(model, tokenizer, encoded_ids: List[List[int]]) -> None:
-    """Fail loudly when the tokenizer can emit ids the model cannot embed (never clamp), or a sentence is too long."""
-    vocab_size = model.config.vocab_size
-    if len(tokenizer) > vocab_size:
-        raise ValueError(f"Tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}: "
-                         "tokenizer and model do not belong together")
-    largest = max((max(ids) for ids in encoded_ids if ids), default=-1)
-    if largest >= vocab_size:
-        raise ValueError(f"Token id {largest} is outside the model's vocabulary (vocab_size {vocab_size})")
-    limit = getattr(model.config, "max_position_embeddings", None)
-    longest = max(range(len(encoded_ids)), key=lambda i: len(encoded_ids[i]), default=None)
-    if limit is not None and longest is not None and len(encoded_ids[longest]) > limit:
-        raise ValueError(f"Sentence {longest} has {len(encoded_ids[longest])} tokens, more than the model's "
-                         f"max_position_embeddings ({limit})")
-
-
-def budget_batches(costs: List[int], token_budget: int) -> List[List[int]]:
-    """Group item indices (kept in order) into batches whose summed cost stays within `token_budget`."""
-    batches, current, used = [], [], 0
-    for index, cost in enumerate(costs):
-        if current and used + cost > token_budget:
-            batches.append(current)
-            current, used = [], 0
-        current.append(index)
-        used += cost
-    return batches + ([current] if current else [])
 
 
 class MaskedLMScorer:
@@ -184,10 +158,25 @@ register_scorer("pll_word_l2r",
 register_scorer("causal", lambda model, tokenizer, **kw: CausalLMScorer(model, tokenizer, **kw))
 
 
-def _elbo_scorer(model, tokenizer, **options):
-    from eval_suites.likelihood import ElboScorer  # imports modeling's diffusion helpers only when asked for
+class ElboScorer:
+    """Sentence scores for minimal pairs from a masked diffusion LM: minus the NELBO of the sentence's tokens given
+    the tokenizer's leading special tokens (e.g. [CLS]), with `num_samples` draws of noise shared by every sentence
+    (common random numbers), so the two sentences of a pair are compared under the same t and mask uniforms."""
 
-    return ElboScorer(model, tokenizer, **options)
+    def __init__(self, model, tokenizer, num_samples: int = 32, seed: int = 0, token_budget: int = 16384):
+        self.tokenizer = tokenizer
+        self.likelihood = DiffusionLikelihood(model, num_samples, seed, token_budget, shared_noise=True)
+
+    def score(self, sentences: List[str]) -> List[float]:
+        if not sentences:
+            return []
+        encoded = self.tokenizer(list(sentences), return_special_tokens_mask=True)
+        contexts, targets = [], []
+        for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"]):
+            lead = next((i for i, flag in enumerate(special) if not flag), len(ids))
+            contexts.append(ids[:lead])
+            targets.append(ids[lead:])
+        return [estimate.log_likelihood for estimate in self.likelihood.log_likelihood(targets, contexts)]
 
 
-register_scorer("elbo", _elbo_scorer)
+register_scorer("elbo", ElboScorer)

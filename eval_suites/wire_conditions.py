@@ -13,52 +13,15 @@ sits in the same column for every row; positions count real tokens only.
 
 import json
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from eval_suites.squad import exact_match, f1_score, squad_metrics, write_predictions_jsonl
+from eval_suites.wire_prompts import left_padded, qa_text, text_prompts
 
 CONDITIONS = ("text", "latent", "truncated")
-
-
-def qa_text(record: dict) -> str:
-    """The text both the wire (as bytes) and a text-prompted decoder read; the anchor follows it."""
-    return f"Context: {record['context']}\nQuestion: {record['question']}\n"
-
-
-def leading_bos(tokenizer) -> List[int]:
-    """[BOS] when the decoder's tokenizer starts every text with it (Llama's), else [] (Qwen's, the demo's): a
-    text-prompted decoder, and a distillation teacher, read their prompts the way the decoder was trained to."""
-    bos = tokenizer.bos_token_id
-    return [bos] if bos is not None and tokenizer("a").input_ids[:1] == [bos] else []
-
-
-def text_prompts(tokenizer, texts: Sequence[str], anchor: Sequence[int],
-                 budget: Optional[int] = None) -> List[List[int]]:
-    """The decoder's prompt for each text, as the demo decoders are trained, the text condition is scored and the
-    distillation teacher reads: (BOS) ⊕ the text's first `budget` tokens (all when None) ⊕ the anchor."""
-    lead = leading_bos(tokenizer)
-    return [lead + ids[:budget] + list(anchor) for ids in tokenizer(list(texts), add_special_tokens=False).input_ids]
-
-
-def left_padded(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int) -> dict:
-    """[pad … prompt | answer … pad] rows: `input_ids`, `attention_mask`, `position_ids` (real tokens counted from 0)
-    and `labels` (-100 except on answers). Without answers, a generation batch."""
-    width = max(map(len, prompts))
-    answer_width = max(map(len, answers)) if answers else 0
-    ids, mask, labels = [], [], []
-    for index, prompt in enumerate(prompts):
-        answer = list(answers[index]) if answers else []
-        left, right = width - len(prompt), answer_width - len(answer)
-        ids.append([pad_id] * left + list(prompt) + answer + [pad_id] * right)
-        mask.append([0] * left + [1] * (len(prompt) + len(answer)) + [0] * right)
-        labels.append([-100] * (left + len(prompt)) + answer + [-100] * right)
-    mask = torch.tensor(mask)
-    batch = {"input_ids": torch.tensor(ids), "attention_mask": mask,
-             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-    return {**batch, "labels": torch.tensor(labels)} if answers else batch
 
 
 def gold_scores(logits: torch.Tensor, labels: torch.Tensor, first: int) -> dict:

@@ -9,9 +9,13 @@ from typing import Callable
 
 from transformers import AutoTokenizer
 
-from hub_exports.exporting import CardInfo, Metric, check_export_target, export, load_checkpoint
+from hub_exports.checkpoints import load_checkpoint
+from hub_exports.exporting import export
+from hub_exports.folder_swap import check_export_target
+from hub_exports.model_cards import CardInfo, Metric
 from hub_exports.publishing import push
 from hub_exports.strict_mapping import ConversionError, first_line
+from hub_exports.tokenizer_files import load_tokenizer
 from hub_exports.verification import VerificationError, format_report, verify
 from modeling import DIFFUSION_POLICIES, diffusion_policy
 
@@ -124,8 +128,6 @@ def conversion_tokenizer(args):
             what = f"--tokenizer {name} is not a tokenizer folder" if args.tokenizer else \
                 f"{args.source} ships no tokenizer"
             raise ConversionError(f"{what} (none of {', '.join(TOKENIZER_FILES)}): {how}")
-    from hub_exports.convert_modded_gpt import load_tokenizer
-
     try:
         return load_tokenizer(name) if gpt_family else AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, ImportError) as error:  # offline Hub, unknown id, missing tokenizer backend

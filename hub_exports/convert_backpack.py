@@ -27,6 +27,7 @@ from hub_exports.strict_mapping import (
     make_config,
     read_json_config,
 )
+from hub_exports.tokenizer_checks import tokenizer_outside_vocabulary
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
 
 PREFIX = "_orig_mod."
@@ -96,9 +97,9 @@ def convert_backpack(source, tokenizer=None):
         weights_file, (config, state, checkpoint_format) = source, _read_nano(source)
     try:
         if tokenizer is not None:
-            if len(tokenizer) > config["vocab_size"]:
-                raise ConversionError(f"the tokenizer has {len(tokenizer)} ids, the checkpoint's embedding "
-                                      f"{config['vocab_size']} rows: wrong tokenizer")
+            misfit = tokenizer_outside_vocabulary(tokenizer, config["vocab_size"])
+            if misfit:
+                raise ConversionError(f"wrong tokenizer: {misfit} (the checkpoint's embedding rows)")
             config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id)
         model = BackpackForCausalLM(make_config(BackpackConfig, config, "its config"))

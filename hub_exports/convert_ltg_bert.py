@@ -25,6 +25,7 @@ from hub_exports.strict_mapping import (
     make_config,
     read_json_config,
 )
+from hub_exports.tokenizer_checks import tokenizer_outside_vocabulary
 from modeling.ltg_bert import (
     LtgBertConfig,
     LtgBertForMaskedLM,
@@ -192,7 +193,7 @@ def convert_ltg_bert(source, position_qk_split: str, tokenizer=None, pad_token_i
     except ConversionError as error:
         raise ConversionError(f"{weights} (with {source / 'config.json'}): {error}") from None
     model.load_state_dict(mapped, strict=True)
-    if tokenizer is not None and len(tokenizer) > config.vocab_size:
-        raise ConversionError(f"Tokenizer has {len(tokenizer)} tokens but the checkpoint's vocab_size is "
-                              f"{config.vocab_size}")
+    misfit = tokenizer is not None and tokenizer_outside_vocabulary(tokenizer, config.vocab_size)
+    if misfit:
+        raise ConversionError(f"the tokenizer does not fit the checkpoint: {misfit}")
     return model.eval()

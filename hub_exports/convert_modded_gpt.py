@@ -18,15 +18,12 @@ in the shapes (128 in every record) and the EOT id and real vocabulary of a smal
 tokenizer. Medium-format embeddings are padded with zero rows to the head's size (ids there are rejected anyway).
 """
 
-import json
 import logging
 import math
 import re
-from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import AutoTokenizer, GPT2TokenizerFast
 
 from hub_exports.strict_mapping import ConversionError, check_complete, load_torch_file, make_config
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
@@ -64,25 +61,6 @@ KEY_MAP = {
 }
 MEDIUM_WINDOWS = ["long", "short", "short", "short", "long", "short", "short", "short", "short", "short", "short",
                   "long", "short", "short", "short", "long"]
-
-
-def load_tokenizer(name_or_folder: str):
-    """A tokenizer folder or Hub name; a folder holding only GPT-2's BPE files (`vocab.json`/`merges.txt`, optionally
-    prefixed `gpt2_`) gives GPT-2's tokenizer, <|endoftext|> (50256) as EOS and BOS. A tokenizer without a pad token
-    (GPT-2) pads with its EOS: padding is never attended and never counted, and EOT opens a document anyway."""
-    folder = Path(name_or_folder)
-    tokenizer = None
-    for prefix in ("", "gpt2_"):
-        vocab, merges = folder / f"{prefix}vocab.json", folder / f"{prefix}merges.txt"
-        if vocab.is_file() and merges.is_file() and not (folder / "tokenizer_config.json").is_file():
-            lines = merges.read_text(encoding="utf-8").splitlines()
-            pairs = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
-            tokenizer = GPT2TokenizerFast(vocab=json.loads(vocab.read_text(encoding="utf-8")), merges=pairs)
-            break
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_folder)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def read_checkpoint(path) -> dict:

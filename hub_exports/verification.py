@@ -34,8 +34,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 import modeling
-from hub_exports.exporting import (MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, output_digest, probe_outputs,
-                                   read_json_object, recover_killed_exports, tokenizer_problems)
+from hub_exports.folder_swap import recover_killed_exports
+from hub_exports.manifest import (MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, output_digest, probe_outputs,
+                                  read_json_object, read_manifest)
+from hub_exports.tokenizer_checks import tokenizer_problems
 
 SOURCE_ROOT = Path(modeling.__file__).parent
 FRESH_LOADER = Path(__file__).with_name("fresh_process_load.py")
@@ -70,7 +72,7 @@ def verify(folder, reference_model=None, python: Optional[str] = None, atol: Opt
         recover_killed_exports(folder)
     if not folder.is_dir():
         raise VerificationError(f"verify {folder}: not a directory", [])
-    manifest = read_json_object(folder / MANIFEST)
+    manifest = read_manifest(folder)
     checks = [_run_check("files", _check_files, folder), _run_check("manifest", _check_manifest, folder, manifest)]
     config = _read_config(folder)
     if isinstance(config, Check):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import hub_exports.exporting as exporting
+import hub_exports.folder_swap as folder_swap
 from tests.modeling_common import tiny_tokenizer
 from tests.test_hub_exports import snapshot, tiny_model
 
@@ -75,7 +76,7 @@ def kill_at_every_step(old_export: Path, work: Path, model, tokenizer, new: dict
             raise RuntimeError(f"the export killed at step {kill_at} failed instead")
         record = {"kill_at": kill_at, "after_kill": state(target, old, new),
                   "left_by_kill": sorted(p.name for p in work.iterdir())}
-        exporting.recover_killed_exports(target)
+        folder_swap.recover_killed_exports(target)
         record.update(after_recovery=state(target, old, new), left=sorted(p.name for p in work.iterdir()))
         records.append(record)
         shutil.rmtree(target, ignore_errors=True)
@@ -91,7 +92,7 @@ def main(old_export, work):
     new = snapshot(exporting.export(model, tiny_tokenizer(64), work / "reference", run_verify=False))
     shutil.rmtree(work / "reference")
     report = {"exchange": kill_at_every_step(old_export, work / "exchange", model, tokenizer, new)}
-    exporting._exchange = lambda first, second: False  # as on a system without an atomic exchange
+    folder_swap._exchange = lambda first, second: False  # as on a system without an atomic exchange
     report["renames"] = kill_at_every_step(old_export, work / "renames", model, tokenizer, new)
     print(json.dumps(report))
 

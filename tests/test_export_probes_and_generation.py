@@ -14,7 +14,7 @@ import pytest
 
 from hub_exports import VerificationError, export, verify
 from hub_exports import verification
-from hub_exports.exporting import MANIFEST, PROBE_TEXTS, file_digest
+from hub_exports.manifest import MANIFEST, PROBE_TEXTS, file_digest
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
 from modeling.latent_wire.tokenization_bytes import byte_tokenizer
 from modeling.ltg_bert import LtgBertForMaskedLM

@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hub_exports import CardInfo, Metric, VerificationError, export, verify
+from hub_exports import CardInfo, Metric, VerificationError, export, load_checkpoint, verify
 from hub_exports.__main__ import main as cli
-from hub_exports.exporting import check_export_target, file_digest, load_checkpoint
+from hub_exports.folder_swap import check_export_target
+from hub_exports.manifest import file_digest
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from tests.hub_stub import LoopbackHub
 from tests.modeling_common import tiny_tokenizer
@@ -217,7 +218,7 @@ def test_a_model_prepared_for_mixed_precision_exports_its_fp32_outputs(tmp_path)
 
 def test_cpu_copy_is_a_separate_model_with_the_same_outputs_and_ties():
     """Probes of a model on an accelerator run on this copy (no GPU machine here: the copy is checked on CPU)."""
-    from hub_exports.exporting import cpu_copy
+    from hub_exports.manifest import cpu_copy
 
     model = tiny_model().eval()
     copied = cpu_copy(model)
@@ -278,7 +279,7 @@ def test_a_failing_verification_keeps_the_previous_export(exported, tmp_path):
 @pytest.mark.parametrize("swap", ["exchange", "renames"])
 def test_a_failed_swap_puts_the_previous_export_back(exported, tmp_path, monkeypatch, swap):
     """The atomic exchange failing, or (where there is none) the second of the two renames."""
-    exporting = importlib.import_module("hub_exports.exporting")
+    folder_swap = importlib.import_module("hub_exports.folder_swap")
     target = Path(shutil.copytree(exported, tmp_path / "existing"))
     before = snapshot(target)
     real_rename = Path.rename
@@ -291,7 +292,7 @@ def test_a_failed_swap_puts_the_previous_export_back(exported, tmp_path, monkeyp
             fail()
         return real_rename(self, destination)
 
-    monkeypatch.setattr(exporting, "_exchange", fail if swap == "exchange" else lambda first, second: False)
+    monkeypatch.setattr(folder_swap, "_exchange", fail if swap == "exchange" else lambda first, second: False)
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(OSError, match="device busy"):
         export(tiny_model(), tiny_tokenizer(64), target, run_verify=False)
@@ -354,7 +355,7 @@ def test_an_export_left_aside_by_the_old_swap_is_put_back_or_removed(exported, t
 def test_recovery_never_puts_back_a_partial_export_nor_drops_the_only_one(exported, tmp_path):
     """An `.old-<pid>` whose deletion was killed half-way is not put back as the export; an earlier export parked in
     a staging folder is kept while the target holds something that is not an export."""
-    from hub_exports.exporting import recover_killed_exports
+    from hub_exports.folder_swap import recover_killed_exports
 
     dead = dead_pid()
     partial = Path(shutil.copytree(exported, tmp_path / f"existing.old-{dead}"))

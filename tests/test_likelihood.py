@@ -9,8 +9,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from eval_suites.blimp import MinimalPair, evaluate_blimp
-from eval_suites.likelihood import CausalLikelihood, DiffusionLikelihood, ElboScorer
+from eval_suites.likelihood import CausalLikelihood, DiffusionLikelihood
 from eval_suites.perplexity import perplexity_report
+from eval_suites.scoring import ElboScorer
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
 from tests.modeling_common import tiny_tokenizer

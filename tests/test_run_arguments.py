@@ -247,10 +247,10 @@ def test_before_training_an_export_folder_that_is_not_ours_is_refused(tmp_path):
 
 
 def test_before_training_the_card_is_built(tmp_path, monkeypatch):
-    from hub_exports import exporting
+    from hub_exports import model_cards
 
     check_before_training(tmp_path / "out", [], ltg_bert_model(), tiny_tokenizer(60), CardInfo())
-    monkeypatch.setattr(exporting, "CARD_DIR", tmp_path / "no_cards")
+    monkeypatch.setattr(model_cards, "CARD_DIR", tmp_path / "no_cards")
     with pytest.raises(ValueError, match="the model card cannot be written"):
         check_before_training(tmp_path / "out", [], ltg_bert_model(), tiny_tokenizer(60), CardInfo())
 

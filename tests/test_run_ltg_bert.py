@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_exports import verify
-from hub_exports.exporting import load_checkpoint
+from hub_exports import load_checkpoint, verify
 from trainers import run_ltg_bert
 from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hub_exports import verify
-from hub_exports.exporting import load_checkpoint
+from hub_exports import load_checkpoint, verify
 from trainers import run_mdlm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

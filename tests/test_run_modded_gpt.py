@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_exports import verify
-from hub_exports.exporting import load_checkpoint
+from hub_exports import load_checkpoint, verify
 from trainers import run_modded_gpt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

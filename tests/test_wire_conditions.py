@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from eval_suites import wire_conditions
+from eval_suites import wire_conditions, wire_prompts
 from modeling.latent_wire import byte_tokenizer
 from tests.latent_wire_trainer_driver import attached_wire
 from trainers.latent_wire_trainer import LatentWireCollator
@@ -26,7 +26,7 @@ def test_metrics_files_and_compression(tmp_path):
     for name in ("llama", "qwen"):
         per_decoder = result["decoders"][name]
         tokenizer = wire.decoder_tokenizers[name]
-        lengths = [len(tokenizer(wire_conditions.qa_text(r), add_special_tokens=False).input_ids) for r in RECORDS]
+        lengths = [len(tokenizer(wire_prompts.qa_text(r), add_special_tokens=False).input_ids) for r in RECORDS]
         assert per_decoder["compression"] == sum(lengths) / 3 / 4
         anchor = len(wire.config.decoder(name)["anchor_ids"])
         assert per_decoder["latent"]["mean_prompt_positions"] == 4 + anchor
@@ -48,21 +48,21 @@ def test_text_prompts_start_as_the_decoder_was_trained():
     # one without (Qwen's, the demo's) gets nothing added.
     wire = attached_wire()
     llama = wire.decoder_tokenizers["llama"]
-    assert wire_conditions.leading_bos(llama) == []  # no BOS token at all
+    assert wire_prompts.leading_bos(llama) == []  # no BOS token at all
     llama.bos_token = "[MASK]"
-    assert wire_conditions.leading_bos(llama) == []  # a BOS it does not put first
+    assert wire_prompts.leading_bos(llama) == []  # a BOS it does not put first
     llama.bos_token = "[CLS]"  # which this tokenizer's post-processor puts first
-    assert wire_conditions.leading_bos(llama) == [llama.bos_token_id]
+    assert wire_prompts.leading_bos(llama) == [llama.bos_token_id]
     result = wire_conditions.evaluate_conditions(wire, RECORDS, byte_tokenizer(256), conditions=("text", "truncated"),
                                                  max_new_tokens=2)
     anchor = len(wire.config.decoder("llama")["anchor_ids"])
-    lengths = [len(llama(wire_conditions.qa_text(r), add_special_tokens=False).input_ids) for r in RECORDS]
+    lengths = [len(llama(wire_prompts.qa_text(r), add_special_tokens=False).input_ids) for r in RECORDS]
     per_decoder = result["decoders"]["llama"]
     assert per_decoder["text"]["mean_prompt_positions"] == pytest.approx(sum(lengths) / 3 + 1 + anchor)
     assert per_decoder["truncated"]["mean_prompt_positions"] == 1 + 4 + anchor
     batch = LatentWireCollator(byte_tokenizer(256), wire.decoder_tokenizers, 256,
                                anchor_ids={n: wire.config.decoder(n)["anchor_ids"] for n in ("llama", "qwen")})(
-        [{"text": wire_conditions.qa_text(RECORDS[0]), "answer": "owls"}])
+        [{"text": wire_prompts.qa_text(RECORDS[0]), "answer": "owls"}])
     assert batch["prompt_ids.llama"][0, 0] == llama.bos_token_id
     assert batch["prompt_ids.qwen"][0, 0] != llama.bos_token_id
 
@@ -100,7 +100,7 @@ def test_rows_do_not_depend_on_left_padding_and_match_a_hand_computation():
         assert abs(alone["nll"][0] - batch["nll"][index]) < 1e-4 and alone["rank"][0] == batch["rank"][index]
     # By hand for one row: the decoder on [prompt + anchor + gold + EOS], no padding at all.
     decoder, tokenizer = wire.decoders["qwen"], wire.decoder_tokenizers["qwen"]
-    prompt = tokenizer(wire_conditions.qa_text(RECORDS[1]), add_special_tokens=False).input_ids
+    prompt = tokenizer(wire_prompts.qa_text(RECORDS[1]), add_special_tokens=False).input_ids
     prompt += wire.config.decoder("qwen")["anchor_ids"]
     gold = tokenizer("Bo", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     log_probs = decoder(torch.tensor([prompt + gold])).logits[0].log_softmax(-1)

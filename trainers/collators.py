@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from hub_exports.tokenizer_checks import ids_outside_vocabulary
+
 
 @dataclass
 class MaskedLMCollator:
@@ -54,9 +56,7 @@ class MaskedLMCollator:
         attention_mask = np.zeros((len(examples), width), dtype=np.int64)
         for row, example in enumerate(examples):
             ids = np.asarray(example["input_ids"], dtype=np.int64)
-            if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
-                raise ValueError(f"Example {row} of the batch holds token ids outside [0, {self.vocabulary_size}) "
-                                 f"(min {ids.min()}, max {ids.max()}): it was not tokenized with this tokenizer")
+            check_row_ids(ids, row, self.vocabulary_size)
             real = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
             # Only real tokens are drawn over, so a row is masked alike whatever the padding of its batch.
             corrupted, row_labels = ids.copy(), np.full(len(ids), -100, dtype=np.int64)
@@ -123,17 +123,23 @@ class MaskingEpochCallback(TrainerCallback):
         self.collator.epoch = int(state.epoch + 1e-6)
 
 
+def check_row_ids(ids: np.ndarray, row: int, vocabulary_size: int) -> None:
+    """Refuse batch row `row` if it holds an id outside [0, vocabulary_size): checked here on the CPU, so the model's
+    own checks can stay off on accelerators."""
+    outside = ids_outside_vocabulary(ids, vocabulary_size)
+    if outside:
+        raise ValueError(f"Example {row} of the batch holds {outside}: it was not tokenized with this tokenizer")
+
+
 def right_pad_checked(examples, pad_token_id: int, vocabulary_size: int):
     """(input_ids, real) numpy arrays of the examples right-padded to the longest; every id must lie in
-    [0, vocabulary_size) (checked here on the CPU, so the model's own checks can stay off on accelerators)."""
+    [0, vocabulary_size) (`check_row_ids`)."""
     width = max(len(example["input_ids"]) for example in examples)
     input_ids = np.full((len(examples), width), pad_token_id, dtype=np.int64)
     real = np.zeros((len(examples), width), dtype=bool)
     for row, example in enumerate(examples):
         ids = np.asarray(example["input_ids"], dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= vocabulary_size):
-            raise ValueError(f"Example {row} of the batch holds token ids outside [0, {vocabulary_size}) "
-                             f"(min {ids.min()}, max {ids.max()}): it was not tokenized with this tokenizer")
+        check_row_ids(ids, row, vocabulary_size)
         input_ids[row, :len(ids)] = ids
         real[row, :len(ids)] = np.asarray(example.get("attention_mask", np.ones(len(ids))), dtype=bool)
     return input_ids, real

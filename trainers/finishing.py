@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from hub_exports import CardInfo, Metric, export
-from hub_exports.exporting import add_results_to_card
+from hub_exports import CardInfo, Metric, add_results_to_card, export
 from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, close_process_group, plot_loss_curve
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
-from eval_suites.wire_conditions import left_padded, text_prompts
+from eval_suites.wire_prompts import left_padded, text_prompts
 from trainers.checkpoints import CompleteCheckpointsMixin
 from trainers.mlm_trainer import CollatorCheckedMixin
 

@@ -14,7 +14,9 @@ import torch
 from transformers import PretrainedConfig
 
 import modeling
-from hub_exports.exporting import CardInfo, build_model_card, check_export_target, tokenizer_problems
+from hub_exports.folder_swap import check_export_target
+from hub_exports.model_cards import CardInfo, build_model_card
+from hub_exports.tokenizer_checks import tokenizer_problems
 
 
 def known_config_keys(config_class) -> set:

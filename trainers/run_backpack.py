@@ -26,8 +26,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
 from eval_suites import sense_analysis, translation, word_similarity
-from hub_exports import CardInfo, Metric, export
-from hub_exports.exporting import add_results_to_card
+from hub_exports import CardInfo, Metric, add_results_to_card, export
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
 from trainers.arguments import MuonTrainingArguments, parse_args
 from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, finish_on_main_process, plot_loss_curve

@@ -23,9 +23,7 @@ from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 import modeling
 from eval_suites.classification import classification_metrics, load_examples, markdown_report, parse_label_spec
-from hub_exports import CardInfo, Metric, export
-from hub_exports.convert_modded_gpt import load_tokenizer
-from hub_exports.exporting import add_results_to_card, load_checkpoint
+from hub_exports import CardInfo, Metric, add_results_to_card, export, load_checkpoint, load_tokenizer
 from trainers.arguments import ClassificationTrainingArguments, parse_args
 from trainers.callbacks import TimeBudgetCallback, finish_on_main_process
 from trainers.checkpoints import CompleteCheckpointsMixin

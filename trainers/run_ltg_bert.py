@@ -18,8 +18,7 @@ from transformers import AutoTokenizer, set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
 from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
-from hub_exports import CardInfo, Metric
-from hub_exports.exporting import add_results_to_card, full_fp32_matmuls, load_checkpoint
+from hub_exports import CardInfo, Metric, full_fp32_matmuls, load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
 from trainers.collators import MaskedLMCollator, MaskingEpochCallback

@@ -22,8 +22,7 @@ import modeling  # noqa: F401  (registers the architectures with the Auto classe
 from eval_suites.blimp import evaluate_blimp, load_pairs
 from eval_suites.blimp import markdown_report as blimp_report
 from eval_suites.perplexity import markdown_report, perplexity_report
-from hub_exports import CardInfo, Metric, export
-from hub_exports.exporting import add_results_to_card, full_fp32_matmuls, load_checkpoint
+from hub_exports import CardInfo, Metric, add_results_to_card, export, full_fp32_matmuls, load_checkpoint
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
 from trainers.arguments import (DIFFUSION_REQUIRED_FIELDS, DataArguments, DiffusionTrainingArguments, ModelArguments,

@@ -24,9 +24,7 @@ import torch
 from transformers import set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
-from hub_exports import CardInfo, Metric, export
-from hub_exports.convert_modded_gpt import load_tokenizer
-from hub_exports.exporting import add_results_to_card, load_checkpoint
+from hub_exports import CardInfo, Metric, add_results_to_card, export, load_checkpoint, load_tokenizer
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
 from trainers.arguments import (MODDED_GPT_REQUIRED_FIELDS, CausalLMTrainingArguments, DataArguments, ModelArguments,
                                 parse_args)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from hub_exports.__main__ import main as hub_exports_cli
 from hub_exports.convert_ltg_bert import convert_ltg_bert
-from hub_exports.exporting import load_checkpoint
+from hub_exports import load_checkpoint
 from hub_exports.strict_mapping import ConversionError
 from tests.modeling_common import tiny_tokenizer
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from hub_exports.__main__ import main as hub_exports_cli
 from hub_exports.convert_diffusion import convert_diffusion
-from hub_exports.exporting import load_checkpoint
+from hub_exports import load_checkpoint
 from hub_exports.strict_mapping import ConversionError
 from modeling.mdlm import masked_diffusion_nelbo, subs_log_probs
 from tests.modeling_common import tiny_tokenizer

@@ -15,11 +15,11 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from hub_exports.__main__ import main as hub_exports_cli
 from hub_exports.convert_modded_gpt import (
     convert_modded_gpt,
-    load_tokenizer,
     read_checkpoint,
     recorded_window_blocks,
 )
 from hub_exports.strict_mapping import ConversionError
+from hub_exports.tokenizer_files import load_tokenizer
 
 from tests.models.modded_gpt.test_modded_gpt_parity import FIXTURE
 
