@@ -4,6 +4,20 @@ The update is the original MDLM/BD3-LM one (`models/ema.py`): decay_k = min(deca
 update, shadow <- decay_k * shadow + (1 - decay_k) * weight, over the trainable parameters in float32. The shadow and
 k are written into every Trainer checkpoint (`ema.safetensors`) and read back on resume, so a resumed run continues
 with exactly the average the uninterrupted one would have.
+
+The averaging step is torch's `torch.optim.swa_utils.get_ema_multi_avg_fn(decay_k)`. We keep our own holder instead
+of `swa_utils.AveragedModel`, which with that function computes the same average (tests/test_optimizers.py checks N
+updates bit for bit), because AveragedModel
+* has no warm-up: `get_ema_multi_avg_fn`/`get_ema_avg_fn` take one fixed decay. At decay 0.9999 the MDLM rule's
+  decay_k stays below it for the first ~90,000 updates, so a fixed decay gives another average; reproducing the rule
+  takes a `multi_avg_fn` of our own anyway;
+* averages in the model's dtype: it deep-copies the module, so a model held in bfloat16 gets a bfloat16 average, in
+  which an update of (1 - decay) * difference below half a bf16 ulp is lost; ours keeps float32;
+* copies the whole module (frozen parameters and buffers included) as a second `nn.Module` that Trainer does not
+  evaluate or export: Trainer evaluates and saves `self.model`, so the average must still be copied into it and the
+  live weights put back, as `swapped_in` does. Its `state_dict` (`module.*`, `n_averaged`) is also another format
+  than the `ema.safetensors` that checkpoints and resume use.
+Buffers are not averaged; the model's own are used with the averaged weights (AveragedModel's `use_buffers=False`).
 """
 
 import json
@@ -13,6 +27,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from trainers.checkpoints import CheckpointExtras
 
@@ -41,7 +56,7 @@ class ExponentialMovingAverage:
         self.num_updates += 1
         decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         params = [param.detach().float() for param in self._params(model)]
-        torch._foreach_lerp_(self.shadow, params, 1.0 - decay)
+        get_ema_multi_avg_fn(decay)(self.shadow, params, self.num_updates)
 
     @contextmanager
     def swapped_in(self, model):
