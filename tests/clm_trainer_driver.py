@@ -15,7 +15,7 @@ from datasets import Dataset
 from safetensors.torch import save_file
 
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
-from trainers.arguments import CausalLMTrainingArguments
+from trainers.clm_config import CausalLMTrainingArguments
 from trainers.callbacks import close_process_group
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator

@@ -20,7 +20,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from modeling.latent_wire import LatentWireConfig, LatentWireModel, byte_tokenizer
 from trainers.callbacks import close_process_group
-from trainers.latent_wire_trainer import LatentWireCollator, LatentWireTrainer, LatentWireTrainingArguments
+from trainers.latent_wire_config import LatentWireTrainingArguments
+from trainers.latent_wire_trainer import LatentWireCollator, LatentWireTrainer
 from trainers.tokenization import document_separator, train_tokenizer
 
 CORPUS = [f"Context: {name} keeps {count} {thing}. Question: What does {name} keep? Answer: {count} {thing}"

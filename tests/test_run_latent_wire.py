@@ -4,6 +4,7 @@ conditions evaluated, the verdict printed, the wire exported naming its decoders
 import json
 
 from trainers import run_latent_wire
+from trainers.latent_wire_config import verdict
 from trainers.qa_corpus import generate_qa
 
 TINY_DECODER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
@@ -43,7 +44,7 @@ def test_verdict():
         conditions = {"text": text, "latent": latent, "truncated": truncated}
         result = {"decoders": {"d": {"compression": compression,
                                      **{c: {"exact_match": em} for c, em in conditions.items()}}}}
-        return run_latent_wire.verdict(result, args)[0].split("target ")[1]
+        return verdict(result, args)[0].split("target ")[1]
 
     assert outcome(80, 72, 10) == "MET"  # 0.90 of text, truncated far below
     assert outcome(80, 71, 10) == "MISSED"  # 0.89

@@ -172,10 +172,6 @@ class DiffusionTrainingArguments(RunTrainingArguments):
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (the originals': 1.0)."})
 
 
-# Architecture fields a new modded GPT must state in config_overrides (the rest has the speedrun's defaults).
-MODDED_GPT_REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim")
-
-
 @dataclass
 class MuonTrainingArguments(RunTrainingArguments):
     """`TrainingArguments` plus the optimizer choice (AdamW, or Muon for the hidden matrices with AdamW for the rest),
@@ -205,17 +201,6 @@ class MuonTrainingArguments(RunTrainingArguments):
                                         "num_decay_steps": max(1, int(self.cooldown_fraction * self.max_steps)),
                                         **given}
         super().__post_init__()
-
-
-@dataclass
-class CausalLMTrainingArguments(MuonTrainingArguments):
-    """Causal-LM pretraining: the optimizer knobs plus a warm start and the samples printed at the end."""
-
-    init_from: Optional[str] = field(
-        default=None, metadata={"help": "Start from this hubzoo export/checkpoint folder (loaded strictly)."}
-    )
-    num_samples_to_print: int = field(default=3,
-                                      metadata={"help": "Continuations generated from the export at the end."})
 
 
 @dataclass

@@ -26,6 +26,8 @@ class RunReport:
     card_metrics: List[Metric] = field(default_factory=list)  # added to the card's model-index
     card_section: str = ""  # markdown added to the card's results
     files: dict = field(default_factory=dict)  # {file name in output_dir: text}, e.g. samples.txt
+    # Writes files in a format of their own (e.g. JSON lines) into output_dir; called with its path.
+    write: Optional[Callable[[Path], object]] = None
 
 
 def run_callbacks(training_args, tokenizer=None, card: Optional[CardInfo] = None, weights=None) -> list:
@@ -76,6 +78,8 @@ def _finish(trainer, tokenizer, card, evaluate, loss_label, weights, save) -> Ru
     (output / "results.json").write_text(json.dumps(report.results, indent=2) + "\n")
     for name, text in report.files.items():
         (output / name).write_text(text)
+    if report.write is not None:
+        report.write(output)
     for line in report.lines:
         print(line)
     print(f"Exported and verified: {folder}" if save is None else f"Saved: {folder}")

@@ -2,12 +2,11 @@
 whose loss is, per decoder, teacher-forced cross-entropy on the answer (plus a weighted first-token term), normalised
 over the answer tokens of the whole optimizer step, across gradient accumulation and processes."""
 
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from eval_suites.wire_prompts import left_padded, text_prompts
 from trainers.checkpoints import CompleteCheckpointsMixin
@@ -50,20 +49,6 @@ class LatentWireCollator:
                 batch[f"prompt_ids.{name}"] = prompt_batch["input_ids"]
                 batch[f"prompt_mask.{name}"] = prompt_batch["attention_mask"]
         return batch
-
-
-@dataclass
-class LatentWireTrainingArguments(TrainingArguments):
-    first_token_weight: float = field(default=0.5, metadata={"help": "λ of the first-answer-token cross-entropy."})
-    scale_l2: float = field(default=0.05, metadata={"help": "Weight of Σ (adapter scale - 1)² (keeps the prefix "
-                                                            "near the decoder's embedding RMS)."})
-    distillation_weight: float = field(default=0.0, metadata={
-        "help": "Weight of KL(decoder reading the text ‖ decoder reading the prefix) on the answer tokens; needs the "
-                "collator's text prompts (anchor_ids)."})
-    max_train_minutes: Optional[float] = field(default=None, metadata={"help": "Stop training after this many "
-                                                                                 "minutes (wall clock)."})
-    # The batch holds no `labels`; the answer columns must reach compute_loss.
-    remove_unused_columns: bool = field(default=False)
 
 
 class LatentWireTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
