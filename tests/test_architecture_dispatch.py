@@ -16,8 +16,6 @@ REGISTRIES = {"ARCHITECTURES", "DIFFUSION_POLICIES"}  # `model_type in REGISTRY`
 # Files another part of issue 16 rewrites; they switch to the registered objects there, and this list is then emptied.
 NOT_YET_SWITCHED = {
     "trainers/run_mdlm.py",  # CLASSES, the card's name, the sampler branch, the init_from check: the policy's
-    "trainers/run_modded_gpt.py",  # the init_from check: isinstance(config, ModdedGptConfig)
-    "trainers/run_backpack.py",  # --architecture backpack or its GPT-2 baseline: a table of model builders
 }
 
 

@@ -9,9 +9,7 @@ from typing import Optional
 
 import torch
 
-from hub_exports import CardInfo, Metric
-from hub_exports.convert_modded_gpt import load_tokenizer
-from hub_exports.exporting import load_checkpoint
+from hub_exports import CardInfo, Metric, load_checkpoint, load_tokenizer
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
 from trainers.arguments import MuonTrainingArguments
 from trainers.clm_data import documents_as_rows, pack_documents
@@ -69,7 +67,7 @@ def continued_model(folder, tokenizer, max_seq_length: int) -> ModdedGptForCausa
     eot = document_separator(tokenizer)
     model = load_checkpoint(folder)  # strict: refuses missing/unexpected keys
     config = model.config
-    if config.model_type != "modded_gpt" or (config.tokenizer_vocab_size, config.eot_token_id) != (len(tokenizer), eot):
+    if not isinstance(config, ModdedGptConfig) or (config.tokenizer_vocab_size, config.eot_token_id) != (len(tokenizer), eot):
         raise ValueError(f"init_from holds {config.model_type} with {config.tokenizer_vocab_size} ids / EOT "
                          f"{config.eot_token_id}; the tokenizer has {len(tokenizer)} / {eot}: pass its tokenizer")
     if max_seq_length > config.max_position_embeddings:

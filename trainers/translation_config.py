@@ -95,17 +95,25 @@ def check_model_arguments(args: ParallelArguments) -> None:
 
 def build_model(args: ParallelArguments, tokenizer):
     check_model_arguments(args)
-    overrides = dict(args.config_overrides)
     # Rows start with the language tag, not a BOS: the config says so (Trainer would otherwise "align" it, warning).
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
-    if args.architecture == "backpack":
-        return BackpackForCausalLM(BackpackConfig(**overrides, **ids, max_position_embeddings=args.max_seq_length))
-    # The baseline: GPT-2 with the Backpack's contextualizer sizes; its senses' extra parameters are the difference.
+    return MODEL_BUILDERS[args.architecture](dict(args.config_overrides), ids, args.max_seq_length)
+
+
+def _backpack(overrides: dict, ids: dict, max_seq_length: int):
+    return BackpackForCausalLM(BackpackConfig(**overrides, **ids, max_position_embeddings=max_seq_length))
+
+
+def _gpt2_baseline(overrides: dict, ids: dict, max_seq_length: int):
+    """GPT-2 with the Backpack's contextualizer sizes; its senses' extra parameters are the difference."""
     dropout = overrides.get("dropout", 0.1)
     return GPT2LMHeadModel(GPT2Config(n_embd=overrides["hidden_size"], n_layer=overrides["num_hidden_layers"],
-                                      n_head=overrides["num_attention_heads"], n_positions=args.max_seq_length,
+                                      n_head=overrides["num_attention_heads"], n_positions=max_seq_length,
                                       resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **ids))
+
+
+MODEL_BUILDERS = {"backpack": _backpack, "gpt2": _gpt2_baseline}  # --architecture
 
 
 def is_exported(model) -> bool:
