@@ -92,12 +92,9 @@ def finish_on_main_process(trainer, work, exit_code: int = 0) -> None:
 def close_process_group(trainer, exit_code: int | None = None) -> None:
     """Every rank waits for the others, then the process group is destroyed.
 
-    Why the exit: on gloo (multi-process CPU runs) tearing the group down in Python hangs or aborts now and then.
-    A rank that leaves with the group alive can die with "terminate called without an active exception"; one that
-    destroys it can deadlock when the DDP wrapper is freed: gdb showed the main thread, holding the GIL, joining
-    gloo's run-loop thread in ~ProcessGroupGloo while that thread waited for the GIL to free the last barrier's
-    tensors (torch 2.13; 5 of 59 two-process runs hung). So with `exit_code` given, a gloo rank leaves at once
-    with `os._exit` after flushing its logs and streams: everything it had to write is written by then."""
+    With `exit_code` given, a gloo rank (multi-process CPU runs) then leaves at once through `os._exit`, after
+    flushing its logs and streams: tearing a gloo group down from Python can deadlock or abort (its run-loop thread
+    needs the GIL that the destroying thread holds), and by then everything the rank had to write is written."""
     gloo = dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()

@@ -71,19 +71,14 @@ class MaskedLMTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:
             raise ValueError("MaskedLMTrainer computes its own loss: no label_smoothing_factor or compute_loss_func")
-        # Why: LtgBertForMaskedLM.forward has no **kwargs, so Trainer sets this to False, and then
-        # `_get_num_items_in_batch` does not count labels at all (num_items_in_batch stays None). Setting it to True
-        # makes Trainer count the labelled tokens of the whole step (gathered across ranks when
-        # `average_tokens_across_devices`), and `training_step` (`loss_is_scaled_for_ga` left at None; 4.57 has the
-        # same rule) then skips its division by the GA steps exactly when that count is given, i.e. exactly when we
-        # normalize by it ourselves. Forcing `loss_is_scaled_for_ga = True` instead would neither enable the count
-        # nor divide the per-batch-mean fallback below by GA. Side effect: base `compute_loss` would now pass
-        # `num_items_in_batch` into `forward` (TypeError); we never call it.
+        # The model's forward takes no **kwargs, so Trainer would neither count the labelled tokens of the step nor
+        # leave the division by the accumulation steps to us. Declaring it lets Trainer count them (across ranks
+        # with `average_tokens_across_devices`) and skip its own division exactly when we normalise by that count.
+        # Base `compute_loss` would now pass `num_items_in_batch` to forward; ours never calls it.
         self.model_accepts_loss_kwargs = True
-        # Models that can run their MLM head on the labelled positions only (LTG-BERT) do so in training on CPU, where
-        # it made a tiny LTG-BERT step 1.6x faster. Not on accelerators: selecting the positions is a host-device
-        # sync and a graph break under torch.compile (small LTG-BERT, compiled, H200: 43.8 ms per step with it,
-        # 33.4 ms without; eager, the two are within 2%).
+        # Models that can run their MLM head on the labelled positions only (LTG-BERT) do so on the CPU, where it is
+        # faster; not on accelerators, where selecting the positions is a host-device sync and a graph break under
+        # torch.compile, which costs more than it saves.
         unwrapped = self.accelerator.unwrap_model(self.model)
         self._sparse_prediction = self.args.device.type == "cpu" and supports_sparse_prediction(unwrapped)
 
