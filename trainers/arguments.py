@@ -23,7 +23,10 @@ class ModelArguments:
     tokenizer_name: Optional[str] = field(
         default=None, metadata={"help": "Existing tokenizer (folder or Hub id); default: train one on the data."}
     )
-    tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size when training a tokenizer."})
+    train_tokenizer_vocab_size: int = field(
+        default=4096, metadata={"help": "Vocabulary size of the tokenizer trained on the data (unused with "
+                                        "tokenizer_name)."}
+    )
     tokenizer_type: str = field(
         default="wordpiece", metadata={"help": "Tokenizer to train: 'wordpiece', 'bpe' or 'byte_level_bpe' (lossless)",
                                        "choices": ["wordpiece", "bpe", "byte_level_bpe"]}
@@ -63,17 +66,23 @@ class DataArguments:
     )
 
 
+# Old keys refused with their new name, in a config file or as a flag. `tokenizer_vocab_size` is a model config's
+# count of real token rows (modded GPT); the size of the tokenizer a run trains is `train_tokenizer_vocab_size`.
+RENAMED_KEYS = {"tokenizer_vocab_size": "train_tokenizer_vocab_size"}
+
+
 def parse_args(argument_classes, argv=None):
     """`script.py config.yaml [--flag value ...]`: YAML/JSON values first, flags override them; or flags only."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(argument_classes)
+    known = {f.name for cls in argument_classes for f in cls.__dataclass_fields__.values()}
+    refuse_renamed_flags(argv, known)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         path = argv.pop(0)
         defaults = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for cls in argument_classes for f in cls.__dataclass_fields__.values()}
         unknown = sorted(set(defaults) - known)
         if unknown:
-            raise ValueError(f"Unknown keys in the config file: {unknown}")
+            raise ValueError(f"Unknown keys in the config file: {unknown}{renamed_hint(unknown)}")
         parser.set_defaults(**defaults)
         for action in parser._actions:
             if action.dest in defaults:
@@ -86,6 +95,19 @@ def parse_args(argument_classes, argv=None):
         if action.type is dict:  # argparse would call dict('{"a": 1}'): take JSON objects instead
             action.type = json_object
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def renamed_hint(keys) -> str:
+    renamed = [f"{key} is now {RENAMED_KEYS[key]}" for key in keys if key in RENAMED_KEYS]
+    return f" ({'; '.join(renamed)})" if renamed else ""
+
+
+def refuse_renamed_flags(argv, known) -> None:
+    """HfArgumentParser's own error for an unknown flag would not say what it became."""
+    flags = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    renamed = [flag for flag in flags if flag in RENAMED_KEYS and flag not in known]
+    if renamed:
+        raise ValueError(f"Unknown flags: {['--' + flag for flag in renamed]}{renamed_hint(renamed)}")
 
 
 def json_object(text: str) -> dict:
