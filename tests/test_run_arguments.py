@@ -18,7 +18,8 @@ from tests.modeling_common import tiny_tokenizer
 from tests.test_run_backpack import tiny_run as backpack_run
 from tests.test_run_classification import causal_lm_export, write_task  # noqa: F401  (a fixture)
 from trainers import run_backpack, run_classification, run_latent_wire, run_ltg_bert, run_mdlm, run_modded_gpt
-from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
+from trainers.arguments import DataArguments, ModelArguments, parse_args
+from trainers.mlm_config import MaskedLMTrainingArguments
 from trainers.preflight import check_before_training, check_overrides
 
 CONFIGS = Path(run_ltg_bert.__file__).with_name("configs")
