@@ -13,12 +13,6 @@ from modeling import DIFFUSION_POLICIES, diffusion_policy, require_diffusion_pol
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS_ABOVE_MODELING = ("hub_exports", "eval_suites", "trainers", "benchmarks", "scripts")
 REGISTRIES = {"ARCHITECTURES", "DIFFUSION_POLICIES"}  # `model_type in REGISTRY` is a lookup, not a switch
-# Files another part of issue 16 rewrites; they switch to the registered objects there, and this list is then emptied.
-NOT_YET_SWITCHED = {
-    "trainers/run_mdlm.py",  # CLASSES, the card's name, the sampler branch, the init_from check: the policy's
-}
-
-
 def _reads_model_type(node) -> bool:
     """`x.model_type`, `model_type`, `getattr(x, "model_type"...)` or `x.get("model_type"...)`."""
     if isinstance(node, ast.Attribute):
@@ -66,8 +60,7 @@ def test_no_model_type_comparisons_outside_modeling():
     for layer in LAYERS_ABOVE_MODELING:
         for path in sorted((ROOT / layer).rglob("*.py")):
             name = path.relative_to(ROOT).as_posix()
-            if name not in NOT_YET_SWITCHED:
-                found += [f"{name}:{line}" for line in model_type_comparison_lines(path.read_text())]
+            found += [f"{name}:{line}" for line in model_type_comparison_lines(path.read_text())]
     assert not found, f"model_type compared outside modeling/ (ask modeling.diffusion_policy instead): {found}"
 
 

@@ -210,10 +210,10 @@ def test_the_files_of_a_checkpoint_need_a_trainer_that_saves_them(tmp_path):
 
 def test_every_hubzoo_trainer_saves_complete_checkpoints():
     from trainers.checkpoints import CompleteCheckpointsMixin
+    from trainers.classification_trainer import ClassificationTrainer
     from trainers.clm_trainer import CausalLMTrainer
     from trainers.latent_wire_trainer import LatentWireTrainer
     from trainers.mlm_trainer import MaskedLMTrainer
-    from trainers.run_classification import ClassificationTrainer
 
     for trainer_class in (MaskedDiffusionTrainer, MaskedLMTrainer, CausalLMTrainer, LatentWireTrainer,
                           ClassificationTrainer):

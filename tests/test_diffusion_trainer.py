@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from modeling.diffusion import stratified_uniforms
 from modeling.mdlm import masked_diffusion_nelbo
 from tests.diffusion_trainer_driver import MASK_ID, PAD_ID, REAL_PER_ROW, VOCAB, one_step, rows_dataset, tiny_model
 from tests.test_mlm_trainer import launch_two_processes, max_diff
 from trainers.collators import DiffusionCollator
+from modeling.diffusion import stratified_uniforms
 from trainers.diffusion_trainer import MaskedDiffusionTrainer
 
 DRIVER = Path(__file__).with_name("diffusion_trainer_driver.py")
@@ -172,7 +172,8 @@ def test_collator_checks_ids_on_the_cpu():
 
 
 def test_run_script_requires_the_architecture(tmp_path):
-    from trainers.run_mdlm import build_model, parse
+    from trainers.diffusion_config import build_model
+    from trainers.run_mdlm import parse
 
     config = tmp_path / "c.yaml"
     config.write_text("algorithm: bd3lm\nconfig_overrides: {hidden_size: 32, num_hidden_layers: 1, "
@@ -193,7 +194,8 @@ def test_init_from_is_strict_about_the_sampling_buffers(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from tests.modeling_common import tiny_tokenizer
-    from trainers.run_mdlm import build_model, parse
+    from trainers.diffusion_config import build_model
+    from trainers.run_mdlm import parse
 
     model = tiny_model("bd3lm")
     model.save_pretrained(tmp_path / "ckpt")
@@ -208,7 +210,7 @@ def test_init_from_is_strict_about_the_sampling_buffers(tmp_path):
 
 
 def test_init_from_overrides_are_validated_and_reach_the_buffers():
-    from trainers.run_mdlm import apply_overrides
+    from trainers.diffusion_config import apply_overrides
 
     model = tiny_model("bd3lm")  # max_position_embeddings 16
     with pytest.raises(ValueError, match="block_size"):

@@ -18,7 +18,8 @@ from tests.modeling_common import tiny_tokenizer
 from tests.test_run_backpack import tiny_run as backpack_run
 from tests.test_run_classification import causal_lm_export, write_task  # noqa: F401  (a fixture)
 from trainers import run_backpack, run_classification, run_latent_wire, run_ltg_bert, run_mdlm, run_modded_gpt
-from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
+from trainers.arguments import DataArguments, ModelArguments, parse_args
+from trainers.mlm_config import MaskedLMTrainingArguments
 from trainers.preflight import check_before_training, check_overrides
 
 CONFIGS = Path(run_ltg_bert.__file__).with_name("configs")
@@ -61,19 +62,19 @@ def hubzoo_not_installed(monkeypatch):
 def ltg_bert_args(tmp_path, *flags, overrides=LTG_BERT_SIZE):
     return parse_args((ModelArguments, DataArguments, MaskedLMTrainingArguments), [
         str(CONFIGS / "ltg_bert_tiny.yaml"), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
-        "--embedded_sentences", "200", "--tokenizer_vocab_size", "200", "--config_overrides", json.dumps(overrides),
+        "--embedded_sentences", "200", "--train_tokenizer_vocab_size", "200", "--config_overrides", json.dumps(overrides),
         *flags])
 
 
 def diffusion_args(tmp_path, *flags, overrides=MDLM_SIZE, config="mdlm_tiny.yaml"):
     return run_mdlm.parse([str(CONFIGS / config), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
-                           "--embedded_sentences", "200", "--tokenizer_vocab_size", "200",
+                           "--embedded_sentences", "200", "--train_tokenizer_vocab_size", "200",
                            "--config_overrides", json.dumps(overrides), *flags])
 
 
 def modded_gpt_args(tmp_path, *flags, overrides=MODDED_GPT_SIZE):
     return run_modded_gpt.parse([str(CONFIGS / "modded_gpt_tiny.yaml"), "--output_dir", str(tmp_path / "out"),
-                                 "--max_steps", "1", "--embedded_sentences", "200", "--tokenizer_vocab_size", "300",
+                                 "--max_steps", "1", "--embedded_sentences", "200", "--train_tokenizer_vocab_size", "300",
                                  "--config_overrides", json.dumps(overrides), *flags])
 
 
@@ -182,6 +183,22 @@ def test_a_file_value_outside_its_choices_is_refused(tmp_path):
 def test_an_unknown_blimp_scorer_is_refused_when_parsed(tmp_path):
     with pytest.raises(ValueError, match="blimp_scorer must be one of .*'pll'.*, got 'pl'"):
         ltg_bert_args(tmp_path, "--blimp_scorer", "pl")
+
+
+def test_the_old_tokenizer_vocab_size_key_names_its_new_name(tmp_path):
+    """`tokenizer_vocab_size` became `train_tokenizer_vocab_size` (the model config keeps the old name for its real
+    token rows): an old config file or flag says so instead of training with the default size."""
+    config = tmp_path / "old.yaml"
+    config.write_text((CONFIGS / "ltg_bert_tiny.yaml").read_text().replace("train_tokenizer_vocab_size:",
+                                                                           "tokenizer_vocab_size:"))
+    renamed = r"tokenizer_vocab_size is now train_tokenizer_vocab_size"
+    with pytest.raises(ValueError, match=r"Unknown keys in the config file: \['tokenizer_vocab_size'\] \(" + renamed):
+        parse_args((ModelArguments, DataArguments, MaskedLMTrainingArguments), [str(config)])
+    for flag in (["--tokenizer_vocab_size", "200"], ["--tokenizer_vocab_size=200"]):
+        with pytest.raises(ValueError, match=r"Unknown flags: \['--tokenizer_vocab_size'\] \(" + renamed):
+            diffusion_args(tmp_path, *flag)
+        with pytest.raises(ValueError, match=renamed):  # backpack's own arguments took the same name
+            run_backpack.parse(["--output_dir", str(tmp_path), *flag])
 
 
 # 13: init_from with overrides that change its weights, and what the end of a run needs, fail before training.

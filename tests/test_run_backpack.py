@@ -19,7 +19,7 @@ def tiny_run(shared_dir, tmp_path, architecture):
         "--source_validation", str(data / "val.en"), "--target_validation", str(data / "val.fr"),
         "--source_test", str(data / "test_2016_flickr.en"), "--target_test", str(data / "test_2016_flickr.fr"),
         "--word_similarity_dir", str(shared_dir / "data"), "--max_train_pairs", "600", "--max_eval_pairs", "40",
-        "--translation_pairs", "6", "--num_beams", "1", "2", "--tokenizer_vocab_size", "600",
+        "--translation_pairs", "6", "--num_beams", "1", "2", "--train_tokenizer_vocab_size", "600",
         "--max_seq_length", "128", "--max_steps", "20", "--per_device_train_batch_size", "16",
         "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3", "--warmup_steps", "2", "--use_cpu", "true",
         "--bf16", "false", "--tf32", "false", "--eval_strategy", "no", "--logging_steps", "5",

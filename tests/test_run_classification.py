@@ -11,7 +11,7 @@ import torch
 from hub_exports import export
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
 from tests.modeling_common import tiny_tokenizer
-from trainers import run_classification
+from trainers import classification_config, run_classification
 from trainers.tokenization import document_separator
 
 
@@ -48,7 +48,7 @@ def test_every_config_parses(path, tmp_path):
 
 def test_trunk_is_taken_over_strictly_and_the_head_is_new(causal_lm_export):
     folder, causal_lm = causal_lm_export
-    classifier = run_classification.classifier_from_causal_lm(folder, ["no", "yes"])
+    classifier = classification_config.classifier_from_causal_lm(folder, ["no", "yes"])
     assert type(classifier).__name__ == "ModdedGptForSequenceClassification"
     trunk = causal_lm.model.state_dict()
     assert all(torch.equal(tensor, trunk[key]) for key, tensor in classifier.model.state_dict().items())
@@ -74,15 +74,15 @@ def test_fine_tuning_learns_a_learnable_task(causal_lm_export, tmp_path, capsys)
 
 
 def test_headerless_pairs_are_encoded_with_the_pair_last(shared_dir):
-    args = run_classification.ClassificationArguments(
+    args = classification_config.ClassificationArguments(
         model_name_or_path="unused", train_file="unused", eval_file="unused",
         labels="entailment=entailment,neutral=neutral,contradiction=contradiction", text_column="premise",
         text_pair_column="hypothesis", column_names="premise,hypothesis,label", max_seq_length=12)
-    texts, labels = run_classification.load_split(shared_dir / "data" / "xnli" / "dev-en.tsv", args,
-                                                  ["entailment", "neutral", "contradiction"], 30)
+    texts, labels = classification_config.load_split(shared_dir / "data" / "xnli" / "dev-en.tsv", args,
+                                                     ["entailment", "neutral", "contradiction"], 30)
     assert len(texts) == 30 and all(isinstance(t, tuple) for t in texts) and set(labels) == {0, 1, 2}
     tokenizer = tiny_tokenizer(60)
-    rows = run_classification.encode([("w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20", "w30 w31 w32")], [0],
-                                     tokenizer, args, eot=3)
+    rows = classification_config.encode([("w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20", "w30 w31 w32")], [0],
+                                        tokenizer, args, eot=3)
     ids = rows["input_ids"][0]
     assert len(ids) == 12 and ids[0] == 3 and ids[-3:] == [30, 31, 32], "the first text is cut, the pair kept"

@@ -11,7 +11,8 @@ import pytest
 
 from hub_exports import load_checkpoint, verify
 from trainers import run_ltg_bert
-from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
+from trainers.arguments import DataArguments, ModelArguments, parse_args
+from trainers.mlm_config import MaskedLMTrainingArguments
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "trainers" / "configs").glob("ltg_bert_*.yaml"))

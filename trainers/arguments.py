@@ -10,8 +10,6 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from eval_suites.scoring import SCORERS
-
 
 @dataclass
 class ModelArguments:
@@ -23,7 +21,10 @@ class ModelArguments:
     tokenizer_name: Optional[str] = field(
         default=None, metadata={"help": "Existing tokenizer (folder or Hub id); default: train one on the data."}
     )
-    tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size when training a tokenizer."})
+    train_tokenizer_vocab_size: int = field(
+        default=4096, metadata={"help": "Vocabulary size of the tokenizer trained on the data (unused with "
+                                        "tokenizer_name)."}
+    )
     tokenizer_type: str = field(
         default="wordpiece", metadata={"help": "Tokenizer to train: 'wordpiece', 'bpe' or 'byte_level_bpe' (lossless)",
                                        "choices": ["wordpiece", "bpe", "byte_level_bpe"]}
@@ -63,17 +64,23 @@ class DataArguments:
     )
 
 
+# Old keys refused with their new name, in a config file or as a flag. `tokenizer_vocab_size` is a model config's
+# count of real token rows (modded GPT); the size of the tokenizer a run trains is `train_tokenizer_vocab_size`.
+RENAMED_KEYS = {"tokenizer_vocab_size": "train_tokenizer_vocab_size"}
+
+
 def parse_args(argument_classes, argv=None):
     """`script.py config.yaml [--flag value ...]`: YAML/JSON values first, flags override them; or flags only."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(argument_classes)
+    known = {f.name for cls in argument_classes for f in cls.__dataclass_fields__.values()}
+    refuse_renamed_flags(argv, known)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         path = argv.pop(0)
         defaults = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for cls in argument_classes for f in cls.__dataclass_fields__.values()}
         unknown = sorted(set(defaults) - known)
         if unknown:
-            raise ValueError(f"Unknown keys in the config file: {unknown}")
+            raise ValueError(f"Unknown keys in the config file: {unknown}{renamed_hint(unknown)}")
         parser.set_defaults(**defaults)
         for action in parser._actions:
             if action.dest in defaults:
@@ -86,6 +93,19 @@ def parse_args(argument_classes, argv=None):
         if action.type is dict:  # argparse would call dict('{"a": 1}'): take JSON objects instead
             action.type = json_object
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def renamed_hint(keys) -> str:
+    renamed = [f"{key} is now {RENAMED_KEYS[key]}" for key in keys if key in RENAMED_KEYS]
+    return f" ({'; '.join(renamed)})" if renamed else ""
+
+
+def refuse_renamed_flags(argv, known) -> None:
+    """HfArgumentParser's own error for an unknown flag would not say what it became."""
+    flags = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    renamed = [flag for flag in flags if flag in RENAMED_KEYS and flag not in known]
+    if renamed:
+        raise ValueError(f"Unknown flags: {['--' + flag for flag in renamed]}{renamed_hint(renamed)}")
 
 
 def json_object(text: str) -> dict:
@@ -111,65 +131,6 @@ class RunTrainingArguments(TrainingArguments):
     max_train_minutes: Optional[float] = field(
         default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
     )
-
-
-@dataclass
-class MaskedLMTrainingArguments(RunTrainingArguments):
-    """`TrainingArguments` plus the masked-LM knobs (everything else is transformers' own)."""
-
-    mask_strategy: str = field(
-        default="span",
-        metadata={"help": "'span' (LTG-BERT: whole spans, geometric lengths) or 'token' (BERT: i.i.d. tokens).",
-                  "choices": ["span", "token"]},
-    )
-    mask_probability: float = field(default=0.15, metadata={"help": "Share of real, non-special tokens predicted."})
-    blimp_scorer: str = field(default="pll", metadata={"help": "Scorer for the BLiMP evaluation after training."})
-    blimp_token_budget: int = field(default=8192, metadata={"help": "Tokens per BLiMP scoring forward pass."})
-
-    def __post_init__(self):
-        # Checked here, not at the end of the run; not as argparse choices, which would freeze the scorers registered
-        # when this module was imported.
-        if self.blimp_scorer not in SCORERS:
-            raise ValueError(f"blimp_scorer must be one of {sorted(SCORERS)}, got {self.blimp_scorer!r}")
-        super().__post_init__()
-
-
-# Architecture fields a diffusion run must state (in config_overrides) unless it starts from a checkpoint: a model
-# whose size came from constructor defaults would silently be GPT-2-small.
-DIFFUSION_REQUIRED_FIELDS = {"mdlm": ("hidden_size", "num_hidden_layers", "num_attention_heads", "cond_dim"),
-                             "bd3lm": ("hidden_size", "num_hidden_layers", "num_attention_heads", "cond_dim",
-                                       "block_size")}
-
-
-@dataclass
-class DiffusionTrainingArguments(RunTrainingArguments):
-    """`TrainingArguments` with the originals' defaults (AdamW 3e-4, no weight decay, constant LR after 2500 warmup
-    steps, gradient clipping 1.0) plus the masked-diffusion knobs."""
-
-    algorithm: str = field(default="mdlm", metadata={"help": "'mdlm' or 'bd3lm'.", "choices": ["mdlm", "bd3lm"]})
-    init_from: Optional[str] = field(
-        default=None,
-        metadata={"help": "Start from this checkpoint: a hubzoo export/checkpoint folder (loaded strictly: a missing "
-                          "or unexpected key, the BD3-LM sampling buffers included, is an error)."},
-    )
-    ema_decay: float = field(default=0.9999, metadata={"help": "EMA decay of the weights used to evaluate and export; "
-                                                              "0 turns the EMA off."})
-    nelbo_samples: int = field(default=8, metadata={"help": "Monte-Carlo draws per held-out sequence for the final "
-                                                           "NELBO perplexity bound."})
-    nelbo_max_sequences: int = field(default=256, metadata={"help": "Held-out sequences in the final bound."})
-    blimp_pairs_per_paradigm: Optional[int] = field(
-        default=None,
-        metadata={"help": "Score only the first N pairs of each BLiMP paradigm at the end (default: all)."},
-    )
-    num_samples_to_print: int = field(default=3, metadata={"help": "Sequences sampled from the export at the end."})
-    sampling_steps: int = field(default=128, metadata={"help": "Denoising steps of those samples (MDLM: in total; "
-                                                            "BD3-LM: per block)."})
-    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate (the originals': 3e-4)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (the originals': 0)."})
-    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "LR schedule (the originals': "
-                                                                                   "constant with warmup)."})
-    warmup_steps: float = field(default=2500, metadata={"help": "Warmup steps (the originals': 2500)."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (the originals': 1.0)."})
 
 
 @dataclass
@@ -201,13 +162,3 @@ class MuonTrainingArguments(RunTrainingArguments):
                                         "num_decay_steps": max(1, int(self.cooldown_fraction * self.max_steps)),
                                         **given}
         super().__post_init__()
-
-
-@dataclass
-class ClassificationTrainingArguments(MuonTrainingArguments):
-    """Sequence-classification fine-tuning: the optimizer knobs plus the collapse check of the report."""
-
-    collapse_margin: float = field(
-        default=0.25, metadata={"help": "Flag a collapse when one class takes this much more of the predictions than "
-                                        "of the gold labels (see eval_suites/metrics/classification)."}
-    )

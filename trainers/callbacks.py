@@ -1,5 +1,5 @@
-"""Trainer callbacks (a verified Hub export of every checkpoint, a time budget, a loss-curve plot) and the end of a
-run: work on the main process, then every rank closes the process group."""
+"""Trainer callbacks (a verified Hub export of every checkpoint, a time budget), the loss-curve plot, and the closing of
+the process group every rank does at the end of a run."""
 
 import logging
 import os
@@ -74,19 +74,6 @@ class TimeBudgetCallback(TrainerCallback):
         if time.monotonic() - self.start > self.seconds:
             logger.info("time budget of %.1f minutes spent at step %d; stopping", self.seconds / 60, state.global_step)
             control.should_training_stop = True
-
-
-def finish_on_main_process(trainer, work, exit_code: int = 0) -> None:
-    """Run `work()` (export, reports) on the main process only; then every rank closes the process group (see
-    `close_process_group`; a multi-process CPU run ends here with `exit_code`). If `work` fails, the error is raised
-    after the group is closed."""
-    try:
-        if trainer.is_world_process_zero():
-            work()
-    except BaseException:
-        close_process_group(trainer)
-        raise
-    close_process_group(trainer, exit_code)
 
 
 def close_process_group(trainer, exit_code: int | None = None) -> None:

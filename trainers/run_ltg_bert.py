@@ -20,10 +20,11 @@ import modeling  # noqa: F401  (registers the architectures with the Auto classe
 from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
 from hub_exports import CardInfo, Metric, full_fp32_matmuls, load_checkpoint
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
-from trainers.arguments import DataArguments, MaskedLMTrainingArguments, ModelArguments, parse_args
+from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.collators import MaskedLMCollator, MaskingEpochCallback
 from trainers.embedded_corpus import write_minimal_pairs
 from trainers.finishing import RunReport, finish_run, run_callbacks
+from trainers.mlm_config import MaskedLMTrainingArguments
 from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
 from trainers.mlm_trainer import MaskedLMTrainer
 from trainers.preflight import check_before_training, check_overrides

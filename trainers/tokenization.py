@@ -94,7 +94,8 @@ def obtain_tokenizer(model_args, training_args, train_texts):
     saved = Path(training_args.output_dir) / "tokenizer"
     with training_args.main_process_first(desc="train the tokenizer"):
         if training_args.process_index == 0:
-            tokenizer = train_tokenizer(train_texts, model_args.tokenizer_vocab_size, kind=model_args.tokenizer_type)
+            tokenizer = train_tokenizer(train_texts, model_args.train_tokenizer_vocab_size,
+                                        kind=model_args.tokenizer_type)
             tokenizer.save_pretrained(saved)
             return tokenizer
         return AutoTokenizer.from_pretrained(saved)

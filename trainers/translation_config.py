@@ -33,7 +33,7 @@ class ParallelArguments:
     config_overrides: dict = field(default_factory=dict, metadata={"help": "hidden_size, num_hidden_layers, "
                                                                            "num_attention_heads, num_senses, ..."})
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Hub id or folder (default: train a BPE)"})
-    tokenizer_vocab_size: int = field(default=8000)
+    train_tokenizer_vocab_size: int = field(default=8000)
     source_tag: str = field(default="<en>")
     target_tag: str = field(default="<fr>")
     max_seq_length: int = field(default=96)
@@ -65,7 +65,8 @@ def obtain_tokenizer(args: ParallelArguments, training_args, english, french):
         saved = Path(training_args.output_dir) / "tokenizer"
         with training_args.main_process_first(desc="train the tokenizer"):
             if training_args.process_index == 0:
-                train_tokenizer(english + french, args.tokenizer_vocab_size, kind="byte_level_bpe").save_pretrained(saved)
+                train_tokenizer(english + french, args.train_tokenizer_vocab_size,
+                                kind="byte_level_bpe").save_pretrained(saved)
             tokenizer = AutoTokenizer.from_pretrained(saved)
     tokenizer.add_special_tokens({"additional_special_tokens": [args.source_tag, args.target_tag]})
     document_separator(tokenizer)
