@@ -17,7 +17,7 @@ variance from their difference.
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 import torch
 

@@ -12,7 +12,6 @@ stated by the caller:
 """
 
 import re
-from pathlib import Path
 from typing import Optional
 
 import torch
