@@ -17,7 +17,7 @@ import sys
 from transformers import DataCollatorWithPadding, set_seed
 
 from eval_suites.classification import parse_label_spec
-from hub_exports.convert_modded_gpt import load_tokenizer
+from hub_exports import load_tokenizer
 from trainers.arguments import parse_args
 from trainers.classification_config import (ClassificationArguments, ClassificationTrainingArguments, build_datasets,
                                             classification_report, classifier_from_causal_lm, evaluate_classifier,
