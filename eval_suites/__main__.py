@@ -4,6 +4,7 @@ python -m eval_suites classification --model <export folder> --data <tsv/csv/jso
 python -m eval_suites translation --model <causal LM export> --source test.en --target test.fr --num-beams 1 4
 python -m eval_suites word-similarity --model <export> --data-dir ../shared/data [--source senses]
 python -m eval_suites senses --model <Backpack export> --words bank light --sentence "..." --output figures/
+python -m eval_suites generate --model <MDLM/BD3-LM export> --infill "The [MASK]{3} sat on the mat." (or --prompt)
 
 blimp writes `blimp.json` (all numbers) and `blimp.md` (tables) to --output, prints the headline, and with
 --write-card adds the result to the model card of a local export. classification writes `classification.json` and
@@ -21,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 
 from eval_suites import classification
 from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
+from eval_suites.generation import add_generate_parser
 from eval_suites.scoring import SCORERS
 from modeling import diffusion_policy
 
@@ -297,6 +299,7 @@ def main(argv=None) -> int:
     blimp.set_defaults(run=run_blimp)
     add_classification_parser(commands)
     add_generation_parsers(commands)
+    add_generate_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -324,6 +324,224 @@ def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top
     return revealed
 
 
+def reveal_most_confident(noisy, logits, count: int, mask_token_id: int, generator, top_p: float = 1.0):
+    """Confidence-ordered unmasking: draw a token for every masked position from the SUBS distribution (optionally
+    nucleus-filtered) and reveal, in each row, the `count` draws of highest probability (all of them when fewer are
+    masked); the other positions stay masked."""
+    masked = noisy == mask_token_id
+    rows = masked.nonzero(as_tuple=True)
+    scores = logits[rows].float()
+    scores[:, mask_token_id] = float("-inf")
+    probs = nucleus_filter(scores.softmax(-1), top_p)
+    drawn = sample_categorical(probs, generator)
+    confidence = torch.full(noisy.shape, float("-inf"), device=noisy.device)
+    confidence[rows] = probs.gather(-1, drawn[:, None]).squeeze(-1)
+    # Rows with fewer than `count` masks also pick unmasked positions (confidence -inf); `& masked` drops them
+    best = confidence.topk(min(count, noisy.shape[1]), dim=1).indices
+    chosen = torch.zeros_like(masked).scatter_(1, best, True) & masked
+    proposal = noisy.clone()
+    proposal[rows] = drawn
+    return torch.where(chosen, proposal, noisy)
+
+
+def reveal_first_hitting(noisy, logits, mask_token_id: int, generator, top_p: float = 1.0):
+    """One step of the first-hitting sampler (Zheng et al. 2024, arXiv:2409.02908): in every row that still holds a
+    mask, the next position to be unmasked is uniform among its masked ones (each masked token's unmasking time is
+    independent and identically distributed), and its token is drawn from the SUBS distribution."""
+    masked = noisy == mask_token_id
+    keys = torch.rand(noisy.shape, device=noisy.device, generator=generator).masked_fill(~masked, -1.0)
+    rows = masked.any(dim=1).nonzero()[:, 0]
+    columns = keys.argmax(dim=1)[rows]
+    scores = logits[rows, columns].float()
+    scores[:, mask_token_id] = float("-inf")
+    revealed = noisy.clone()
+    revealed[rows, columns] = sample_categorical(nucleus_filter(scores.softmax(-1), top_p), generator)
+    return revealed
+
+
+def first_hitting_times(timesteps, masked_count, generator):
+    """The time at which the first of each row's `masked_count` masked tokens is unmasked, going down from
+    `timesteps`: t u^(1/n), u ~ U(0, 1), because the mask rate of both schedules is proportional to t."""
+    uniform = torch.rand(timesteps.shape, device=timesteps.device, generator=generator)
+    uniform = uniform.clamp_min(torch.finfo(torch.float32).tiny)  # t stays > 0
+    return torch.where(masked_count > 0, timesteps * uniform ** (1.0 / masked_count.clamp(min=1)), timesteps)
+
+
+def unmask_in_order(noisy, denoise, sampler: str, tokens_per_step: int, top_p: float, generator, mask_token_id: int,
+                    on_step=None):
+    """The order-based samplers: call `denoise(ids, timesteps) -> logits` until no mask is left; "confidence" reveals
+    the `tokens_per_step` most probable draws of each row per call, "first_hitting" one uniformly chosen token per row
+    at its first-hitting time."""
+    timesteps = torch.ones(noisy.shape[0], device=noisy.device)
+    while True:
+        masked_count = (noisy == mask_token_id).sum(dim=1)
+        if not bool(masked_count.any()):
+            return noisy
+        if sampler == "first_hitting":
+            timesteps = first_hitting_times(timesteps, masked_count, generator)
+            noisy = reveal_first_hitting(noisy, denoise(noisy, timesteps), mask_token_id, generator, top_p)
+        else:
+            noisy = reveal_most_confident(noisy, denoise(noisy, timesteps), tokens_per_step, mask_token_id, generator,
+                                          top_p)
+        if on_step is not None:
+            on_step()
+
+
+SAMPLERS = ("ddpm", "ddpm_cache", "confidence", "first_hitting")
+
+
+def check_sampler_options(sampler, num_steps, tokens_per_step, top_p, time_conditioning: bool):
+    """The sampler to run (None: ddpm_cache, or ddpm for a time-conditioned model, whose output changes with t) and
+    its tokens per step, after refusing options that do not belong to it."""
+    if sampler is None:
+        sampler = "ddpm" if time_conditioning else "ddpm_cache"
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    if sampler == "ddpm_cache" and time_conditioning:
+        raise ValueError("ddpm_cache reuses the denoiser's output across steps: only valid without time "
+                         "conditioning; use sampler='ddpm'")
+    if sampler in ("ddpm", "ddpm_cache"):
+        if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+        if tokens_per_step is not None:
+            raise ValueError(f"tokens_per_step belongs to the confidence sampler; {sampler} reveals by num_steps")
+        return sampler, None
+    if num_steps is not None:
+        raise ValueError(f"num_steps belongs to the ancestral samplers: {sampler} runs until every mask is revealed "
+                         "(first_hitting one token per row and step; confidence `tokens_per_step`)")
+    if sampler == "first_hitting":
+        if tokens_per_step is not None:
+            raise ValueError("first_hitting reveals one token per row and step; tokens_per_step is the confidence "
+                             "sampler's")
+        return sampler, 1
+    if time_conditioning:
+        raise ValueError("the confidence sampler follows no noise schedule, so a time-conditioned model has no t to "
+                         "be given; use ddpm or first_hitting")
+    tokens_per_step = 1 if tokens_per_step is None else tokens_per_step
+    if not isinstance(tokens_per_step, int) or tokens_per_step < 1:
+        raise ValueError(f"tokens_per_step must be an integer >= 1, got {tokens_per_step!r}")
+    return sampler, tokens_per_step
+
+
+def generation_batch(input_ids, attention_mask, max_new_tokens, num_samples: int, length, config, device):
+    """The (ids, attention mask or None) that `sample` starts from. Without `input_ids`: `num_samples` rows of
+    `length` mask ids. With them: every mask id is to be generated and every other token is kept; `attention_mask`
+    0 marks padding, which is never attended, never generated and returned as given; `max_new_tokens` mask ids go
+    right after each row's last real token (its right padding moves behind them, new padding is
+    `config.pad_token_id`); each row is repeated `num_samples` times."""
+    mask_id = config.mask_token_id
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if input_ids is None:
+        if attention_mask is not None or max_new_tokens is not None:
+            raise ValueError("attention_mask and max_new_tokens describe input_ids, which were not given")
+        length = config.max_position_embeddings if length is None else length
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be an integer >= 1, got {length!r}")
+        return torch.full((num_samples, length), mask_id, dtype=torch.long, device=device), None
+    if length is not None:
+        raise ValueError("length is the size of unconditional samples; with input_ids their width (and "
+                         "max_new_tokens) sets it")
+    if not isinstance(input_ids, torch.Tensor):
+        raise ValueError(f"input_ids must be a tensor of shape (batch, seq_len), got {type(input_ids).__name__}")
+    check_token_ids(input_ids, config.vocab_size, float("inf"), True, "input_ids")
+    ids = input_ids.to(device=device, dtype=torch.long)
+    real = None
+    if attention_mask is not None:
+        check_attention_mask(attention_mask, ids.shape, True)
+        real = attention_mask.to(device).bool()
+        if bool((ids == mask_id)[~real].any()):
+            raise ValueError(f"a padding position (attention_mask 0) holds the mask id {mask_id}: padding is returned "
+                             "as given, so it would keep the mask; mark positions to generate as real tokens")
+    if max_new_tokens is not None:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        ids, real = append_masks(ids, real, max_new_tokens, mask_id, config.pad_token_id)
+    if not bool((ids == mask_id).any()):
+        raise ValueError(f"input_ids hold no mask id ({mask_id}) and max_new_tokens is not set: nothing to generate")
+    if ids.shape[1] > config.max_position_embeddings:
+        raise ValueError(f"{ids.shape[1]} positions exceed max_position_embeddings ({config.max_position_embeddings})")
+    ids = ids.repeat_interleave(num_samples, dim=0)
+    if real is not None:
+        real = None if bool(real.all()) else real.repeat_interleave(num_samples, dim=0)
+    return ids, real
+
+
+def append_masks(ids, real, count: int, mask_token_id: int, pad_token_id):
+    """Each row up to its last real token, then `count` mask ids, then padding to the widest row."""
+    batch, width = ids.shape
+    positions = torch.arange(width, device=ids.device)
+    ends = torch.full((batch,), width, device=ids.device) if real is None else \
+        torch.where(real, positions + 1, 0).amax(dim=1)
+    new_width = int(ends.max()) + count
+    if bool((ends + count < new_width).any()) and pad_token_id is None:
+        raise ValueError("rows of different lengths are padded after their new tokens, but config.pad_token_id is "
+                         "not set")
+    positions = torch.arange(new_width, device=ids.device)
+    kept = positions[None, :] < ends[:, None]
+    new = kept.logical_not() & (positions[None, :] < (ends + count)[:, None])
+    grown = torch.full((batch, new_width), -1 if pad_token_id is None else pad_token_id, dtype=ids.dtype,
+                       device=ids.device)
+    grown[:, :width] = torch.where(kept[:, :width], ids, grown[:, :width])
+    grown[new] = mask_token_id
+    grown_real = kept | new
+    if real is not None:
+        grown_real[:, :width] &= real | ~kept[:, :width]
+    return grown, grown_real
+
+
+class CudaGraphedCall:
+    """`function(*inputs)` captured once as a CUDA graph and replayed on new inputs of the same shapes, copied into
+    the captured ones. At sampling's small batches a denoiser call costs more in launching its kernels one by one
+    from Python than in running them; a replay launches them at once. The result is the graph's output tensor,
+    overwritten by the next call. The model's checks that read values must be off (no host sync while capturing)."""
+
+    def __init__(self, function, *inputs):
+        self.inputs = tuple(value.clone() for value in inputs)
+        device_type = self.inputs[0].device.type
+        # autocast's cache of cast weights cannot live inside a graph
+        autocast = torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
+                                  enabled=torch.is_autocast_enabled(device_type), cache_enabled=False)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), autocast:
+            for _ in range(2):  # warm-up outside the graph: library handles and workspaces are created here
+                function(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), autocast:
+            self.output = function(*self.inputs)
+
+    def __call__(self, *inputs):
+        for captured, value in zip(self.inputs, inputs):
+            captured.copy_(value)
+        self.graph.replay()
+        return self.output
+
+
+def uses_cuda_graphs(model, requested: bool) -> bool:
+    """Whether `sample` captures its denoiser calls: asked for, on a CUDA device, and with an attention whose mask is
+    a tensor (flex attention builds its block mask on the host at every call)."""
+    return bool(requested) and model.device.type == "cuda" and model.config._attn_implementation in ("eager", "sdpa")
+
+
+class value_checks_off:
+    """Turn off the checks that read tensor values on an accelerator while `sample` runs: its inputs are checked
+    once up front, and a check is a host sync (impossible inside a CUDA graph)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.saved = self.model.check_values_on_device
+        self.model.check_values_on_device = False
+
+    def __exit__(self, *exc):
+        self.model.check_values_on_device = self.saved
+
+
 def check_clean_labels(labels: torch.Tensor, noisy_ids: torch.Tensor, config, check_values: bool) -> None:
     """`labels` of a NELBO: x_0 with the shape of x_t, clean ids (never the mask) or -100."""
     if noisy_ids is None or labels.shape != noisy_ids.shape:
@@ -689,8 +907,10 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         return_dict: Optional[bool] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         output_attentions: Optional[bool] = None,
+        logits_to_keep: int = 0,
     ):
-        """See `Bd3lmModel.forward` (`inputs_embeds`: generation pass only, so never with `labels`). `labels`: x_0
+        """See `Bd3lmModel.forward` (`inputs_embeds`: generation pass only, so never with `labels`). `logits_to_keep`:
+        the logits of the last that many positions only (0: all), as transformers' causal LMs; not with `labels`. `labels`: x_0
         with -100 at positions left out (padding; BOS in evaluation when `ignore_bos`); with `timesteps` (per token
         (B, L), or per sequence (B,)) the loss is this draw's block NELBO: sum over masked positions of (1/t) *
         -log p(x_0 | x_t, x_0 of earlier blocks), divided by the number of labelled positions. Without `clean_ids`,
@@ -703,12 +923,17 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
             if timesteps is None:
                 raise ValueError("the NELBO needs timesteps: the t of each token's block, shape (batch, seq_len) (or "
                                  "one per sequence, (batch,))")
+        if labels is not None and logits_to_keep:
+            raise ValueError("logits_to_keep leaves positions without logits: the NELBO of labels needs them all")
         if labels is not None and clean_ids is None:
             clean_ids = torch.where(labels == -100, input_ids, labels)
         outputs = self.bd3lm(input_ids, clean_ids, attention_mask, timesteps, sigma, kv_cache, update_cache,
                              output_hidden_states, return_dict=True, inputs_embeds=inputs_embeds,
                              output_attentions=output_attentions)
-        logits = self.output_layer(outputs.last_hidden_state, outputs.conditioning)
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.output_layer(hidden, outputs.conditioning)
         loss = None
         if labels is not None:
             loss = self._nelbo(logits, input_ids, labels, timesteps)
@@ -727,86 +952,175 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
         num_samples: int = 1,
         length: Optional[int] = None,
         num_steps: Optional[int] = None,
+        *,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        max_new_tokens: Optional[int] = None,
+        sampler: Optional[str] = None,
+        tokens_per_step: Optional[int] = None,
         top_p: float = 1.0,
         use_cache: bool = True,
-        prefix_ids: Optional[torch.Tensor] = None,
+        cuda_graphs: bool = True,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
         progress: bool = False,
     ) -> torch.LongTensor:
-        """Generate `length` tokens (a multiple of `block_size`; default `max_position_embeddings`) block by block.
-        Each block starts fully masked and is denoised by ancestral steps from t = 1 to t = 0 (`num_steps` per block,
-        default `block_size`; the denoiser is re-run only when a token changed, unless time-conditioned), with
-        nucleus filtering `top_p` of p(x_0 | x_t). `use_cache`: clean blocks' keys and values are cached (exact); off,
-        every step re-reads the whole prefix. `prefix_ids` (whole blocks) are kept as the start. Reproducible through
-        `generator` (on the model's device) or `seed`; the result never contains the mask id. With `ignore_bos` and no
-        prefix, position 0 is `config.bos_token_id` (training never masks it, so the model never saw it masked).
-        Time-conditioned models sample without the cache: cached clean blocks would keep the conditioning of the step
-        they were cached at, while training conditions both halves alike."""
-        block_size = self.config.block_size
-        if use_cache and self.config.time_conditioning:
+        """Generate block by block, left to right: fill every mask id of `input_ids`, keeping every other token as
+        given, or, without `input_ids`, draw `num_samples` sequences of `length` tokens (a multiple of `block_size`;
+        default `max_position_embeddings`) from all-mask. The result never contains the mask id.
+
+        Blocks before the first block holding a mask are context (cached); a block with masks is denoised given the
+        blocks before it and its own kept tokens; later kept tokens are seen only when their block is reached (the
+        attention is block-causal). `attention_mask`: 0 marks padding, which must follow a row's real tokens (pad on
+        the right), is never attended and is returned as given. `max_new_tokens`: mask ids appended after each row's
+        last real token. A width that is not whole blocks is padded inside and returned at its own width.
+        `sampler`: as MDLM's `sample`, within each block: `"ddpm"`/`"ddpm_cache"` (`num_steps` ancestral steps per
+        block, default `block_size`), `"confidence"` (`tokens_per_step`), `"first_hitting"`. `top_p`: nucleus
+        filtering of p(x_0 | x_t). `use_cache`: the keys and values of finished blocks are kept (exact); off, every
+        call re-reads the whole prefix. `cuda_graphs`: on a CUDA device (eager or sdpa attention) the cached block
+        call is captured once and replayed. Unconditional samples of a model trained with `ignore_bos` start with
+        `config.bos_token_id` (training never masks position 0). Time-conditioned models sample without the cache:
+        cached clean blocks would keep the conditioning of the step they were cached at, while training conditions
+        both halves alike. Reproducible through `generator` (on the model's device) or `seed`."""
+        config = self.config
+        block_size = config.block_size
+        if use_cache and config.time_conditioning:
             raise ValueError("a time-conditioned BD3-LM samples with use_cache=False (see the docstring)")
-        length = self.config.max_position_embeddings if length is None else length
+        sampler, tokens_per_step = check_sampler_options(sampler, num_steps, tokens_per_step, top_p,
+                                                         config.time_conditioning)
         num_steps = block_size if num_steps is None else num_steps
-        if length % block_size or num_steps < 1 or not 0.0 < top_p <= 1.0:
-            raise ValueError(f"need length a multiple of block_size ({block_size}), num_steps >= 1, 0 < top_p <= 1")
-        device = next(self.parameters()).device
+        if input_ids is None and length is not None and length % block_size:
+            raise ValueError(f"length must be a multiple of block_size ({block_size}), got {length}")
+        device = self.device
+        ids, real = generation_batch(input_ids, attention_mask, max_new_tokens, num_samples, length, config, device)
+        if input_ids is None and config.ignore_bos:
+            ids[:, 0] = self._bos_token_id()
+        if real is not None and bool((real[:, 1:] & ~real[:, :-1]).any()):
+            raise ValueError("BD3-LM generates left to right: padding (attention_mask 0) must follow every real token "
+                             "of its row; pad on the right")
+        width = ids.shape[1]
+        whole = -(-width // block_size) * block_size
+        if whole > width:  # padding to whole blocks, cut off at the end
+            real = torch.ones_like(ids, dtype=torch.bool) if real is None else real
+            ids, real = F.pad(ids, (0, whole - width), value=0), F.pad(real, (0, whole - width), value=False)
+        if whole > config.max_position_embeddings:
+            raise ValueError(f"{width} positions, in whole blocks {whole}, exceed max_position_embeddings "
+                             f"({config.max_position_embeddings})")
         if generator is None:
             generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
-        sequence = torch.zeros((num_samples, 0), dtype=torch.long, device=device)
-        if prefix_ids is not None:
-            if prefix_ids.dim() != 2 or prefix_ids.shape[1] % block_size or prefix_ids.shape[1] > length:
-                raise ValueError(f"prefix_ids must be (1 or num_samples, whole blocks of {block_size} tokens, at most "
-                                 f"{length}), got {tuple(prefix_ids.shape)}")
-            if bool((prefix_ids == self.config.mask_token_id).any()):
-                raise ValueError(f"prefix_ids contain the mask id {self.config.mask_token_id}: a prefix is clean text "
-                                 "and is kept as given, so the sample would keep the mask")
-            sequence = prefix_ids.to(device).expand(num_samples, -1)
+        options = dict(sampler=sampler, num_steps=num_steps, tokens_per_step=tokens_per_step, top_p=top_p,
+                       generator=generator)
         was_training = self.training
         self.eval()
-        cache = Bd3lmKVCache() if use_cache else None
-        if use_cache and sequence.shape[1]:
-            self(input_ids=sequence, kv_cache=cache, update_cache=True)
-        first = self._first_token(sequence)
-        blocks = range(sequence.shape[1] // block_size, length // block_size)
-        for index in tqdm(blocks, disable=not progress, desc="BD3-LM blocks"):
-            block = self._denoise_block(sequence, cache, num_steps, top_p, generator, first if index == 0 else None)
-            if use_cache:
-                self(input_ids=block, kv_cache=cache, update_cache=True)
-            sequence = torch.cat((sequence, block), dim=1)
+        with value_checks_off(self):
+            cache = _CachedBlocks(self, ids, real, cuda_graphs) if use_cache else None
+            for index in tqdm(range(whole // block_size), disable=not progress, desc=f"BD3-LM {sampler}"):
+                span = slice(index * block_size, (index + 1) * block_size)
+                if bool((ids[:, span] == config.mask_token_id).any()):
+                    denoise = cache.denoiser(index) if use_cache else self._uncached_denoiser(ids, real, index)
+                    ids[:, span] = self._denoise_block(ids[:, span], denoise, **options)
+                if use_cache:
+                    cache.commit(index, ids[:, span])
         self.train(was_training)
-        return sequence
+        return ids[:, :width]
 
-    def _first_token(self, sequence) -> Optional[int]:
-        """The token fixed at position 0 of a sample without prefix: BOS when training never masks it."""
-        if sequence.shape[1] or not self.config.ignore_bos:
-            return None
+    def _bos_token_id(self) -> int:
         if self.config.bos_token_id is None:
             raise ValueError("ignore_bos: the model was trained with a clean first token, but config.bos_token_id is "
-                             "not set; set it, or pass prefix_ids")
+                             "not set; set it, or pass input_ids that start with it")
         return self.config.bos_token_id
 
-    def _denoise_block(self, sequence, cache, num_steps, top_p, generator, first_token=None) -> torch.Tensor:
-        mask_id, block_size = self.config.mask_token_id, self.config.block_size
-        noisy = torch.full((sequence.shape[0], block_size), mask_id, dtype=torch.long, device=sequence.device)
-        if first_token is not None:
-            noisy[:, 0] = first_token
-        times = torch.linspace(1.0, 0.0, num_steps + 1, device=sequence.device)
+    def _uncached_denoiser(self, ids, real, index: int):
+        """`(block ids, timesteps) -> block logits` re-reading blocks 0..index-1 of `ids` at every call."""
+        end = (index + 1) * self.config.block_size
+        context = ids[:, :end - self.config.block_size].clone()
+        mask = None if real is None else real[:, :end]
+
+        def denoise(block, timesteps):
+            return self(input_ids=torch.cat((context, block), dim=1), attention_mask=mask, timesteps=timesteps,
+                        logits_to_keep=block.shape[1]).logits
+
+        return denoise
+
+    def _denoise_block(self, noisy, denoise, sampler, num_steps, tokens_per_step, top_p, generator) -> torch.Tensor:
+        mask_id = self.config.mask_token_id
+        if sampler in ("confidence", "first_hitting"):
+            return unmask_in_order(noisy, denoise, sampler, tokens_per_step, top_p, generator, mask_id)
+        times = torch.linspace(1.0, 0.0, num_steps + 1, device=noisy.device)
         logits = None
         for step in range(num_steps):
             if logits is None:
-                timesteps = times[step].expand(sequence.shape[0])
-                if cache is not None:
-                    logits = self(input_ids=noisy, kv_cache=cache, timesteps=timesteps).logits
-                else:
-                    logits = self(input_ids=torch.cat((sequence, noisy), dim=1), timesteps=timesteps).logits
-                    logits = logits[:, -block_size:]
+                logits = denoise(noisy, times[step].expand(noisy.shape[0]))
             updated = reveal_tokens(noisy, logits, times[step + 1] / times[step], mask_id, generator, top_p)
-            if self.config.time_conditioning or not torch.equal(updated, noisy):
+            if sampler == "ddpm" or not torch.equal(updated, noisy):
                 logits = None
             noisy = updated
         return noisy
 
+
+class _CachedBlocks:
+    """The KV cache of `sample`: the rotated keys and values of every finished block in buffers as wide as the
+    samples, written in place, so that a call (one block of ids in, its logits out) always has the same shapes and,
+    on a GPU, is captured once as a CUDA graph and replayed. A call attends to the finished blocks and the block
+    itself through a boolean mask (B, 1, 1, width + block), so no position beyond them is read. Exact: a block's keys
+    are computed once, from the clean block, as `Bd3lmKVCache` holds them."""
+
+    def __init__(self, model, ids, real, cuda_graphs: bool):
+        config = model.config
+        self.model, self.block_size = model, config.block_size
+        batch, self.width = ids.shape
+        heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+        device = ids.device
+        # The keys' dtype is the projections' output: the autocast dtype under autocast, else the weights'
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else model.dtype
+        layers = range(config.num_hidden_layers)
+        self.keys = [torch.zeros(batch, heads, self.width, head_dim, dtype=dtype, device=device) for _ in layers]
+        self.values = [torch.zeros_like(self.keys[0]) for _ in layers]
+        self.block_keys = [torch.zeros(batch, heads, self.block_size, head_dim, dtype=dtype, device=device)
+                           for _ in layers]
+        self.block_values = [torch.zeros_like(self.block_keys[0]) for _ in layers]
+        self.real = torch.ones_like(ids, dtype=torch.bool) if real is None else real
+        self.visible = torch.zeros(batch, 1, 1, self.width + self.block_size, dtype=torch.bool, device=device)
+        self.cos_table, self.sin_table = rotary_tables(config.max_position_embeddings, head_dim, config.rotary_base,
+                                                       device)
+        self.cos, self.sin = self.cos_table[:self.block_size].clone(), self.sin_table[:self.block_size].clone()
+        self._place(0)
+        example = ids[:, :self.block_size]
+        self.call = CudaGraphedCall(self._forward, example) if uses_cuda_graphs(model, cuda_graphs) else self._forward
+
+    def _forward(self, block):
+        trunk = self.model.bd3lm
+        conditioning = F.silu(trunk.time_embedder(trunk.conditioning_sigma(block.shape[0], block.device)))
+        hidden = trunk.embed_tokens(block)
+        for index, layer in enumerate(trunk.layers):
+            past = (self.keys[index], self.values[index])
+            hidden, key, value, _ = layer(hidden, self.cos, self.sin, conditioning, self.visible, past, False)
+            self.block_keys[index].copy_(key[:, :, -self.block_size:])
+            self.block_values[index].copy_(value[:, :, -self.block_size:])
+        return self.model.output_layer(hidden, conditioning)
+
+    def _place(self, index: int) -> None:
+        """Point the call at block `index`: its rotary positions, and the finished blocks before it as keys."""
+        start = index * self.block_size
+        self.cos.copy_(self.cos_table[start:start + self.block_size])
+        self.sin.copy_(self.sin_table[start:start + self.block_size])
+        finished = torch.arange(self.width, device=self.real.device) < start
+        self.visible[:, 0, 0, :self.width] = finished & self.real
+        self.visible[:, 0, 0, self.width:] = self.real[:, start:start + self.block_size]
+
+    def denoiser(self, index: int):
+        self._place(index)
+        return lambda block, timesteps: self.call(block)
+
+    def commit(self, index: int, block) -> None:
+        """Cache the keys and values of the finished (clean) block `index`."""
+        self._place(index)
+        self.call(block)
+        span = slice(index * self.block_size, (index + 1) * self.block_size)
+        for keys, values, block_keys, block_values in zip(self.keys, self.values, self.block_keys,
+                                                          self.block_values):
+            keys[:, :, span] = block_keys
+            values[:, :, span] = block_values
 
 __all__ = [
     "Bd3lmPreTrainedModel",

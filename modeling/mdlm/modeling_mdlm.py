@@ -322,6 +322,224 @@ def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top
     return revealed
 
 
+def reveal_most_confident(noisy, logits, count: int, mask_token_id: int, generator, top_p: float = 1.0):
+    """Confidence-ordered unmasking: draw a token for every masked position from the SUBS distribution (optionally
+    nucleus-filtered) and reveal, in each row, the `count` draws of highest probability (all of them when fewer are
+    masked); the other positions stay masked."""
+    masked = noisy == mask_token_id
+    rows = masked.nonzero(as_tuple=True)
+    scores = logits[rows].float()
+    scores[:, mask_token_id] = float("-inf")
+    probs = nucleus_filter(scores.softmax(-1), top_p)
+    drawn = sample_categorical(probs, generator)
+    confidence = torch.full(noisy.shape, float("-inf"), device=noisy.device)
+    confidence[rows] = probs.gather(-1, drawn[:, None]).squeeze(-1)
+    # Rows with fewer than `count` masks also pick unmasked positions (confidence -inf); `& masked` drops them
+    best = confidence.topk(min(count, noisy.shape[1]), dim=1).indices
+    chosen = torch.zeros_like(masked).scatter_(1, best, True) & masked
+    proposal = noisy.clone()
+    proposal[rows] = drawn
+    return torch.where(chosen, proposal, noisy)
+
+
+def reveal_first_hitting(noisy, logits, mask_token_id: int, generator, top_p: float = 1.0):
+    """One step of the first-hitting sampler (Zheng et al. 2024, arXiv:2409.02908): in every row that still holds a
+    mask, the next position to be unmasked is uniform among its masked ones (each masked token's unmasking time is
+    independent and identically distributed), and its token is drawn from the SUBS distribution."""
+    masked = noisy == mask_token_id
+    keys = torch.rand(noisy.shape, device=noisy.device, generator=generator).masked_fill(~masked, -1.0)
+    rows = masked.any(dim=1).nonzero()[:, 0]
+    columns = keys.argmax(dim=1)[rows]
+    scores = logits[rows, columns].float()
+    scores[:, mask_token_id] = float("-inf")
+    revealed = noisy.clone()
+    revealed[rows, columns] = sample_categorical(nucleus_filter(scores.softmax(-1), top_p), generator)
+    return revealed
+
+
+def first_hitting_times(timesteps, masked_count, generator):
+    """The time at which the first of each row's `masked_count` masked tokens is unmasked, going down from
+    `timesteps`: t u^(1/n), u ~ U(0, 1), because the mask rate of both schedules is proportional to t."""
+    uniform = torch.rand(timesteps.shape, device=timesteps.device, generator=generator)
+    uniform = uniform.clamp_min(torch.finfo(torch.float32).tiny)  # t stays > 0
+    return torch.where(masked_count > 0, timesteps * uniform ** (1.0 / masked_count.clamp(min=1)), timesteps)
+
+
+def unmask_in_order(noisy, denoise, sampler: str, tokens_per_step: int, top_p: float, generator, mask_token_id: int,
+                    on_step=None):
+    """The order-based samplers: call `denoise(ids, timesteps) -> logits` until no mask is left; "confidence" reveals
+    the `tokens_per_step` most probable draws of each row per call, "first_hitting" one uniformly chosen token per row
+    at its first-hitting time."""
+    timesteps = torch.ones(noisy.shape[0], device=noisy.device)
+    while True:
+        masked_count = (noisy == mask_token_id).sum(dim=1)
+        if not bool(masked_count.any()):
+            return noisy
+        if sampler == "first_hitting":
+            timesteps = first_hitting_times(timesteps, masked_count, generator)
+            noisy = reveal_first_hitting(noisy, denoise(noisy, timesteps), mask_token_id, generator, top_p)
+        else:
+            noisy = reveal_most_confident(noisy, denoise(noisy, timesteps), tokens_per_step, mask_token_id, generator,
+                                          top_p)
+        if on_step is not None:
+            on_step()
+
+
+SAMPLERS = ("ddpm", "ddpm_cache", "confidence", "first_hitting")
+
+
+def check_sampler_options(sampler, num_steps, tokens_per_step, top_p, time_conditioning: bool):
+    """The sampler to run (None: ddpm_cache, or ddpm for a time-conditioned model, whose output changes with t) and
+    its tokens per step, after refusing options that do not belong to it."""
+    if sampler is None:
+        sampler = "ddpm" if time_conditioning else "ddpm_cache"
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    if sampler == "ddpm_cache" and time_conditioning:
+        raise ValueError("ddpm_cache reuses the denoiser's output across steps: only valid without time "
+                         "conditioning; use sampler='ddpm'")
+    if sampler in ("ddpm", "ddpm_cache"):
+        if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+        if tokens_per_step is not None:
+            raise ValueError(f"tokens_per_step belongs to the confidence sampler; {sampler} reveals by num_steps")
+        return sampler, None
+    if num_steps is not None:
+        raise ValueError(f"num_steps belongs to the ancestral samplers: {sampler} runs until every mask is revealed "
+                         "(first_hitting one token per row and step; confidence `tokens_per_step`)")
+    if sampler == "first_hitting":
+        if tokens_per_step is not None:
+            raise ValueError("first_hitting reveals one token per row and step; tokens_per_step is the confidence "
+                             "sampler's")
+        return sampler, 1
+    if time_conditioning:
+        raise ValueError("the confidence sampler follows no noise schedule, so a time-conditioned model has no t to "
+                         "be given; use ddpm or first_hitting")
+    tokens_per_step = 1 if tokens_per_step is None else tokens_per_step
+    if not isinstance(tokens_per_step, int) or tokens_per_step < 1:
+        raise ValueError(f"tokens_per_step must be an integer >= 1, got {tokens_per_step!r}")
+    return sampler, tokens_per_step
+
+
+def generation_batch(input_ids, attention_mask, max_new_tokens, num_samples: int, length, config, device):
+    """The (ids, attention mask or None) that `sample` starts from. Without `input_ids`: `num_samples` rows of
+    `length` mask ids. With them: every mask id is to be generated and every other token is kept; `attention_mask`
+    0 marks padding, which is never attended, never generated and returned as given; `max_new_tokens` mask ids go
+    right after each row's last real token (its right padding moves behind them, new padding is
+    `config.pad_token_id`); each row is repeated `num_samples` times."""
+    mask_id = config.mask_token_id
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if input_ids is None:
+        if attention_mask is not None or max_new_tokens is not None:
+            raise ValueError("attention_mask and max_new_tokens describe input_ids, which were not given")
+        length = config.max_position_embeddings if length is None else length
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be an integer >= 1, got {length!r}")
+        return torch.full((num_samples, length), mask_id, dtype=torch.long, device=device), None
+    if length is not None:
+        raise ValueError("length is the size of unconditional samples; with input_ids their width (and "
+                         "max_new_tokens) sets it")
+    if not isinstance(input_ids, torch.Tensor):
+        raise ValueError(f"input_ids must be a tensor of shape (batch, seq_len), got {type(input_ids).__name__}")
+    check_token_ids(input_ids, config.vocab_size, float("inf"), True, "input_ids")
+    ids = input_ids.to(device=device, dtype=torch.long)
+    real = None
+    if attention_mask is not None:
+        check_attention_mask(attention_mask, ids.shape, True)
+        real = attention_mask.to(device).bool()
+        if bool((ids == mask_id)[~real].any()):
+            raise ValueError(f"a padding position (attention_mask 0) holds the mask id {mask_id}: padding is returned "
+                             "as given, so it would keep the mask; mark positions to generate as real tokens")
+    if max_new_tokens is not None:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        ids, real = append_masks(ids, real, max_new_tokens, mask_id, config.pad_token_id)
+    if not bool((ids == mask_id).any()):
+        raise ValueError(f"input_ids hold no mask id ({mask_id}) and max_new_tokens is not set: nothing to generate")
+    if ids.shape[1] > config.max_position_embeddings:
+        raise ValueError(f"{ids.shape[1]} positions exceed max_position_embeddings ({config.max_position_embeddings})")
+    ids = ids.repeat_interleave(num_samples, dim=0)
+    if real is not None:
+        real = None if bool(real.all()) else real.repeat_interleave(num_samples, dim=0)
+    return ids, real
+
+
+def append_masks(ids, real, count: int, mask_token_id: int, pad_token_id):
+    """Each row up to its last real token, then `count` mask ids, then padding to the widest row."""
+    batch, width = ids.shape
+    positions = torch.arange(width, device=ids.device)
+    ends = torch.full((batch,), width, device=ids.device) if real is None else \
+        torch.where(real, positions + 1, 0).amax(dim=1)
+    new_width = int(ends.max()) + count
+    if bool((ends + count < new_width).any()) and pad_token_id is None:
+        raise ValueError("rows of different lengths are padded after their new tokens, but config.pad_token_id is "
+                         "not set")
+    positions = torch.arange(new_width, device=ids.device)
+    kept = positions[None, :] < ends[:, None]
+    new = kept.logical_not() & (positions[None, :] < (ends + count)[:, None])
+    grown = torch.full((batch, new_width), -1 if pad_token_id is None else pad_token_id, dtype=ids.dtype,
+                       device=ids.device)
+    grown[:, :width] = torch.where(kept[:, :width], ids, grown[:, :width])
+    grown[new] = mask_token_id
+    grown_real = kept | new
+    if real is not None:
+        grown_real[:, :width] &= real | ~kept[:, :width]
+    return grown, grown_real
+
+
+class CudaGraphedCall:
+    """`function(*inputs)` captured once as a CUDA graph and replayed on new inputs of the same shapes, copied into
+    the captured ones. At sampling's small batches a denoiser call costs more in launching its kernels one by one
+    from Python than in running them; a replay launches them at once. The result is the graph's output tensor,
+    overwritten by the next call. The model's checks that read values must be off (no host sync while capturing)."""
+
+    def __init__(self, function, *inputs):
+        self.inputs = tuple(value.clone() for value in inputs)
+        device_type = self.inputs[0].device.type
+        # autocast's cache of cast weights cannot live inside a graph
+        autocast = torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
+                                  enabled=torch.is_autocast_enabled(device_type), cache_enabled=False)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), autocast:
+            for _ in range(2):  # warm-up outside the graph: library handles and workspaces are created here
+                function(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), autocast:
+            self.output = function(*self.inputs)
+
+    def __call__(self, *inputs):
+        for captured, value in zip(self.inputs, inputs):
+            captured.copy_(value)
+        self.graph.replay()
+        return self.output
+
+
+def uses_cuda_graphs(model, requested: bool) -> bool:
+    """Whether `sample` captures its denoiser calls: asked for, on a CUDA device, and with an attention whose mask is
+    a tensor (flex attention builds its block mask on the host at every call)."""
+    return bool(requested) and model.device.type == "cuda" and model.config._attn_implementation in ("eager", "sdpa")
+
+
+class value_checks_off:
+    """Turn off the checks that read tensor values on an accelerator while `sample` runs: its inputs are checked
+    once up front, and a check is a host sync (impossible inside a CUDA graph)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.saved = self.model.check_values_on_device
+        self.model.check_values_on_device = False
+
+    def __exit__(self, *exc):
+        self.model.check_values_on_device = self.saved
+
+
 def check_clean_labels(labels: torch.Tensor, noisy_ids: torch.Tensor, config, check_values: bool) -> None:
     """`labels` of a NELBO: x_0 with the shape of x_t, clean ids (never the mask) or -100."""
     if noisy_ids is None or labels.shape != noisy_ids.shape:
@@ -594,72 +812,97 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
         self,
         num_samples: int = 1,
         length: Optional[int] = None,
-        num_steps: int = 1000,
-        sampler: str = "ddpm_cache",
+        num_steps: Optional[int] = None,
+        *,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        max_new_tokens: Optional[int] = None,
+        sampler: Optional[str] = None,
+        tokens_per_step: Optional[int] = None,
         num_strides: int = 0,
         stride_length: Optional[int] = None,
         top_p: float = 1.0,
+        cuda_graphs: bool = True,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
         progress: bool = False,
     ) -> torch.LongTensor:
-        """Draw sequences by ancestral sampling from all-mask at t = 1 to t = 0 in `num_steps` uniform steps.
+        """Generate: fill every mask id of `input_ids`, keeping every other token as given (so continuing a prompt,
+        infilling spans and conditioning on a suffix are one call), or, without `input_ids`, draw `num_samples`
+        sequences of `length` tokens from all-mask. The result never contains the mask id.
 
-        `sampler`: `"ddpm"` calls the denoiser at every step; `"ddpm_cache"` reuses a sequence's denoiser output while
-        none of its tokens changed and re-runs it only for the sequences that changed (exact because SUBS is
-        time-independent; needs `time_conditioning=False`). Semi-autoregressive: with
-        `num_strides` > 0, each further window keeps the last `length - stride_length` tokens as context and samples
-        `stride_length` new ones, giving `length + num_strides * stride_length` tokens. Reproducible through
-        `generator` (on the model's device) or `seed`. The result never contains the mask id."""
-        if sampler not in ("ddpm", "ddpm_cache"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddpm_cache', got {sampler!r}")
-        if sampler == "ddpm_cache" and self.config.time_conditioning:
-            raise ValueError("ddpm_cache reuses the denoiser's output across steps: only valid without time "
-                             "conditioning; use sampler='ddpm'")
-        length = self.config.max_position_embeddings if length is None else length
-        stride_length = length if stride_length is None else stride_length
-        if num_steps < 1 or not 0 < stride_length <= length or num_strides < 0:
-            raise ValueError(f"need num_steps >= 1, 0 < stride_length <= length ({length}), num_strides >= 0")
-        device = next(self.parameters()).device
+        `input_ids` (batch, width): the mask id where a token is to be generated. `attention_mask`: 0 marks padding,
+        never attended, never generated, returned as given. `max_new_tokens`: mask ids appended after each row's last
+        real token (ragged prompts: new padding, `config.pad_token_id`, follows them). `num_samples`: samples per row.
+        `sampler`: `"ddpm"` (ancestral, `num_steps` uniform steps from t = 1 to 0, default 1000); `"ddpm_cache"` (the
+        same draws, re-running the denoiser only after a token changed: exact because SUBS is time-independent; the
+        default without time conditioning); `"confidence"` (reveal the `tokens_per_step` most probable draws of each
+        row per call); `"first_hitting"` (one uniformly chosen masked token per row and call, at its first-hitting
+        time; Zheng et al. 2024). `top_p`: nucleus filtering of p(x_0 | x_t). Semi-autoregressive: with `num_strides`
+        > 0, each further window keeps the last `width - stride_length` tokens as context and generates
+        `stride_length` new ones. `cuda_graphs`: on a CUDA device (eager or sdpa attention) the fixed-shape denoiser
+        call is captured once and replayed. Reproducible through `generator` (on the model's device) or `seed`."""
+        config = self.config
+        sampler, tokens_per_step = check_sampler_options(sampler, num_steps, tokens_per_step, top_p,
+                                                         config.time_conditioning)
+        num_steps = 1000 if num_steps is None else num_steps
+        device = self.device
+        noisy, real = generation_batch(input_ids, attention_mask, max_new_tokens, num_samples, length, config, device)
+        width = noisy.shape[1]
+        stride_length = width if stride_length is None else stride_length
+        if not 0 < stride_length <= width or num_strides < 0:
+            raise ValueError(f"need 0 < stride_length <= the sample width ({width}) and num_strides >= 0")
+        if num_strides and real is not None:
+            raise ValueError("semi-autoregressive strides continue the last tokens of every row, which padding "
+                             "(attention_mask 0) would hide; sample padded rows without strides")
         if generator is None:
             generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
         was_training = self.training
         self.eval()
-        mask_id = self.config.mask_token_id
-        sequence = torch.full((num_samples, length), mask_id, dtype=torch.long, device=device)
-        bar = tqdm(total=num_steps * (1 + num_strides), disable=not progress, desc=f"MDLM {sampler}")
-        sequence = self._denoise(sequence, num_steps, sampler == "ddpm_cache", top_p, generator, bar)
-        for _ in range(num_strides):
-            window = torch.cat((sequence[:, sequence.shape[1] - (length - stride_length):],
-                                torch.full((num_samples, stride_length), mask_id, dtype=torch.long, device=device)),
-                               dim=1)
-            sequence = torch.cat((sequence, self._denoise(window, num_steps, sampler == "ddpm_cache", top_p,
-                                                          generator, bar)[:, length - stride_length:]), dim=1)
+        bar = tqdm(total=num_steps * (1 + num_strides) if sampler.startswith("ddpm") else None,
+                   disable=not progress, desc=f"MDLM {sampler}")
+        options = dict(sampler=sampler, num_steps=num_steps, tokens_per_step=tokens_per_step, top_p=top_p,
+                       generator=generator, on_step=bar.update)
+        with value_checks_off(self):
+            denoise = self._denoiser(noisy, real, cuda_graphs)
+            sequence = self._denoise(noisy, denoise, **options)
+            for _ in range(num_strides):
+                fresh = torch.full((noisy.shape[0], stride_length), config.mask_token_id, dtype=torch.long,
+                                   device=device)
+                window = torch.cat((sequence[:, sequence.shape[1] - (width - stride_length):], fresh), dim=1)
+                sequence = torch.cat((sequence, self._denoise(window, denoise, **options)[:, width - stride_length:]),
+                                     dim=1)
         bar.close()
         self.train(was_training)
         return sequence
 
-    def _denoise(self, noisy, num_steps, reuse_output, top_p, generator, bar) -> torch.Tensor:
+    def _denoiser(self, noisy, real, cuda_graphs: bool):
+        """`(ids, timesteps) -> logits` for ids of the shape of `noisy` and padding `real` (t is read only by a
+        time-conditioned model: with noise_eps = 0, t = 1 is outside the schedule of the others)."""
+        def denoise(ids, timesteps):
+            timesteps = timesteps if self.config.time_conditioning else None
+            return self(input_ids=ids, attention_mask=real, timesteps=timesteps).logits
+
+        if uses_cuda_graphs(self, cuda_graphs):
+            return CudaGraphedCall(denoise, noisy, torch.ones(noisy.shape[0], device=noisy.device))
+        return denoise
+
+    def _denoise(self, noisy, denoise, sampler, num_steps, tokens_per_step, top_p, generator, on_step):
+        mask_id = self.config.mask_token_id
+        if sampler in ("confidence", "first_hitting"):
+            return unmask_in_order(noisy, denoise, sampler, tokens_per_step, top_p, generator, mask_id, on_step)
         times = torch.linspace(1.0, 0.0, num_steps + 1, device=noisy.device)
         move_chance = self.noise_schedule(times)[0]
-        logits, changed = None, None
+        logits = None
         for step in range(num_steps):
-            # Only the conditioning reads t (ddpm_cache has none); with noise_eps = 0, t = 1 is outside its schedule
-            timesteps = times[step].expand(noisy.shape[0]) if self.config.time_conditioning else None
             if logits is None:
-                logits = self(input_ids=noisy, timesteps=timesteps).logits
-            elif changed.any():  # ddpm_cache: only the sequences that changed are denoised again
-                rows = changed.nonzero()[:, 0]
-                logits[rows] = self(input_ids=noisy[rows]).logits
-            stay_masked = move_chance[step + 1] / move_chance[step]
-            updated = reveal_tokens(noisy, logits, stay_masked, self.config.mask_token_id, generator, top_p)
-            changed = (updated != noisy).any(dim=1)
-            if not reuse_output:
+                logits = denoise(noisy, times[step].expand(noisy.shape[0]))
+            updated = reveal_tokens(noisy, logits, move_chance[step + 1] / move_chance[step], mask_id, generator, top_p)
+            if sampler == "ddpm" or not torch.equal(updated, noisy):
                 logits = None
             noisy = updated
-            bar.update(1)
+            on_step()
         return noisy
-
 
 __all__ = [
     "MdlmPreTrainedModel",

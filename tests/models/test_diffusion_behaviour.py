@@ -125,7 +125,7 @@ def test_bd3lm_sampler_with_and_without_cache():
     assert cached.shape == (2, 16) and not (cached == 39).any()
     assert torch.equal(cached, model.sample(num_samples=2, length=16, num_steps=4, top_p=0.9, seed=5, use_cache=False))
     prefix = torch.tensor([[1, 2, 3, 4]])
-    assert torch.equal(model.sample(num_samples=2, length=8, prefix_ids=prefix, seed=0)[:, :4], prefix.expand(2, -1))
+    assert torch.equal(model.sample(num_samples=2, input_ids=prefix, max_new_tokens=4, seed=0)[:, :4], prefix.expand(2, -1))
     with pytest.raises(ValueError, match="multiple of block_size"):
         model.sample(length=10)
 

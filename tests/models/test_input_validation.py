@@ -213,12 +213,14 @@ def test_shared_position_checks_are_identical():
     assert all(sections) and sections[0].group(0) == sections[1].group(0)
 
 
-# ---- point 14: a BD3-LM prefix is clean text ----
-def test_bd3lm_sample_refuses_a_prefix_holding_the_mask():
+# ---- point 14: a BD3-LM prefix is clean text; the unified API (issue 17) marks generated positions by the mask ----
+def test_bd3lm_sample_never_returns_the_mask_of_its_input():
     model = bd3lm()
-    with pytest.raises(ValueError, match="mask id 39"):
+    with pytest.raises(TypeError, match="prefix_ids"):  # replaced by input_ids, where the mask means "generate"
         model.sample(num_samples=2, length=8, prefix_ids=torch.tensor([[1, 5, 39, 6]]))
-    assert not (model.sample(num_samples=2, length=8, prefix_ids=torch.tensor([[1, 5, 7, 6]])) == 39).any()
+    sample = model.sample(num_samples=2, input_ids=torch.tensor([[1, 5, 39, 6]]), max_new_tokens=4)
+    assert sample.shape == (2, 8) and not (sample == 39).any()
+    assert (sample[:, [0, 1, 3]] == torch.tensor([1, 5, 6])).all()
 
 
 # ---- point 19: labels that do not fit the batch (empty batches: the mixin) ----
