@@ -1,14 +1,18 @@
 """Convert original MDLM (kuleshov-group/mdlm) and BD3-LM (kuleshov-group/bd3lms) checkpoints into hubzoo's `mdlm` and
 `bd3lm` models, strictly.
 
-Two layouts are read, both with `torch.load(..., weights_only=True)` or safetensors (no pickled code ever runs):
+Two layouts are read, both with torch's weights-only unpickler or safetensors (no pickled code ever runs):
 
 * the Hub layout: a folder with the original `config.json` (`hidden_dim`, `n_blocks`, `n_heads`, `cond_dim`,
   `model_length`, ...) and `model.safetensors` (or `pytorch_model.bin`) with `backbone.*` keys. These files hold the
   EMA weights (the original export script copies the EMA shadow parameters in before saving).
 * the Lightning `.ckpt` of the training code: `state_dict` holds the live weights, `ema.shadow_params` the EMA weights
   as a list in `backbone.parameters()` order, `hyper_parameters.config` the Hydra config. `weights="ema"` (the
-  default, what the originals evaluate and export) or `"live"` picks one.
+  default, what the originals evaluate and export) or `"live"` picks one. The training code pickles the config as an
+  omegaconf DictConfig and the tokenizer object beside it: every such object is read as an inert record
+  (`hub_exports.inert_pickle`), the config's records are turned into plain dicts with their reference interpolations
+  resolved (`hub_exports.omegaconf_records`), and a needed field that is still not a plain value is named. Objects
+  anywhere but `hyper_parameters` are refused.
 
 Every key is mapped by an explicit table; unknown keys and keys the model needs but the checkpoint lacks stop the
 conversion with the full list. The stored rotary `inv_freq` is checked against the config and dropped (hubzoo computes
