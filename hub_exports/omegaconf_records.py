@@ -57,10 +57,10 @@ def _plain_tree(value):
     state = value.state if isinstance(value.state, dict) else {}
     if value.global_name in CONTAINERS and "_content" in state:
         content = state["_content"]
-        if isinstance(content, (dict, list)):
-            items = content.items() if isinstance(content, dict) else enumerate(content)
-            plain = {key: _plain_tree(node) for key, node in items}
-            return plain if isinstance(content, dict) else list(plain.values())
+        if isinstance(content, dict):
+            return {key: _plain_tree(node) for key, node in content.items()}
+        if isinstance(content, list):
+            return [_plain_tree(node) for node in content]
         return _plain_value(content)
     if VALUE_NODES.fullmatch(value.global_name) and ("_val" in state or "_content" in state):
         return _plain_tree(state["_val"] if "_val" in state else state["_content"])
@@ -68,11 +68,11 @@ def _plain_tree(value):
 
 
 def _plain_value(value):
-    if value == MISSING and isinstance(value, str):
+    if not isinstance(value, str):
+        return value
+    if value == MISSING:
         return Unresolved(MISSING, "is a missing value (???)")
-    if isinstance(value, str) and "${" in value:
-        return _Interpolation(value)
-    return value
+    return _Interpolation(value) if "${" in value else value
 
 
 class _Resolver:

@@ -4,6 +4,7 @@ without any pickled code running (hub_exports.inert_pickle, hub_exports.omegacon
 code never runs, and converts or is refused with a clear ConversionError."""
 
 import builtins
+import collections
 import copy
 import os
 import subprocess
@@ -246,3 +247,20 @@ def test_omegaconf_values_and_interpolations_come_back_as_omegaconf_resolves_the
     plain = plain_config(load_keeping_records(tmp_path / "unresolved.pt"))["config"]
     assert all(isinstance(value, Unresolved) for value in plain.values())
     assert [plain[key].text for key in unresolved] == list(unresolved.values())
+
+
+class ItemsDict(dict):
+    """A dict subclass: its pickle adds the items one by one, which the weights-only unpickler does to plain dicts
+    only."""
+
+
+def test_pickled_items_are_kept_in_a_defaultdict_and_a_dict_subclass_is_refused(shared_dir, tmp_path):
+    checkpoint = torch.load(shared_dir / "fixtures" / CHECKPOINTS["mdlm"], weights_only=True)
+    checkpoint["hyper_parameters"]["cache"] = collections.defaultdict(list, {"now": ["2024.05.01"]})
+    torch.save(checkpoint, tmp_path / "defaultdict.ckpt")
+    assert load_keeping_records(tmp_path / "defaultdict.ckpt")["hyper_parameters"]["cache"] == {"now": ["2024.05.01"]}
+    convert_diffusion(tmp_path / "defaultdict.ckpt", mask_token_id=MASK)
+    checkpoint["hyper_parameters"]["cache"] = ItemsDict(now=1)
+    torch.save(checkpoint, tmp_path / "subclass.ckpt")
+    with pytest.raises(ConversionError, match=r"refused for safety.*ItemsDict.*never unpickles code"):
+        convert_diffusion(tmp_path / "subclass.ckpt", mask_token_id=MASK)
