@@ -72,7 +72,6 @@ LIGHTNING_MODEL_FIELDS = {"hidden_size": "hidden_size", "n_blocks": "num_hidden_
                           "length": "max_position_embeddings", "dropout": "dropout"}
 LIGHTNING_RESAVE_HINT = ("Re-save state_dict, ema and hyper_parameters.config as tensors and plain dicts in the "
                          "original environment")
-_ABSENT = object()
 BD3LM_HUB_FIELDS = {"block_size": "block_size", "sampling_eps_min": "sampling_eps_min",
                     "sampling_eps_max": "sampling_eps_max", "adaln": "adaln"}
 
@@ -201,14 +200,15 @@ def _lightning_fields(settings) -> tuple:
     if policy.blockwise:
         _check_block_attention(settings.get("algo.cross_attn", None), settings.get("algo.causal_attention", None),
                                settings.path)
-        if not settings.has("block_size"):
-            raise ConversionError(f"{settings.path}: hyper_parameters.config lacks block_size")
         # The Lightning DIT always has adaLN for its bidirectional denoiser, whatever model.adaln says.
         fields.update(block_size=settings.get("block_size"), adaln=True)
         # The configured interval, which the searched buffers replace (announced like a Hub config's).
         fields.update({name: settings.get(f"training.{name}") for name in ("sampling_eps_min", "sampling_eps_max")
                        if settings.has(f"training.{name}")})
     return policy, fields
+
+
+_ABSENT = object()
 
 
 class _Settings:
