@@ -1,14 +1,18 @@
 """Convert original MDLM (kuleshov-group/mdlm) and BD3-LM (kuleshov-group/bd3lms) checkpoints into hubzoo's `mdlm` and
 `bd3lm` models, strictly.
 
-Two layouts are read, both with `torch.load(..., weights_only=True)` or safetensors (no pickled code ever runs):
+Two layouts are read, both with torch's weights-only unpickler or safetensors (no pickled code ever runs):
 
 * the Hub layout: a folder with the original `config.json` (`hidden_dim`, `n_blocks`, `n_heads`, `cond_dim`,
   `model_length`, ...) and `model.safetensors` (or `pytorch_model.bin`) with `backbone.*` keys. These files hold the
   EMA weights (the original export script copies the EMA shadow parameters in before saving).
 * the Lightning `.ckpt` of the training code: `state_dict` holds the live weights, `ema.shadow_params` the EMA weights
   as a list in `backbone.parameters()` order, `hyper_parameters.config` the Hydra config. `weights="ema"` (the
-  default, what the originals evaluate and export) or `"live"` picks one.
+  default, what the originals evaluate and export) or `"live"` picks one. The training code pickles the config as an
+  omegaconf DictConfig and the tokenizer object beside it: every such object is read as an inert record
+  (`hub_exports.inert_pickle`), the config's records are turned into plain dicts with their reference interpolations
+  resolved (`hub_exports.omegaconf_records`), and a needed field that is still not a plain value is named. Objects
+  anywhere but `hyper_parameters` are refused.
 
 Every key is mapped by an explicit table; unknown keys and keys the model needs but the checkpoint lacks stop the
 conversion with the full list. The stored rotary `inv_freq` is checked against the config and dropped (hubzoo computes
@@ -24,12 +28,14 @@ from typing import Optional
 
 import torch
 
+from hub_exports.inert_pickle import is_record, records_in
+from hub_exports.omegaconf_records import Unresolved, plain_config
 from hub_exports.strict_mapping import (
     ConversionError,
     check_complete,
     checkpoint_folder,
     load_folder_weights,
-    load_torch_file,
+    load_torch_file_keeping_records,
     make_config,
     read_json_config,
 )
@@ -60,6 +66,12 @@ HUB_CONFIG_FIELDS = {"vocab_size": "vocab_size", "hidden_dim": "hidden_size", "n
                      "model_length": "max_position_embeddings", "dropout": "dropout",
                      "time_conditioning": "time_conditioning"}
 ORIGINAL_DEFAULT_ALGORITHM = "mdlm"  # what a Lightning config without algo.name trained (the MDLM code names none)
+# The Lightning config's model.<field> -> hubzoo field; all required.
+LIGHTNING_MODEL_FIELDS = {"hidden_size": "hidden_size", "n_blocks": "num_hidden_layers",
+                          "n_heads": "num_attention_heads", "cond_dim": "cond_dim",
+                          "length": "max_position_embeddings", "dropout": "dropout"}
+LIGHTNING_RESAVE_HINT = ("Re-save state_dict, ema and hyper_parameters.config as tensors and plain dicts in the "
+                         "original environment")
 BD3LM_HUB_FIELDS = {"block_size": "block_size", "sampling_eps_min": "sampling_eps_min",
                     "sampling_eps_max": "sampling_eps_max", "adaln": "adaln"}
 
@@ -130,39 +142,19 @@ def _policy_named(name):
 def _read_lightning(path: Path, weights: str):
     """(diffusion policy, config fields, the state dict's live tensors, the EMA shadow list or None for
     weights='live')."""
-    checkpoint = load_torch_file(path, refusal_hint="Lightning checkpoints of the original code may pickle their "
-                                 "Hydra config: re-save state_dict, ema and hyper_parameters.config as plain dicts "
-                                 "and tensors in the original environment")
-    if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(key), dict)
-                                                   for key in ("state_dict", "hyper_parameters")):
+    checkpoint = load_torch_file_keeping_records(path, refusal_hint=LIGHTNING_RESAVE_HINT)
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(f"{path} is not a Lightning checkpoint of the original code: not a dict")
+    _refuse_objects_outside_hyper_parameters(checkpoint, path)
+    hyper_parameters = plain_config(checkpoint.get("hyper_parameters"))
+    if not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(hyper_parameters, dict):
         raise ConversionError(f"{path} is not a Lightning checkpoint of the original code: no 'state_dict' and "
                               "'hyper_parameters' dicts")
-    config = checkpoint["hyper_parameters"].get("config")
+    config = hyper_parameters.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise ConversionError(f"{path}: hyper_parameters.config is missing or not a plain dict")
-    algo = config.get("algo") or {}
-    policy = _policy_named(ORIGINAL_DEFAULT_ALGORITHM if algo.get("name") is None else algo.get("name"))
-    if policy is None or config.get("parameterization", algo.get("parameterization")) != "subs":
-        raise ConversionError(f"{path}: only the SUBS masked-diffusion models (mdlm, bd3lm) convert, got algo "
-                              f"{algo.get('name')!r}, parameterization {config.get('parameterization')!r}")
-    model = config["model"]
-    missing = sorted(name for name in ("hidden_size", "n_blocks", "n_heads", "cond_dim", "length", "dropout")
-                     if name not in model)
-    if missing:
-        raise ConversionError(f"{path}: hyper_parameters.config.model lacks {missing}")
-    fields = {"hidden_size": model["hidden_size"], "num_hidden_layers": model["n_blocks"],
-              "num_attention_heads": model["n_heads"], "cond_dim": model["cond_dim"],
-              "max_position_embeddings": model["length"], "dropout": model["dropout"],
-              "time_conditioning": bool(algo.get("time_conditioning", config.get("time_conditioning", False)))}
-    if policy.blockwise:
-        _check_block_attention(algo.get("cross_attn"), algo.get("causal_attention"), path)
-        if "block_size" not in config:
-            raise ConversionError(f"{path}: hyper_parameters.config lacks block_size")
-        # The Lightning DIT always has adaLN for its bidirectional denoiser, whatever model.adaln says.
-        fields.update(block_size=config["block_size"], adaln=True)
-        # The configured interval, which the searched buffers replace (announced like a Hub config's).
-        training = config.get("training") or {}
-        fields.update({name: training[name] for name in ("sampling_eps_min", "sampling_eps_max") if name in training})
+        raise ConversionError(f"{path}: hyper_parameters.config is missing or not a config of plain values (a dict "
+                              f"or an omegaconf DictConfig), got {_described(config)}")
+    policy, fields = _lightning_fields(_Settings(config, path))
     state = dict(checkpoint["state_dict"])
     shadow = None
     if weights == "ema":
@@ -176,6 +168,90 @@ def _read_lightning(path: Path, weights: str):
             raise ConversionError(f"{path}: top-level {name} {checkpoint[name].item()} disagrees with the "
                                   f"state_dict's {state[name].item()}")
     return policy, fields, state, shadow
+
+
+def _refuse_objects_outside_hyper_parameters(checkpoint: dict, path: Path) -> None:
+    """Lightning pickles the training code's objects only into hyper_parameters (save_hyperparameters: the Hydra
+    config, the tokenizer); the weights, the EMA and the loop state are tensors and plain containers. An object
+    anywhere else means the file is not what it claims to be."""
+    for key, value in checkpoint.items():
+        if key == "hyper_parameters":
+            continue
+        for where, record in records_in(value, f"[{key!r}]"):
+            raise ConversionError(f"{path} was refused for safety: its entry {where} holds the global "
+                                  f"{record.global_name}, and outside hyper_parameters (the Hydra config, the "
+                                  "tokenizer) a Lightning checkpoint holds only tensors and plain containers; hubzoo "
+                                  f"never unpickles code. {LIGHTNING_RESAVE_HINT}")
+
+
+def _lightning_fields(settings) -> tuple:
+    """(diffusion policy, config fields) from the original's Hydra config."""
+    algo_name = settings.get("algo.name", None)
+    policy = _policy_named(ORIGINAL_DEFAULT_ALGORITHM if algo_name is None else algo_name)
+    parameterization = settings.first("parameterization", "algo.parameterization", default=None)
+    if policy is None or parameterization != "subs":
+        raise ConversionError(f"{settings.path}: only the SUBS masked-diffusion models (mdlm, bd3lm) convert, got "
+                              f"algo {algo_name!r}, parameterization {parameterization!r}")
+    missing = sorted(name for name in LIGHTNING_MODEL_FIELDS if not settings.has(f"model.{name}"))
+    if missing:
+        raise ConversionError(f"{settings.path}: hyper_parameters.config.model lacks {missing}")
+    fields = {ours: settings.get(f"model.{theirs}") for theirs, ours in LIGHTNING_MODEL_FIELDS.items()}
+    fields["time_conditioning"] = bool(settings.first("algo.time_conditioning", "time_conditioning", default=False))
+    if policy.blockwise:
+        _check_block_attention(settings.get("algo.cross_attn", None), settings.get("algo.causal_attention", None),
+                               settings.path)
+        # The Lightning DIT always has adaLN for its bidirectional denoiser, whatever model.adaln says.
+        fields.update(block_size=settings.get("block_size"), adaln=True)
+        # The configured interval, which the searched buffers replace (announced like a Hub config's).
+        fields.update({name: settings.get(f"training.{name}") for name in ("sampling_eps_min", "sampling_eps_max")
+                       if settings.has(f"training.{name}")})
+    return policy, fields
+
+
+_ABSENT = object()
+
+
+class _Settings:
+    """Reads hyper_parameters.config by dotted name, as plain values: a value the converter needs that is an
+    unresolvable interpolation, a missing value or a pickled object is a ConversionError naming the field."""
+
+    def __init__(self, config: dict, path: Path):
+        self.config, self.path = config, path
+
+    def has(self, name: str) -> bool:
+        return self._lookup(name) is not _ABSENT
+
+    def get(self, name: str, default=_ABSENT):
+        value = self._lookup(name)
+        if value is _ABSENT:
+            if default is _ABSENT:
+                raise ConversionError(f"{self.path}: hyper_parameters.config lacks {name}")
+            return default
+        if isinstance(value, Unresolved):
+            raise ConversionError(f"{self.path}: hyper_parameters.config.{name} is {value.text!r}, which "
+                                  f"{value.reason}")
+        if is_record(value):
+            raise ConversionError(f"{self.path}: hyper_parameters.config.{name} is {_described(value)}, not a "
+                                  "plain value")
+        return value
+
+    def first(self, *names: str, default):
+        """The first of the named settings the config has, else `default`."""
+        return next((self.get(name) for name in names if self.has(name)), default)
+
+    def _lookup(self, name: str):
+        value = self.config
+        for key in name.split("."):
+            if not isinstance(value, dict) or key not in value:
+                return _ABSENT
+            value = value[key]
+        return value
+
+
+def _described(value) -> str:
+    if is_record(value):
+        return f"a pickled {value.global_name} object"
+    return "nothing" if value is None else f"a {type(value).__name__}"
 
 
 def _with_ema_weights(state: dict, shadow) -> dict:

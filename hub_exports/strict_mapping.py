@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from hub_exports.inert_pickle import load_keeping_records
+
 
 class ConversionError(ValueError):
     """This foreign checkpoint cannot be converted; the message names the file and the keys or fields at fault."""
@@ -19,13 +21,24 @@ def load_torch_file(path, refusal_hint: str = ""):
     """`torch.load(weights_only=True)` (no pickled code ever runs). A file holding other objects is refused for
     safety, naming the offending global (and adding `refusal_hint`: how to re-save such a file); a missing, unreadable
     or corrupt file is named."""
+    return _read_torch_file(path, lambda source: torch.load(source, map_location="cpu", weights_only=True),
+                            "the file holds objects other than tensors and plain containers", refusal_hint)
+
+
+def load_torch_file_keeping_records(path, refusal_hint: str = ""):
+    """Like `load_torch_file`, but objects of other classes are read as inert records (`hub_exports.inert_pickle`:
+    still torch's weights-only unpickler, no pickled code runs). What even that refuses (a global of a module torch
+    blocks, items of a dict or list subclass) is refused for safety the same way."""
+    return _read_torch_file(path, load_keeping_records, "the file holds what torch never unpickles", refusal_hint)
+
+
+def _read_torch_file(path, load, refusal: str, refusal_hint: str):
     path = _existing_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load(path)
     except pickle.UnpicklingError as error:
-        raise ConversionError(f"{path} was refused for safety: the file holds objects other than tensors and plain "
-                              f"containers ({_offending_object(str(error))}); hubzoo never unpickles code"
-                              + (f". {refusal_hint}" if refusal_hint else "")) from None
+        raise ConversionError(f"{path} was refused for safety: {refusal} ({_offending_object(str(error))}); hubzoo "
+                              "never unpickles code" + (f". {refusal_hint}" if refusal_hint else "")) from None
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
         raise ConversionError(f"{path} cannot be read as a torch checkpoint: {first_line(error)}") from None
 
