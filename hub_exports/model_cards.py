@@ -47,7 +47,15 @@ TASKS = {
 
 # Classes whose card shows another usage than their Auto class's task (diffusion LMs sample rather than fill masks).
 USAGE_BY_CLASS = {
-    name: "samples = model.sample(num_samples=2, seed=0)\nprint(tokenizer.batch_decode(samples))"
+    name: (
+        "samples = model.sample(num_samples=2, seed=0)  # unconditional, from all-mask\n"
+        "# Conditional: the mask id marks what to generate, every other token is kept (prompts, infilling)\n"
+        "start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id\n"
+        'prompt = [start] + tokenizer("Once upon a time", add_special_tokens=False)["input_ids"]\n'
+        "import torch\n"
+        "samples = model.sample(input_ids=torch.tensor([prompt]), max_new_tokens=32, sampler=\"confidence\", seed=0)\n"
+        "print(tokenizer.batch_decode(samples, skip_special_tokens=True))"
+    )
     for name in ("MdlmForMaskedDiffusionLM", "Bd3lmForMaskedDiffusionLM")
 }
 USAGE_BY_CLASS["LatentWireModel"] = (

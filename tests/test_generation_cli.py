@@ -72,3 +72,14 @@ def test_bad_requests_are_refused(exported):
         main(["generate", "--model", str(exported), "--infill", "w10 [MASK]", "--max-new-tokens", "2"])
     with pytest.raises(SystemExit):
         main(["generate", "--model", str(exported), "--prompt", "w10", "--infill", "w10 [MASK]"])
+
+
+def test_the_model_cards_usage_code_runs_on_the_export(exported, capsys):
+    """The card's snippet, as a user copies it (the repo id pointed at the folder, and 8 new tokens for the tiny
+    model's 16 positions): unconditional and prompted samples, printed without the mask."""
+    card = (exported / "README.md").read_text()
+    code = card.split("## Usage", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "max_new_tokens=32" in code
+    exec(code.replace("path/to/this/folder", str(exported)).replace("max_new_tokens=32", "max_new_tokens=8"), {})
+    printed = capsys.readouterr().out
+    assert "[MASK]" not in printed and printed.startswith("['")
