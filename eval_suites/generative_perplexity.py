@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from eval_suites.likelihood import evaluation_mode
 from eval_suites.token_sequences import check_encoded
@@ -75,7 +75,7 @@ def scorer_config(name: str):
     """The config of a causal LM, refused (before loading weights) when AutoModelForCausalLM cannot build it."""
     config = _load_config(name, "--scorer-model")
     remote_classes = getattr(config, "auto_map", None) or {}
-    if "AutoModelForCausalLM" not in remote_classes and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if "AutoModelForCausalLM" not in remote_classes and type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise ValueError(f"--scorer-model {name} ({config.model_type!r}) is not a causal LM: the scorer must load "
                          "with AutoModelForCausalLM")
     return config

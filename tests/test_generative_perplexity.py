@@ -19,6 +19,7 @@ from eval_suites.generative_perplexity import (
 from hub_exports import export, load_tokenizer
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM
+from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
 from tests.modeling_common import tiny_tokenizer
 
 SIZES = dict(vocab_size=40, mask_token_id=4, pad_token_id=0, bos_token_id=2, hidden_size=32, num_hidden_layers=2,
@@ -143,6 +144,32 @@ def test_cli_samples_an_mdlm_export_and_rescores_its_saved_samples(mdlm_folder, 
     assert again["generative_perplexity"] == pytest.approx(result["generative_perplexity"])
     assert again["mean_unigram_entropy_sample_ids"] == pytest.approx(result["mean_unigram_entropy_sample_ids"])
     assert again["sampling"] is None and again["samples_file"] == str(samples)
+
+
+@pytest.mark.slow
+def test_a_zoo_causal_export_scores_as_remote_code(tmp_path):
+    torch.manual_seed(0)
+    config = ModdedGptConfig(vocab_size=128, tokenizer_vocab_size=90, eot_token_id=89, pad_token_id=0, hidden_size=32,
+                             num_hidden_layers=2, num_attention_heads=2, head_dim=16, intermediate_size=48,
+                             max_position_embeddings=24, sliding_window_num_blocks=2, window_block_size=4,
+                             zero_init_projections=False)
+    model = ModdedGptForCausalLM(config).eval()
+    folder = export(model, tiny_tokenizer(90), tmp_path / "modded_gpt", run_verify=False)
+    texts = ["w5 w6 w7 w8 w9", "w30 w30 w31"]
+    (tmp_path / "samples.txt").write_text("\n".join(texts) + "\n")
+    assert eval_cli(["gen-ppl", "--samples", str(tmp_path / "samples.txt"), "--scorer-model", str(folder),
+                     "--output", str(tmp_path / "gen.json")]) == 0
+    result = json.loads((tmp_path / "gen.json").read_text())
+    tokenizer = tiny_tokenizer(90)
+    total = 0.0
+    for text in texts:  # the word-level tokenizer has no EOS: every target counts
+        ids = tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
+        total -= sum(log_probs[position - 1, ids[position]].item() for position in range(1, len(ids)))
+    assert result["num_scored_tokens"] == 4 + 2 and result["scorer"]["context_length"] == 24
+    assert result["nll_per_token"] == pytest.approx(total / 6, rel=1e-5)
+    assert result["mean_unigram_entropy_sample_ids"] is None
 
 
 @pytest.mark.slow
