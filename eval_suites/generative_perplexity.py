@@ -308,10 +308,13 @@ def generative_perplexity(texts: Sequence[str], scorer_name: str, context_length
 
 
 def summary_line(result: dict) -> str:
-    sampling = result.get("sampling")
-    drawn = (f"{result['num_samples']} samples of {sampling['length']} tokens from {sampling['model']} "
-             f"(steps {sampling['num_steps']}, sampler {sampling.get('sampler')}, top-p {sampling['top_p']}, seed "
-             f"{sampling['seed']})" if sampling else f"{result['num_samples']} samples from {result['samples_file']}")
+    sampling = result["sampling"]
+    if sampling:
+        options = ", ".join(f"{key} {'default' if sampling.get(key) is None else sampling[key]}"
+                            for key in ("num_steps", "sampler", "top_p", "seed") if key in sampling)
+        drawn = f"{result['num_samples']} samples of {sampling['length']} tokens from {sampling['model']} ({options})"
+    else:
+        drawn = f"{result['num_samples']} samples from {result['samples_file']}"
     return (f"Generative perplexity {result['generative_perplexity']:.2f} under {result['scorer']['name']} over "
             f"{result['num_scored_tokens']:,} tokens of {drawn}; mean unigram entropy "
             f"{result['mean_unigram_entropy']:.3f} nats; repetitive {result['repetitive_share']:.1%}")
