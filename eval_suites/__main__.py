@@ -287,6 +287,7 @@ def run_generative_perplexity(args) -> int:
     from eval_suites import generative_perplexity as gen_ppl
 
     try:  # inputs are checked before anything is loaded, the sampling settings before anything is drawn
+        gen_ppl.check_counts(args.num_samples, args.batch_size)
         context_length = gen_ppl.scorer_context_length(gen_ppl.scorer_config(args.scorer_model), args.scorer_context)
         if args.samples:
             gen_ppl.refuse_sampling_flags(steps=args.steps, sampler=args.sampler, top_p=args.top_p, length=args.length,

@@ -54,6 +54,8 @@ class TextScore:
 
 
 def _load_config(name: str, flag: str):
+    """The config of a folder or Hub name; a name that cannot be a Hub id (absolute, starting with '.', or with more
+    than one '/') and is not there is a missing folder, said as such rather than as a failed download."""
     if not Path(name).exists() and (Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1):
         raise ValueError(f"{flag} {name}: no such folder")
     try:
@@ -147,11 +149,15 @@ def effective_settings(model, settings: dict) -> dict:
     return {**defaults, **settings}
 
 
+def check_counts(num_samples: int, batch_size: int) -> None:
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"--num-samples and --batch-size must be at least 1, got {num_samples} and {batch_size}")
+
+
 def draw_samples(model, num_samples: int, batch_size: int, seed: int, settings: dict) -> List[List[int]]:
     """`num_samples` token-id sequences from `model.sample`, `batch_size` at a time, all from one generator seeded
     with `seed`: the same seed and batch size give the same samples."""
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"--num-samples and --batch-size must be at least 1, got {num_samples} and {batch_size}")
+    check_counts(num_samples, batch_size)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     samples = []

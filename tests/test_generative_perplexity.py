@@ -207,6 +207,7 @@ def test_bad_input_is_refused_before_any_work(mdlm_folder, bd3lm_folder, scorer_
         (["--model", str(mdlm_folder), "--scorer-model", str(scorer_folder), "--sampler", "no-such-sampler",
           "--steps", "2", "--length", "4"], "sampler"),
         (["--model", str(mdlm_folder), "--scorer-model", str(scorer_folder), "--top-p", "0"], "--top-p"),
+        (["--model", str(mdlm_folder), "--scorer-model", str(scorer_folder), "--num-samples", "0"], "at least 1"),
         (["--samples", str(listed), "--scorer-model", str(scorer_folder), "--steps", "4"], "need --model"),
         (["--samples", str(tmp_path / "absent.jsonl"), "--scorer-model", str(scorer_folder)], "no such file"),
         (["--samples", str(listed), "--scorer-model", str(scorer_folder), "--scorer-context", "64"],
