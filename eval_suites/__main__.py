@@ -5,12 +5,15 @@ python -m eval_suites translation --model <causal LM export> --source test.en --
 python -m eval_suites word-similarity --model <export> --data-dir ../shared/data [--source senses]
 python -m eval_suites senses --model <Backpack export> --words bank light --sentence "..." --output figures/
 python -m eval_suites generate --model <MDLM/BD3-LM export> --infill "The [MASK]{3} sat on the mat." (or --prompt)
+python -m eval_suites gen-ppl --model <MDLM/BD3-LM export> --scorer-model gpt2-large --num-samples 64 --length 1024 \
+    --steps 1000 --output gen_ppl.json [--sampler ddpm] [--top-p 0.9] [--seed 0] [--save-samples samples.jsonl]
+python -m eval_suites gen-ppl --samples samples.jsonl --scorer-model gpt2-large --output gen_ppl.json
 
 blimp writes `blimp.json` (all numbers) and `blimp.md` (tables) to --output, prints the headline, and with
 --write-card adds the result to the model card of a local export. classification writes `classification.json` and
 `classification.md`, prints the headline, and exits with status 3 when the classifier collapsed onto one class.
 translation and word-similarity write `<suite>.json` and `<suite>.md`; senses writes `senses.json`, `senses.png` and
-`contextualization.png`.
+`contextualization.png`. gen-ppl writes one JSON file (--output) and prints the headline.
 """
 
 import argparse
@@ -282,6 +285,61 @@ def add_generation_parsers(commands) -> None:
     parser.set_defaults(run=run_senses)
 
 
+def run_generative_perplexity(args) -> int:
+    from eval_suites import generative_perplexity as gen_ppl
+
+    try:  # inputs are checked before anything is loaded, the sampling settings before anything is drawn
+        gen_ppl.check_counts(args.num_samples, args.batch_size)
+        context_length = gen_ppl.scorer_context_length(gen_ppl.scorer_config(args.scorer_model), args.scorer_context)
+        if args.samples:
+            gen_ppl.refuse_sampling_flags(steps=args.steps, sampler=args.sampler, top_p=args.top_p, length=args.length,
+                                          save_samples=args.save_samples)
+            texts, sample_ids = gen_ppl.read_samples(args.samples)
+            sampling = None
+        else:
+            texts, sample_ids, sampling = gen_ppl.sample_from_export(
+                args.model, args.num_samples, args.batch_size, args.seed, device=args.device,
+                skip_special_tokens=args.skip_special_tokens, length=args.length, num_steps=args.steps,
+                sampler=args.sampler, top_p=args.top_p)
+    except ValueError as error:
+        print(f"gen-ppl: {error}", file=sys.stderr)
+        return 2
+    if args.save_samples:
+        gen_ppl.write_samples(args.save_samples, texts, sample_ids)
+    result = {"samples_file": args.samples, "sampling": sampling,
+              **gen_ppl.generative_perplexity(texts, args.scorer_model, context_length, args.batch_size, args.device,
+                                              sample_ids)}
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{gen_ppl.summary_line(result)} -> {output}")
+    return 0
+
+
+def add_generative_perplexity_parser(commands) -> None:
+    parser = commands.add_parser("gen-ppl", help="generative perplexity of masked diffusion samples under a causal LM")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="MDLM or BD3-LM export folder (or Hub id) to draw samples from")
+    source.add_argument("--samples", help="score these samples instead: .jsonl (a string or {\"text\": ...} per line) "
+                                          "or a text file with one sample per line")
+    parser.add_argument("--scorer-model", required=True, help="causal LM folder or Hub name, e.g. gpt2-large")
+    parser.add_argument("--scorer-context", type=int,
+                        help="tokens per scored chunk (default: the scorer's max_position_embeddings)")
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--length", type=int, help="tokens per sample (default: the model's max_position_embeddings)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's; BD3-LM: per block)")
+    parser.add_argument("--sampler", help="the model's sampler name (default: the model's)")
+    parser.add_argument("--top-p", type=float, help="nucleus filtering of p(x_0 | x_t) (default: the model's, 1.0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="samples drawn, and chunks scored, at once")
+    parser.add_argument("--skip-special-tokens", action="store_true",
+                        help="decode without special tokens (the originals keep them: GPT-2's <|endoftext|>)")
+    parser.add_argument("--save-samples", help="also write the drawn samples to this .jsonl (re-score with --samples)")
+    parser.add_argument("--device", help="e.g. cuda; default: where the models load (CPU)")
+    parser.add_argument("--output", required=True, help="the JSON report file")
+    parser.set_defaults(run=run_generative_perplexity)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval_suites", description=__doc__)
     commands = parser.add_subparsers(dest="suite", required=True)
@@ -300,6 +358,7 @@ def main(argv=None) -> int:
     add_classification_parser(commands)
     add_generation_parsers(commands)
     add_generate_parser(commands)
+    add_generative_perplexity_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 
