@@ -204,9 +204,15 @@ def test_bad_combinations_are_refused(fields, message):
     check_objective(data_args(**fields), SimpleNamespace(prompt_conditioned=False))  # the text objective's business
 
 
-def test_run_refuses_before_any_work(tmp_path):
+def test_run_refuses_before_reading_any_data(tmp_path, monkeypatch):
+    for loader in ("load_texts", "load_prompt_completions"):
+        monkeypatch.setattr(run_mdlm, loader, lambda *args, **kwargs: pytest.fail("the run read its data"))
     args = run_mdlm.parse(["--objective", "prompt_conditioned", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="needs prompt-completion data"):
+        run_mdlm.main(*args)
+    args = run_mdlm.parse(["--objective", "prompt_conditioned", "--train_file", "pairs.jsonl", "--output_dir",
+                           str(tmp_path)])  # the tiny preset packs
+    with pytest.raises(ValueError, match="set packing: false"):
         run_mdlm.main(*args)
     assert not any(tmp_path.iterdir())
 

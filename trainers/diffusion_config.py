@@ -16,10 +16,9 @@ from modeling import DIFFUSION_POLICIES, diffusion_policy
 from trainers.arguments import RunTrainingArguments
 from trainers.embedded_corpus import write_minimal_pairs
 from trainers.finishing import RunReport
-from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
+from trainers.mlm_data import chunk_sentences, pack_into_blocks
 from trainers.preflight import check_overrides
-from trainers.prompt_completion_data import (completion_end_token, file_format, load_prompt_completions,
-                                             tokenize_prompt_completions)
+from trainers.prompt_completion_data import completion_end_token, file_format, tokenize_prompt_completions
 
 OBJECTIVES = ("unconditional", "prompt_conditioned")
 
@@ -137,14 +136,6 @@ def row_start_token(tokenizer) -> int:
     if token is None:
         raise ValueError("the tokenizer has neither a BOS nor a [CLS] token to start each row with")
     return token
-
-
-def load_examples(data_args, training_args):
-    """(train, validation) examples: lines of text, or (prompt, completion) pairs for the prompt-conditioned
-    objective."""
-    if training_args.prompt_conditioned:
-        return load_prompt_completions(data_args, seed=training_args.seed)
-    return load_texts(data_args, seed=training_args.seed)
 
 
 def example_texts(examples, training_args) -> list:

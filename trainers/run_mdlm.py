@@ -25,10 +25,12 @@ from hub_exports import Metric
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.collators import DiffusionCollator
 from trainers.diffusion_config import (DiffusionTrainingArguments, build_datasets, build_model, check_model_arguments,
-                                       check_objective, evaluate_export, example_texts, load_examples, model_card)
+                                       check_objective, evaluate_export, example_texts, model_card)
 from trainers.diffusion_trainer import MaskedDiffusionTrainer
 from trainers.finishing import finish_run, run_callbacks
+from trainers.mlm_data import load_texts
 from trainers.preflight import check_before_training
+from trainers.prompt_completion_data import load_prompt_completions
 from trainers.tokenization import obtain_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ def main(model_args, data_args, training_args) -> None:
     check_model_arguments(model_args, training_args)
     check_objective(data_args, training_args)
     set_seed(training_args.seed)
-    train_examples, eval_examples = load_examples(data_args, training_args)
+    load = load_prompt_completions if training_args.prompt_conditioned else load_texts  # pairs, or lines of text
+    train_examples, eval_examples = load(data_args, seed=training_args.seed)
     tokenizer = obtain_tokenizer(model_args, training_args, example_texts(train_examples, training_args))
     train_set, eval_set = build_datasets(data_args, training_args, tokenizer, train_examples, eval_examples)
     model = build_model(model_args, training_args, tokenizer, data_args.max_seq_length)
