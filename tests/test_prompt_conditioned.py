@@ -112,13 +112,14 @@ def test_loss_is_the_completion_nelbo_computed_by_hand(tmp_path, algorithm):
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_gradient_accumulation_is_exact_with_prompts(tmp_path):
+@pytest.mark.parametrize("algorithm", ["mdlm", "bd3lm"])
+def test_gradient_accumulation_is_exact_with_prompts(tmp_path, algorithm):
     """bs 4 x GA 1 = bs 2 x GA 2 = bs 1 x GA 4: the step's completion tokens (9, 5, 11, 2) are the denominator."""
-    _, reference = one_step(tmp_path / "a", "mdlm", batch_size=4, dataset=prompted_rows())
+    _, reference = one_step(tmp_path / "a", algorithm, batch_size=4, dataset=prompted_rows())
     for batch_size, ga in ((2, 2), (1, 4)):
-        _, params = one_step(tmp_path / f"b{batch_size}", "mdlm", batch_size, ga, dataset=prompted_rows())
+        _, params = one_step(tmp_path / f"b{batch_size}", algorithm, batch_size, ga, dataset=prompted_rows())
         assert max_diff(reference, params) < 1e-5, (batch_size, ga)
-    _, unconditional = one_step(tmp_path / "u", "mdlm", batch_size=4,
+    _, unconditional = one_step(tmp_path / "u", algorithm, batch_size=4,
                                 dataset=prompted_rows().remove_columns("prompt_mask"))
     assert max_diff(reference, unconditional) > 1e-4, "the prompt must change the step"
 

@@ -65,7 +65,8 @@ class DiffusionTrainingArguments(RunTrainingArguments):
 
 
 def check_objective(data_args, training_args) -> None:
-    """Refuse, before any work, data arguments the prompt-conditioned objective would otherwise ignore."""
+    """Refuse, before any work, data arguments that do not fit the prompt-conditioned objective (missing, or that it
+    would ignore)."""
     if not training_args.prompt_conditioned:
         return
     if not (data_args.train_file or data_args.dataset_name):
