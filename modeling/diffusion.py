@@ -10,6 +10,10 @@ which takes it as an input.
 * BD3-LM: one t per block, stratified over batch x blocks, in [sampling_eps_min, sampling_eps_max] (the model's
   buffers) for training and in `NELBO_INTERVAL` for evaluation; masked when the uniform is <= t; weight 1/t; with
   `ignore_bos` the first token is never masked, and in evaluation it is not scored.
+
+Both take `keep`, the positions never masked (a prompt, for prompt-conditioned training): the draws are the same with
+or without it, only the kept positions stay clean. Each token is masked independently given t, so the NELBO of the
+other tokens, with the same weights, bounds -log p(rest | kept tokens).
 """
 
 from typing import Optional, Tuple
@@ -29,6 +33,16 @@ def stratified_uniforms(shape, generator, device) -> torch.Tensor:
         count *= size
     uniform = torch.rand(shape, generator=generator, device=device)
     return (uniform / count + torch.arange(count, device=device).view(shape) / count) % 1
+
+
+def corrupt(clean: torch.Tensor, masked: torch.Tensor, keep: Optional[torch.Tensor], mask_token_id: int):
+    """x_t: `clean` with the mask id where `masked` holds, except at the `keep` positions."""
+    if keep is not None:
+        if keep.shape != clean.shape or keep.dtype != torch.bool:
+            raise ValueError(f"keep must be a bool tensor of the ids' shape {tuple(clean.shape)}, got "
+                             f"{keep.dtype} {tuple(keep.shape)}")
+        masked = masked & ~keep
+    return clean.masked_fill(masked, mask_token_id)
 
 
 class DiffusionPolicy:
@@ -52,8 +66,9 @@ class DiffusionPolicy:
     def validate(self, model) -> None:
         """Raise ValueError on a model whose state the NELBO cannot use, before any step is taken."""
 
-    def draw_noise(self, model, clean: torch.Tensor, generator: torch.Generator, training: bool):
-        """(x_t, t) for a batch of clean ids, every t in (0, 1]."""
+    def draw_noise(self, model, clean: torch.Tensor, generator: torch.Generator, training: bool,
+                   keep: Optional[torch.Tensor] = None):
+        """(x_t, t) for a batch of clean ids, every t in (0, 1]; `keep` (bool, like `clean`): positions x_t keeps."""
         raise NotImplementedError
 
     def nelbo_weights(self, model, timesteps: torch.Tensor) -> torch.Tensor:
@@ -81,7 +96,7 @@ class MdlmPolicy(DiffusionPolicy):
     sample_kwargs = {}
     noise_follows_target, blockwise = True, False
 
-    def draw_noise(self, model, clean, generator, training):
+    def draw_noise(self, model, clean, generator, training, keep=None):
         """t is (B,). The interval t is drawn from is checked here, on the host: on an accelerator the model's own
         check of the values is off while the trainer trains (it would be a host-device sync per step)."""
         eps = model.config.sampling_eps
@@ -91,7 +106,7 @@ class MdlmPolicy(DiffusionPolicy):
         uniforms = torch.rand(clean.shape, generator=generator, device=clean.device)
         timesteps = (1 - eps) * stratified_uniforms((clean.shape[0],), generator, clean.device) + eps
         masked = uniforms < model.noise_schedule(timesteps)[0][:, None]
-        return clean.masked_fill(masked, model.config.mask_token_id), timesteps
+        return corrupt(clean, masked, keep, model.config.mask_token_id), timesteps
 
 
 class Bd3lmPolicy(DiffusionPolicy):
@@ -104,7 +119,7 @@ class Bd3lmPolicy(DiffusionPolicy):
     def validate(self, model) -> None:
         model.sampling_interval  # validates the buffers
 
-    def draw_noise(self, model, clean, generator, training):
+    def draw_noise(self, model, clean, generator, training, keep=None):
         """t is (B, L), one value per block: in the trained sampling interval for training, in `NELBO_INTERVAL` for
         evaluation."""
         batch, length = clean.shape
@@ -117,7 +132,7 @@ class Bd3lmPolicy(DiffusionPolicy):
         masked = uniforms <= model.noise_schedule(timesteps)[0]
         if config.ignore_bos:
             masked[:, 0] = False
-        return clean.masked_fill(masked, config.mask_token_id), timesteps
+        return corrupt(clean, masked, keep, config.mask_token_id), timesteps
 
     def forward_inputs(self, clean):
         return {"clean_ids": clean}

@@ -48,13 +48,14 @@ class RowSeededTrainer(MaskedDiffusionTrainer):
     """Noise drawn row by row from a generator seeded by the row's real ids (padding stripped): independent of how
     rows are batched or padded."""
 
-    def draw_noise(self, model, clean, generator, training):
+    def draw_noise(self, model, clean, generator, training, keep=None):
         noisy, times = clean.clone(), torch.ones(clean.shape, device=clean.device)
         for index, row in enumerate(clean):
             real = row[row != PAD_ID]
             digest = hashlib.blake2b(real.cpu().numpy().tobytes(), digest_size=8).digest()
             row_generator = torch.Generator(device=clean.device).manual_seed(int.from_bytes(digest, "little") >> 1)
-            row_noisy, row_times = super().draw_noise(model, real[None], row_generator, training)
+            row_keep = None if keep is None else keep[index, None, :len(real)]
+            row_noisy, row_times = super().draw_noise(model, real[None], row_generator, training, row_keep)
             noisy[index, :len(real)] = row_noisy[0]
             times[index, :len(real)] = row_times[0] if row_times.dim() == 2 else row_times[0]
         return noisy, (times if model.config.model_type == "bd3lm" else times[:, 0])
@@ -69,10 +70,10 @@ def one_step_args(output_dir, batch_size: int, ga: int = 1) -> TrainingArguments
         dataloader_num_workers=0, disable_tqdm=True, logging_steps=1, seed=0, ddp_find_unused_parameters=False)
 
 
-def one_step(output_dir, algorithm: str, batch_size: int, ga: int = 1):
-    """(trainer, {name: parameter after one optimizer step})."""
+def one_step(output_dir, algorithm: str, batch_size: int, ga: int = 1, dataset=None):
+    """(trainer, {name: parameter after one optimizer step}) on `dataset` (default: `rows_dataset()`)."""
     trainer = RowSeededTrainer(model=tiny_model(algorithm), args=one_step_args(output_dir, batch_size, ga),
-                               train_dataset=rows_dataset(), ema_decay=0,
+                               train_dataset=rows_dataset() if dataset is None else dataset, ema_decay=0,
                                data_collator=DiffusionCollator(PAD_ID, MASK_ID, VOCAB))
     trainer.train()
     return trainer, {name: p.detach().clone() for name, p in trainer.model.named_parameters()}

@@ -25,6 +25,8 @@ from transformers import TrainerCallback
 
 from hub_exports.tokenizer_checks import ids_outside_vocabulary
 
+PROMPT_MASK = "prompt_mask"  # the column (and batch key) marking prompt positions of prompt-completion rows
+
 
 @dataclass
 class MaskedLMCollator:
@@ -152,7 +154,11 @@ class DiffusionCollator:
     Returns `input_ids` (x_0, right-padded with the pad id), `labels` (x_0 with -100 at padding: the NELBO's
     denominator counts exactly these) and `attention_mask` only when some row is padded (packed data never is, and
     without a mask the attention can take its fastest kernel). Every batch is checked on the CPU: ids must lie in the
-    vocabulary and no real token may be the mask id (SUBS would copy it as an already-masked position)."""
+    vocabulary and no real token may be the mask id (SUBS would copy it as an already-masked position).
+
+    Prompt-completion rows (a `prompt_mask` column, 1 on the prompt) also give `prompt_mask`, bool (B, L), False at
+    padding: the noise never masks those positions, and their labels are -100, so that only completion tokens are
+    scored and counted."""
 
     pad_token_id: int
     mask_token_id: int
@@ -164,11 +170,36 @@ class DiffusionCollator:
         if masked_rows:
             raise ValueError(f"Example {masked_rows[0]} of the batch contains the mask id {self.mask_token_id} as a "
                              "real token")
+        scored = real
+        prompt = prompt_positions(examples, input_ids.shape)
+        if prompt is not None:
+            prompt &= real
+            scored = real & ~prompt
         batch = {"input_ids": torch.from_numpy(input_ids),
-                 "labels": torch.from_numpy(np.where(real, input_ids, -100))}
+                 "labels": torch.from_numpy(np.where(scored, input_ids, -100))}
         if not real.all():
             batch["attention_mask"] = torch.from_numpy(real.astype(np.int64))
+        if prompt is not None:
+            batch[PROMPT_MASK] = torch.from_numpy(prompt)
         return batch
+
+
+def prompt_positions(examples, shape):
+    """The examples' `prompt_mask` columns right-padded into a bool array of `shape`, or None when no example has
+    one; a batch where only some examples have one, or one whose length differs from its ids', is refused."""
+    carrying = [PROMPT_MASK in example for example in examples]
+    if not any(carrying):
+        return None
+    if not all(carrying):
+        raise ValueError(f"Example {carrying.index(False)} of the batch has no prompt_mask while others have one")
+    prompt = np.zeros(shape, dtype=bool)
+    for row, example in enumerate(examples):
+        mask = np.asarray(example[PROMPT_MASK], dtype=bool)
+        if len(mask) != len(example["input_ids"]):
+            raise ValueError(f"Example {row} of the batch: prompt_mask has {len(mask)} positions, input_ids "
+                             f"{len(example['input_ids'])}")
+        prompt[row, :len(mask)] = mask
+    return prompt
 
 
 @dataclass

@@ -18,6 +18,9 @@ from trainers.embedded_corpus import write_minimal_pairs
 from trainers.finishing import RunReport
 from trainers.mlm_data import chunk_sentences, pack_into_blocks
 from trainers.preflight import check_overrides
+from trainers.prompt_completion_data import completion_end_token, file_format, tokenize_prompt_completions
+
+OBJECTIVES = ("unconditional", "prompt_conditioned")
 
 
 @dataclass
@@ -26,6 +29,12 @@ class DiffusionTrainingArguments(RunTrainingArguments):
     steps, gradient clipping 1.0) plus the masked-diffusion knobs."""
 
     algorithm: str = field(default="mdlm", metadata={"help": "'mdlm' or 'bd3lm'.", "choices": list(DIFFUSION_POLICIES)})
+    objective: str = field(
+        default="unconditional",
+        metadata={"help": "'unconditional': the NELBO of whole rows of text; 'prompt_conditioned': prompt-completion "
+                          "data (columns prompt, completion), the prompt never masked nor scored, the NELBO per "
+                          "completion token.", "choices": list(OBJECTIVES)},
+    )
     init_from: Optional[str] = field(
         default=None,
         metadata={"help": "Start from this checkpoint: a hubzoo export/checkpoint folder (loaded strictly: a missing "
@@ -49,6 +58,30 @@ class DiffusionTrainingArguments(RunTrainingArguments):
                                                                                    "constant with warmup)."})
     warmup_steps: float = field(default=2500, metadata={"help": "Warmup steps (the originals': 2500)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (the originals': 1.0)."})
+
+    @property
+    def prompt_conditioned(self) -> bool:
+        return self.objective == "prompt_conditioned"
+
+
+def check_objective(data_args, training_args) -> None:
+    """Refuse, before any work, data arguments that do not fit the prompt-conditioned objective (missing, or that it
+    would ignore)."""
+    if not training_args.prompt_conditioned:
+        return
+    if not (data_args.train_file or data_args.dataset_name):
+        raise ValueError("objective prompt_conditioned needs prompt-completion data: train_file (.json/.jsonl/.csv/"
+                         ".tsv with columns prompt and completion) or dataset_name; the embedded corpus has no "
+                         "prompts")
+    for path in (data_args.train_file, data_args.validation_file):
+        if path:
+            file_format(path)
+    if data_args.packing:
+        raise ValueError("objective prompt_conditioned makes one row per prompt-completion example: set packing: "
+                         "false")
+    if data_args.text_column != "text":
+        raise ValueError(f"objective prompt_conditioned reads the columns prompt and completion; text_column "
+                         f"{data_args.text_column!r} would be ignored")
 
 
 def check_model_arguments(model_args, training_args) -> None:
@@ -106,28 +139,47 @@ def row_start_token(tokenizer) -> int:
     return token
 
 
-def build_datasets(data_args, training_args, tokenizer, train_texts, eval_texts):
-    """Packed rows of max_seq_length tokens, each starting with `row_start_token`."""
-    def to_examples(texts):
+def example_texts(examples, training_args) -> list:
+    """The texts of the examples, e.g. to train a tokenizer on."""
+    if training_args.prompt_conditioned:
+        return [prompt + completion for prompt, completion in examples]
+    return examples
+
+
+def build_datasets(data_args, training_args, tokenizer, train_examples, eval_examples):
+    """Rows of max_seq_length tokens (at most, unpacked), each starting with `row_start_token`: packed or chunked
+    text, or one prompt-completion example per row."""
+    def to_examples(examples):
+        if training_args.prompt_conditioned:
+            return tokenize_prompt_completions(examples, tokenizer, data_args.max_seq_length,
+                                               row_start_token(tokenizer),
+                                               completion_end_token(tokenizer, tokenizer.mask_token_id))
         if data_args.packing:
-            return pack_into_blocks(texts, tokenizer, data_args.max_seq_length, row_start_id=row_start_token(tokenizer))
-        return chunk_sentences(texts, tokenizer, data_args.max_seq_length)
+            return pack_into_blocks(examples, tokenizer, data_args.max_seq_length,
+                                    row_start_id=row_start_token(tokenizer))
+        return chunk_sentences(examples, tokenizer, data_args.max_seq_length)
 
     with training_args.main_process_first(desc="tokenize"):
-        return to_examples(train_texts), to_examples(eval_texts)
+        return to_examples(train_examples), to_examples(eval_examples)
+
+
+PROMPTED_PROCEDURE = (" conditioned on a prompt: one prompt-completion example per row, filled with EOS, the prompt "
+                      "never masked and not scored, the loss per completion token")
 
 
 def model_card(model, data_args, training_args, num_lines: int) -> CardInfo:
     source = data_args.train_file or data_args.dataset_name
+    prompted = training_args.prompt_conditioned
+    examples = "prompt-completion pairs" if prompted else "lines"
     return CardInfo(
         description=f"{DIFFUSION_POLICIES[training_args.algorithm].display_name} ({model.num_parameters():,} parameters) trained "
                     f"by hubzoo; the weights are the EMA (decay {training_args.ema_decay}) of the trained ones.",
-        training_data=(f"{num_lines:,} lines from {source}" if source else
+        training_data=(f"{num_lines:,} {examples} from {source}" if source else
                        f"The hubzoo embedded corpus: {num_lines:,} generated English-like sentences "
                        f"(seed {training_args.seed})."),
-        training_procedure=(f"Continuous-time masked-diffusion NELBO (log-linear schedule, antithetic t, SUBS), rows "
-                            f"of {data_args.max_seq_length} tokens, AdamW lr {training_args.learning_rate}, "
-                            f"{training_args.lr_scheduler_type} schedule."),
+        training_procedure=(f"Continuous-time masked-diffusion NELBO (log-linear schedule, antithetic t, SUBS)"
+                            f"{PROMPTED_PROCEDURE if prompted else ''}, rows of {data_args.max_seq_length} tokens, "
+                            f"AdamW lr {training_args.learning_rate}, {training_args.lr_scheduler_type} schedule."),
         limitations="A small research model. exp(NELBO) is an upper bound on perplexity, not a perplexity.",
     )
 

@@ -6,6 +6,13 @@ Per micro-batch (x_0 from the collator, labels = x_0 with -100 at padding) the m
 quantity optimised per optimizer step is sum over masked tokens of weight * -log p(x_0 | x_t), divided by the
 number of real tokens of the step (masked or not: the original's per-token NELBO), over all micro-batches and ranks.
 
+Prompt-conditioned rows (the collator's `prompt_mask`): the noise never masks the prompt and its labels are -100, so
+the sum runs over masked completion tokens and the denominator is the number of completion tokens of the step (EOS
+fill included): the NELBO per completion token of -log p(completion | prompt). LLaDA's SFT divides each row's sum by
+that row's answer length (EOS fill included, as here) and averages the rows; counting tokens over the whole step
+instead keeps the originals' per-token NELBO, weighs every completion token alike whatever its row's prompt length,
+and stays exact under gradient accumulation. The two agree when every row has as many completion tokens.
+
 Noise comes from a generator seeded by (seed, rank, optimizer step, micro-step), not from the global RNG: a resumed run
 draws exactly the noise of the uninterrupted one, and evaluation draws the same noise at every evaluation (seeded by
 the batch index), so evaluation losses along a run are comparable.
@@ -20,6 +27,7 @@ from transformers import Trainer
 from modeling import diffusion_policy, require_diffusion_policy
 from modeling.mdlm import masked_diffusion_nelbo
 from trainers.checkpoints import CompleteCheckpointsMixin
+from trainers.collators import PROMPT_MASK
 from trainers.ema import EMACallback
 from trainers.mlm_trainer import CollatorCheckedMixin, mean_scored_tokens_per_row, normalise_over_step
 
@@ -53,10 +61,10 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
         self._micro_step = (self.state.global_step, drawn)
         return self._generator("train", self.state.global_step, drawn)
 
-    def draw_noise(self, model, clean, generator, training: bool):
+    def draw_noise(self, model, clean, generator, training: bool, keep=None):
         """(x_t, t) for a batch of clean ids, as the (unwrapped) model's diffusion policy draws them: t is (B,) for
-        MDLM, (B, L) per token for BD3-LM, every t in (0, 1]."""
-        return diffusion_policy(model).draw_noise(model, clean, generator, training)
+        MDLM, (B, L) per token for BD3-LM, every t in (0, 1]; x_t never masks the `keep` positions (a prompt)."""
+        return diffusion_policy(model).draw_noise(model, clean, generator, training, keep)
 
     # ---- loss ----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -65,7 +73,7 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
         attention_mask = inputs.get("attention_mask")
         training = model.training
         generator = self._training_generator() if training else self._generator("eval", self._eval_batch)
-        noisy, timesteps = self.draw_noise(unwrapped, clean, generator, training)
+        noisy, timesteps = self.draw_noise(unwrapped, clean, generator, training, inputs.get(PROMPT_MASK))
         outputs = model(input_ids=noisy, attention_mask=attention_mask, timesteps=timesteps,
                         **self.policy.forward_inputs(clean))
         if not training and not self.policy.scores_first_token(unwrapped.config):
@@ -81,6 +89,12 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
         else:
             loss = normalise_over_step(self, total, labels, num_items_in_batch, training)
         return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self):
+        # Trainer drops the dataset columns `forward` does not take; the prompt mask is the noise's, not the model's.
+        super()._set_signature_columns_if_needed()
+        if PROMPT_MASK not in self._signature_columns:
+            self._signature_columns.append(PROMPT_MASK)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         self._eval_batch += 1
@@ -107,7 +121,16 @@ class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Tra
             self._eval_tokens_per_row = None
 
     def _scored_tokens_per_row(self, dataset):
-        """Tokens the evaluation NELBO scores per row: all real tokens; BD3-LM with `ignore_bos`: all but the first."""
+        """Tokens the evaluation NELBO scores per row: all real tokens, or the completion's of prompt-completion rows;
+        BD3-LM with `ignore_bos`: not the first."""
         config = self.accelerator.unwrap_model(self.model).config
         skipped = 0 if self.policy.scores_first_token(config) else 1
+        if PROMPT_MASK in getattr(dataset, "column_names", ()):
+            return mean_completion_tokens_per_row(dataset, skipped)
         return mean_scored_tokens_per_row(dataset, skipped)
+
+
+def mean_completion_tokens_per_row(dataset, skipped: int):
+    """Mean positions per row outside the prompt, the first `skipped` positions left out."""
+    counts = [sum(not kept for kept in prompt[skipped:]) for prompt in dataset[PROMPT_MASK]]
+    return max(1e-9, sum(counts) / len(counts)) if counts else None

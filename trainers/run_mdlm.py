@@ -7,8 +7,10 @@ print a few samples.
 
 Without a config file it runs `trainers/configs/mdlm_tiny.yaml` (and says so). A config must state the architecture
 (`config_overrides`: hidden_size, num_hidden_layers, num_attention_heads, cond_dim, and block_size for BD3-LM) unless
-`init_from` names a checkpoint, which is then loaded strictly. Outputs in `output_dir`: Trainer checkpoints (each with
-`ema.safetensors` and a verified `export/`), the final `export/`, `loss_curve.png`, `results.json` and `samples.txt`.
+`init_from` names a checkpoint, which is then loaded strictly. `objective: prompt_conditioned` trains on
+prompt-completion data, the prompt never masked (`trainers/configs/mdlm_owt_prompted.yaml`). Outputs in
+`output_dir`: Trainer checkpoints (each with `ema.safetensors` and a verified `export/`), the final `export/`,
+`loss_curve.png`, `results.json` and `samples.txt`.
 The objective's arguments, builders and final evaluation are in `trainers/diffusion_config.py`.
 """
 
@@ -23,11 +25,12 @@ from hub_exports import Metric
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.collators import DiffusionCollator
 from trainers.diffusion_config import (DiffusionTrainingArguments, build_datasets, build_model, check_model_arguments,
-                                       evaluate_export, model_card)
+                                       check_objective, evaluate_export, example_texts, model_card)
 from trainers.diffusion_trainer import MaskedDiffusionTrainer
 from trainers.finishing import finish_run, run_callbacks
 from trainers.mlm_data import load_texts
 from trainers.preflight import check_before_training
+from trainers.prompt_completion_data import load_prompt_completions
 from trainers.tokenization import obtain_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -37,15 +40,17 @@ DEFAULT_CONFIG = Path(__file__).with_name("configs") / "mdlm_tiny.yaml"
 def main(model_args, data_args, training_args) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     check_model_arguments(model_args, training_args)
+    check_objective(data_args, training_args)
     set_seed(training_args.seed)
-    train_texts, eval_texts = load_texts(data_args, seed=training_args.seed)
-    tokenizer = obtain_tokenizer(model_args, training_args, train_texts)
-    train_set, eval_set = build_datasets(data_args, training_args, tokenizer, train_texts, eval_texts)
+    load = load_prompt_completions if training_args.prompt_conditioned else load_texts  # pairs, or lines of text
+    train_examples, eval_examples = load(data_args, seed=training_args.seed)
+    tokenizer = obtain_tokenizer(model_args, training_args, example_texts(train_examples, training_args))
+    train_set, eval_set = build_datasets(data_args, training_args, tokenizer, train_examples, eval_examples)
     model = build_model(model_args, training_args, tokenizer, data_args.max_seq_length)
     logger.info("%s: %s parameters, %d train / %d eval rows of %d tokens; %d process(es)", type(model).__name__,
                 f"{model.num_parameters():,}", len(train_set), len(eval_set), data_args.max_seq_length,
                 training_args.world_size)
-    card = model_card(model, data_args, training_args, len(train_texts))
+    card = model_card(model, data_args, training_args, len(train_examples))
     check_before_training(training_args.output_dir, [data_args.blimp_dir], model, tokenizer, card)
     collator = DiffusionCollator(tokenizer.pad_token_id, model.config.mask_token_id, model.config.vocab_size)
     trainer = MaskedDiffusionTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
