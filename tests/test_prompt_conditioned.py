@@ -250,6 +250,11 @@ def test_fine_tune_a_converted_checkpoint_on_prompt_completions(converted_origin
     verify(output / "export")
     results = json.loads((output / "results.json").read_text())
     assert results["train_steps"] == 3 and results["eval_loss"] > 0
+    # the printed sample completes the held-out prompt (the one pair held out)
+    assert results["prompted_completions"] == 1 and results["mask_tokens_in_samples"] == 0
+    assert 0.0 <= results["prompted_completion_token_agreement"] <= 1.0
+    held_out_prompts = [f"w{5 + i % 40} w{6 + i % 50}" for i in range(64)]
+    assert any(results["samples"][0].startswith(prompt) for prompt in held_out_prompts)
     tuned, original = load_checkpoint(output / "export"), load_checkpoint(converted_original)
     assert tuned.config.mask_token_id == original.config.mask_token_id == 127
     assert any(not torch.equal(a, b) for a, b in zip(tuned.parameters(), original.parameters()))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
 from transformers import AutoTokenizer
 
 from eval_suites.blimp import evaluate_blimp, load_pairs
@@ -14,6 +15,7 @@ from eval_suites.perplexity import markdown_report, perplexity_report
 from hub_exports import CardInfo, Metric, full_fp32_matmuls, load_checkpoint
 from modeling import DIFFUSION_POLICIES, diffusion_policy
 from trainers.arguments import RunTrainingArguments
+from trainers.collators import PROMPT_MASK
 from trainers.embedded_corpus import write_minimal_pairs
 from trainers.finishing import RunReport
 from trainers.mlm_data import chunk_sentences, pack_into_blocks
@@ -186,14 +188,22 @@ def model_card(model, data_args, training_args, num_lines: int) -> CardInfo:
 
 def evaluate_export(data_args, training_args, folder: Path, eval_set, eval_loss: float, train_steps: int) -> RunReport:
     """Score and sample the export as a user loads it (fp32, from its files): the NELBO perplexity bound on the
-    held-out rows, BLiMP by ELBO, and `num_samples_to_print` samples (in samples.txt)."""
+    held-out rows, BLiMP by ELBO, and `num_samples_to_print` samples (in samples.txt): from all-mask, or, for the
+    prompt-conditioned objective, completions of that many held-out prompts (their agreement with the reference
+    completion tokens is reported)."""
     model = load_checkpoint(folder).to(training_args.device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     rows = [list(ids) for ids in eval_set["input_ids"][:training_args.nelbo_max_sequences]]
     with full_fp32_matmuls():
         bound = perplexity_report(model, rows, num_samples=training_args.nelbo_samples, seed=training_args.seed)
-        samples = model.sample(num_samples=training_args.num_samples_to_print, num_steps=training_args.sampling_steps,
-                               seed=training_args.seed, **DIFFUSION_POLICIES[training_args.algorithm].sample_kwargs)
+        sample_options = dict(num_steps=training_args.sampling_steps, seed=training_args.seed,
+                              **DIFFUSION_POLICIES[training_args.algorithm].sample_kwargs)
+        if training_args.prompt_conditioned:
+            prompted = prompted_completions(model, eval_set, training_args.num_samples_to_print, sample_options)
+            samples = prompted.pop("sample_ids")
+        else:
+            prompted = {}
+            samples = model.sample(num_samples=training_args.num_samples_to_print, **sample_options)
         pairs_dir = data_args.blimp_dir or write_minimal_pairs(Path(training_args.output_dir) / "blimp_pairs")
         pairs = load_pairs(pairs_dir, limit_per_paradigm=training_args.blimp_pairs_per_paradigm)
         blimp = evaluate_blimp(model, tokenizer, pairs, scorer="elbo",  # a batch as evaluation's
@@ -204,7 +214,7 @@ def evaluate_export(data_args, training_args, folder: Path, eval_set, eval_loss:
     return RunReport(
         results={"perplexity_bound": bound, "blimp": blimp, "samples": texts,
                  "mask_tokens_in_samples": int((samples == model.config.mask_token_id).sum()),
-                 "eval_loss": eval_loss, "train_steps": train_steps},
+                 "eval_loss": eval_loss, "train_steps": train_steps, **prompted},
         files={"samples.txt": "\n\n".join(texts) + "\n"},
         card_metrics=[Metric("text-generation", name, "local", "perplexity", round(bound["perplexity"], 3),
                              metric_name="NELBO perplexity bound"),
@@ -213,6 +223,18 @@ def evaluate_export(data_args, training_args, folder: Path, eval_set, eval_loss:
         card_section=(markdown_report(bound, title=f"NELBO perplexity bound ({name})") + "\n"
                       + blimp_report(blimp, title=f"BLiMP ({blimp_name}, ELBO)")),
         lines=summary_lines(bound, blimp, texts))
+
+
+def prompted_completions(model, eval_set, count: int, sample_options: dict) -> dict:
+    """Complete the first `count` held-out prompts (every non-prompt position masked) and compare with the reference
+    completions: the share of completion tokens (EOS fill included) drawn equal to the reference."""
+    rows = eval_set.select(range(min(count, len(eval_set))))
+    reference = torch.tensor(rows["input_ids"], device=model.device)
+    kept = torch.tensor(rows[PROMPT_MASK], device=model.device).bool()
+    samples = model.sample(input_ids=reference.masked_fill(~kept, model.config.mask_token_id), **sample_options)
+    agreement = (samples == reference)[~kept].float().mean().item()
+    return {"sample_ids": samples, "prompted_completion_token_agreement": round(agreement, 4),
+            "prompted_completions": len(rows)}
 
 
 def summary_lines(bound: dict, blimp: dict, samples) -> list:
