@@ -117,6 +117,15 @@ def main(argv=None) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
     runs = []
+    report = {
+        "benchmark": "sample_diffusion", "device": name, "device_type": device.type, "torch": torch.__version__,
+        "transformers": transformers.__version__, "preset": args.preset, "config": PRESETS[args.preset],
+        "vocab_size": args.vocab_size, "block_size": args.block_size, "tokens_per_step": args.tokens_per_step,
+        "precision": "bf16 autocast + tf32" if device.type == "cuda" else "fp32", "peak_flops_assumed": peak,
+        "runs": runs,
+    }
+    output = Path(args.output or Path(__file__).parent / "results" / f"sample_diffusion_{device.type}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
     for length in args.lengths:
         mdlm, bd3lm = build(PRESETS[args.preset], args.vocab_size, length, args.block_size, device)
         for batch in args.batch_sizes:
@@ -158,17 +167,8 @@ def main(argv=None) -> dict:
                 "ddpm_cache_over_ddpm_eager": round(speed["mdlm_ddpm_cache_eager"] / speed["mdlm_ddpm_eager"], 3),
                 "ddpm_graph_over_eager": round(speed["mdlm_ddpm"] / speed["mdlm_ddpm_eager"], 3),
             })
+            output.write_text(json.dumps(report, indent=2) + "\n")  # after every run: a cut-off run keeps the rest
         del mdlm, bd3lm
-    report = {
-        "benchmark": "sample_diffusion", "device": name, "device_type": device.type, "torch": torch.__version__,
-        "transformers": transformers.__version__, "preset": args.preset, "config": PRESETS[args.preset],
-        "vocab_size": args.vocab_size, "block_size": args.block_size, "tokens_per_step": args.tokens_per_step,
-        "precision": "bf16 autocast + tf32" if device.type == "cuda" else "fp32", "peak_flops_assumed": peak,
-        "runs": runs,
-    }
-    output = Path(args.output or Path(__file__).parent / "results" / f"sample_diffusion_{device.type}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
