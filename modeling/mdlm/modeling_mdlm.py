@@ -28,6 +28,7 @@ Deliberate deviations from the original:
     in `attention_mask` and timesteps outside (0, 1] (not floating, or not one per sequence) raise a `ValueError`.
 """
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -525,19 +526,16 @@ def uses_cuda_graphs(model, requested: bool) -> bool:
     return bool(requested) and model.device.type == "cuda" and model.config._attn_implementation in ("eager", "sdpa")
 
 
-class value_checks_off:
+@contextlib.contextmanager
+def value_checks_off(model):
     """Turn off the checks that read tensor values on an accelerator while `sample` runs: its inputs are checked
     once up front, and a check is a host sync (impossible inside a CUDA graph)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.saved = self.model.check_values_on_device
-        self.model.check_values_on_device = False
-
-    def __exit__(self, *exc):
-        self.model.check_values_on_device = self.saved
+    saved = model.check_values_on_device
+    model.check_values_on_device = False
+    try:
+        yield
+    finally:
+        model.check_values_on_device = saved
 
 
 def check_clean_labels(labels: torch.Tensor, noisy_ids: torch.Tensor, config, check_values: bool) -> None:
