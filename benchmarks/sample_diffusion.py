@@ -32,7 +32,10 @@ from benchmarks.train_diffusion import MASK_ID, PRESETS  # noqa: E402
 from benchmarks.train_mlm import PEAK_BF16_FLOPS  # noqa: E402
 from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM  # noqa: E402
 from modeling.mdlm import MdlmConfig, MdlmForMaskedDiffusionLM  # noqa: E402
-from modeling.mdlm.modeling_mdlm import CudaGraphedCall  # noqa: E402
+from modeling.bd3lm import modeling_bd3lm  # noqa: E402
+from modeling.mdlm import modeling_mdlm  # noqa: E402
+
+GRAPHED_CALLS = (modeling_mdlm.CudaGraphedCall, modeling_bd3lm.CudaGraphedCall)  # each exported file has its copy
 
 
 def build(preset: dict, vocab_size: int, length: int, block_size: int, device):
@@ -46,21 +49,23 @@ def build(preset: dict, vocab_size: int, length: int, block_size: int, device):
 class ForwardCounter:
     """Tokens that went through the denoiser's trunk, and the attention's query x key products: a hook on the first
     block counts eager calls (and the graph's warm-up and capture); a replayed graph runs no hook, so its replays are
-    counted at `CudaGraphedCall` with the key length its capture saw."""
+    counted at `CudaGraphedCall` (each modeling file's copy) with the key length its capture saw."""
 
     def __init__(self, model):
         self.tokens = self.attention = self.keys = 0
         trunk = getattr(model, "mdlm", None) or model.bd3lm
         self.hook = trunk.layers[0].register_forward_hook(self.count)
-        self.replay = CudaGraphedCall.__call__
-        counter = self
+        self.replays = [graphed.__call__ for graphed in GRAPHED_CALLS]
+        for graphed_class, replay in zip(GRAPHED_CALLS, self.replays):
+            graphed_class.__call__ = self.counted(replay)
 
+    def counted(self, replay):
         def counted_replay(graphed, *inputs):
-            counter.tokens += inputs[0].numel()
-            counter.attention += inputs[0].numel() * counter.keys
-            return counter.replay(graphed, *inputs)
+            self.tokens += inputs[0].numel()
+            self.attention += inputs[0].numel() * self.keys
+            return replay(graphed, *inputs)
 
-        CudaGraphedCall.__call__ = counted_replay
+        return counted_replay
 
     def count(self, module, inputs, output):
         hidden, key = inputs[0], output[1]
@@ -70,7 +75,8 @@ class ForwardCounter:
 
     def remove(self):
         self.hook.remove()
-        CudaGraphedCall.__call__ = self.replay
+        for graphed_class, replay in zip(GRAPHED_CALLS, self.replays):
+            graphed_class.__call__ = replay
 
 
 def forward_flops(model, counter: ForwardCounter) -> float:

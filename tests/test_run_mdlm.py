@@ -88,3 +88,21 @@ def test_two_process_run(tmp_path):
     assert json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
     assert (tmp_path / "checkpoint-4" / "ema.safetensors").is_file()
     verify(tmp_path / "export")
+
+
+def test_a_tokenizer_without_bos_starts_rows_with_its_cls_which_becomes_its_bos():
+    """transformers 5.17's Trainer copies the tokenizer's BOS (None for a WordPiece tokenizer) over config.bos_token_id
+    before training, which left BD3-LM's sampler without its first token; the [CLS] rows start with is the BOS."""
+    from transformers.trainer_utils import align_special_tokens
+
+    from modeling.bd3lm import Bd3lmConfig, Bd3lmForMaskedDiffusionLM
+    from tests.modeling_common import tiny_tokenizer
+    from trainers.diffusion_config import row_start_token
+
+    tokenizer = tiny_tokenizer(40)
+    assert tokenizer.bos_token_id is None and row_start_token(tokenizer) == 2 == tokenizer.bos_token_id
+    model = Bd3lmForMaskedDiffusionLM(Bd3lmConfig(vocab_size=40, mask_token_id=4, pad_token_id=0, bos_token_id=2,
+                                                  hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                  cond_dim=8, max_position_embeddings=8, block_size=4))
+    align_special_tokens(model, tokenizer)
+    assert model.config.bos_token_id == 2 and (model.sample(length=8)[:, 0] == 2).all()

@@ -134,11 +134,13 @@ def apply_overrides(model, overrides: dict) -> None:
 
 def row_start_token(tokenizer) -> int:
     """The token every packed row starts with, as the originals' wrapped rows start with BOS: the tokenizer's BOS, or
-    its [CLS]. BD3-LM never masks it (`ignore_bos`) and its sampler fixes it at position 0 (`config.bos_token_id`)."""
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    if token is None:
-        raise ValueError("the tokenizer has neither a BOS nor a [CLS] token to start each row with")
-    return token
+    its [CLS], which then becomes its BOS. BD3-LM never masks it (`ignore_bos`) and its sampler fixes it at position 0
+    (`config.bos_token_id`); a tokenizer without a BOS would have transformers' Trainer reset that id to None."""
+    if tokenizer.bos_token_id is None:
+        if tokenizer.cls_token is None:
+            raise ValueError("the tokenizer has neither a BOS nor a [CLS] token to start each row with")
+        tokenizer.bos_token = tokenizer.cls_token
+    return tokenizer.bos_token_id
 
 
 def example_texts(examples, training_args) -> list:

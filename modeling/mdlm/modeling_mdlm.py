@@ -307,12 +307,13 @@ def nucleus_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
-def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top_p: float = 1.0) -> torch.Tensor:
+def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top_p: float = 1.0):
     """One ancestral step of absorbing-state diffusion from time t to s < t. A masked position stays masked with
     probability `stay_masked` = move_chance(s) / move_chance(t) (broadcast over (B, T)), else it takes a token drawn
     from the SUBS distribution p(x_0 | x_t) (softmax of `logits` without the mask, optionally nucleus-filtered).
     Unmasked positions are kept (SUBS carry-over). This is the original's q(x_s | x_t) = p(x_0)(m_t - m_s) + m_s [MASK]
-    normalised by m_t, drawn in two stages so that only revealed rows need a softmax."""
+    normalised by m_t, drawn in two stages so that only revealed rows need a softmax. Returns the new ids and the
+    number of positions revealed."""
     masked = noisy == mask_token_id
     uniform = torch.rand(noisy.shape, device=noisy.device, generator=generator)
     rows = (masked & (uniform >= stay_masked)).nonzero(as_tuple=True)
@@ -320,7 +321,9 @@ def reveal_tokens(noisy, logits, stay_masked, mask_token_id: int, generator, top
     scores[:, mask_token_id] = float("-inf")
     revealed = noisy.clone()
     revealed[rows] = sample_categorical(nucleus_filter(scores.softmax(-1), top_p), generator)
-    return revealed
+    # how many tokens were revealed, known on the host already (`nonzero` synchronised): the caller's test of whether
+    # the denoiser must run again costs no further sync
+    return revealed, rows[0].numel()
 
 
 def reveal_most_confident(noisy, logits, count: int, mask_token_id: int, generator, top_p: float = 1.0):
@@ -530,12 +533,15 @@ def uses_cuda_graphs(model, requested: bool) -> bool:
 def value_checks_off(model):
     """Turn off the checks that read tensor values on an accelerator while `sample` runs: its inputs are checked
     once up front, and a check is a host sync (impossible inside a CUDA graph)."""
-    saved = model.check_values_on_device
-    model.check_values_on_device = False
+    models = [module for module in model.modules() if hasattr(module, "check_values_on_device")]  # + the trunk
+    saved = [module.check_values_on_device for module in models]
+    for module in models:
+        module.check_values_on_device = False
     try:
         yield
     finally:
-        model.check_values_on_device = saved
+        for module, value in zip(models, saved):
+            module.check_values_on_device = value
 
 
 def check_clean_labels(labels: torch.Tensor, noisy_ids: torch.Tensor, config, check_values: bool) -> None:
@@ -895,10 +901,10 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
         for step in range(num_steps):
             if logits is None:
                 logits = denoise(noisy, times[step].expand(noisy.shape[0]))
-            updated = reveal_tokens(noisy, logits, move_chance[step + 1] / move_chance[step], mask_id, generator, top_p)
-            if sampler == "ddpm" or not torch.equal(updated, noisy):
+            noisy, revealed = reveal_tokens(noisy, logits, move_chance[step + 1] / move_chance[step], mask_id,
+                                            generator, top_p)
+            if sampler == "ddpm" or revealed:
                 logits = None
-            noisy = updated
             on_step()
         return noisy
 
