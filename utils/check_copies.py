@@ -105,9 +105,9 @@ def resolve_module(root: Path, dotted: str) -> Tuple[Path, List[str]]:
     """The file of the longest prefix of `dotted` that is a module under `root`, and the object path after it."""
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):
-        path = root.joinpath(*parts[:cut]).with_suffix(".py")
-        if path.is_file():
-            return path, parts[cut:]
+        for path in (root.joinpath(*parts[:cut]).with_suffix(".py"), root.joinpath(*parts[:cut], "__init__.py")):
+            if path.is_file():  # a module, or a package's __init__
+                return path, parts[cut:]
     raise CopyError(f"{dotted} names no module under {root}")
 
 

@@ -29,9 +29,9 @@ Deliberate deviations from the original:
     raise a `ValueError`.
 """
 
-import contextlib
 import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -531,18 +531,20 @@ def uses_cuda_graphs(model, requested: bool) -> bool:
     return bool(requested) and model.device.type == "cuda" and model.config._attn_implementation in ("eager", "sdpa")
 
 
-@contextlib.contextmanager
-def value_checks_off(model):
-    """Turn off the checks that read tensor values on an accelerator while `sample` runs: its inputs are checked
-    once up front, and a check is a host sync (impossible inside a CUDA graph)."""
-    models = [module for module in model.modules() if hasattr(module, "check_values_on_device")]  # + the trunk
-    saved = [module.check_values_on_device for module in models]
-    for module in models:
-        module.check_values_on_device = False
+# Copied from modeling.device_value_checks
+@contextmanager
+def device_value_checks(model, enabled: bool):
+    """Within the block, turn on or off the range checks of ids and labels that hubzoo models run on accelerator
+    tensors (`check_values_on_device`: each is a host-device sync); for callers that checked the values on the CPU
+    already. The previous settings are restored on exit. Models without the switch are left alone."""
+    switches = [module for module in model.modules() if hasattr(module, "check_values_on_device")]
+    saved = [module.check_values_on_device for module in switches]
+    for module in switches:
+        module.check_values_on_device = enabled
     try:
         yield
     finally:
-        for module, value in zip(models, saved):
+        for module, value in zip(switches, saved):
             module.check_values_on_device = value
 
 
@@ -1016,7 +1018,7 @@ class Bd3lmForMaskedDiffusionLM(Bd3lmPreTrainedModel):
                        generator=generator)
         was_training = self.training
         self.eval()
-        with value_checks_off(self):
+        with device_value_checks(self, False):  # the inputs were checked above
             cache = _CachedBlocks(self, ids, real, cuda_graphs) if use_cache else None
             for index in tqdm(range(whole // block_size), disable=not progress, desc=f"BD3-LM {sampler}"):
                 span = slice(index * block_size, (index + 1) * block_size)
@@ -1087,6 +1089,7 @@ class _CachedBlocks:
         self.cos_table, self.sin_table = rotary_tables(config.max_position_embeddings, head_dim, config.rotary_base,
                                                        device)
         self.cos, self.sin = self.cos_table[:self.block_size].clone(), self.sin_table[:self.block_size].clone()
+        self.placed = None
         self._place(0)
         example = ids[:, :self.block_size]
         self.call = CudaGraphedCall(self._forward, example) if uses_cuda_graphs(model, cuda_graphs) else self._forward
@@ -1104,6 +1107,9 @@ class _CachedBlocks:
 
     def _place(self, index: int) -> None:
         """Point the call at block `index`: its rotary positions, and the finished blocks before it as keys."""
+        if index == self.placed:  # a denoised block is committed at the place it was denoised at
+            return
+        self.placed = index
         start = index * self.block_size
         self.cos.copy_(self.cos_table[start:start + self.block_size])
         self.sin.copy_(self.sin_table[start:start + self.block_size])

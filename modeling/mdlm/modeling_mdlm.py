@@ -28,9 +28,9 @@ Deliberate deviations from the original:
     in `attention_mask` and timesteps outside (0, 1] (not floating, or not one per sequence) raise a `ValueError`.
 """
 
-import contextlib
 import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -529,18 +529,20 @@ def uses_cuda_graphs(model, requested: bool) -> bool:
     return bool(requested) and model.device.type == "cuda" and model.config._attn_implementation in ("eager", "sdpa")
 
 
-@contextlib.contextmanager
-def value_checks_off(model):
-    """Turn off the checks that read tensor values on an accelerator while `sample` runs: its inputs are checked
-    once up front, and a check is a host sync (impossible inside a CUDA graph)."""
-    models = [module for module in model.modules() if hasattr(module, "check_values_on_device")]  # + the trunk
-    saved = [module.check_values_on_device for module in models]
-    for module in models:
-        module.check_values_on_device = False
+# Copied from modeling.device_value_checks
+@contextmanager
+def device_value_checks(model, enabled: bool):
+    """Within the block, turn on or off the range checks of ids and labels that hubzoo models run on accelerator
+    tensors (`check_values_on_device`: each is a host-device sync); for callers that checked the values on the CPU
+    already. The previous settings are restored on exit. Models without the switch are left alone."""
+    switches = [module for module in model.modules() if hasattr(module, "check_values_on_device")]
+    saved = [module.check_values_on_device for module in switches]
+    for module in switches:
+        module.check_values_on_device = enabled
     try:
         yield
     finally:
-        for module, value in zip(models, saved):
+        for module, value in zip(switches, saved):
             module.check_values_on_device = value
 
 
@@ -867,7 +869,7 @@ class MdlmForMaskedDiffusionLM(MdlmPreTrainedModel):
                    disable=not progress, desc=f"MDLM {sampler}")
         options = dict(sampler=sampler, num_steps=num_steps, tokens_per_step=tokens_per_step, top_p=top_p,
                        generator=generator, on_step=bar.update)
-        with value_checks_off(self):
+        with device_value_checks(self, False):  # the inputs were checked above
             denoise = self._denoiser(noisy, real, cuda_graphs)
             sequence = self._denoise(noisy, denoise, **options)
             for _ in range(num_strides):
