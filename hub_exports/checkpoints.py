@@ -11,9 +11,14 @@ def load_checkpoint(folder):
     """Load a saved hubzoo model folder (e.g. a Trainer checkpoint) with the local classes, strictly.
 
     Refuses a folder whose own modeling code differs from `modeling/`: exporting it would ship other code than the
-    code that produced the weights.
+    code that produced the weights. An adapter repo (or a LoRA run's checkpoint) is loaded onto its base export, as a
+    PeftModel (`hub_exports.adapters.load_adapter_model`).
     """
     folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        from hub_exports.adapters import load_adapter_model
+
+        return load_adapter_model(folder)
     config = json.loads((folder / "config.json").read_text())
     architectures = config.get("architectures") or [None]
     _, model_class = modeling.task_class(config.get("model_type"), architectures[0])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import modeling
+from hub_exports.adapters import export_adapter, is_peft_model
 from hub_exports.folder_swap import check_export_target, move_into_place, recover_killed_exports, staging_folder
 from hub_exports.manifest import write_manifest
 from hub_exports.model_cards import CardInfo, build_model_card
@@ -28,8 +29,11 @@ def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None, run_verif
 
     `out_dir` must be new, empty or an earlier export (see `check_export_target`). With `run_verify` (the default)
     the staged folder must pass `verify` against the in-memory model before it replaces `out_dir`; otherwise
-    `VerificationError` is raised and `out_dir` is left as it was.
+    `VerificationError` is raised and `out_dir` is left as it was. A PEFT model is written as an adapter repo over
+    its base export (`hub_exports.adapters.export_adapter`; `tokenizer` is then unused).
     """
+    if is_peft_model(model):  # a LoRA run: an adapter repo over its base export, whose tokenizer is the one
+        return export_adapter(model, out_dir, card=card, run_verify=run_verify)
     target = check_export_target(out_dir)
     problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
     if problems:

@@ -1,9 +1,15 @@
 """Load an exported folder the way a Hub user does, in an interpreter that never imported hubzoo.
 
 Run by `hub_exports.verify` as `python -I fresh_process_load.py <folder> <auto class> <inputs.safetensors>
-<outputs.safetensors>` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a scratch working directory. Imports
-only the standard library, torch, safetensors and transformers, so it also runs under other transformers versions
-(the 4.57 compatibility check uses it). Prints one JSON report on the last line of stdout.
+<outputs.safetensors> <new tokens> [<adapter folder>]` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a
+scratch working directory. Imports only the standard library, torch, safetensors and transformers (and peft for an
+adapter), so it also runs under other transformers versions (the 4.57 compatibility check uses it). Prints one JSON
+report on the last line of stdout.
+
+With an adapter folder, the base `<folder>` is loaded as above and the adapter put on it with
+`PeftModel.from_pretrained`, inside the same watch for warnings; the outputs are the adapted model's. A causal-LM
+adapter whose config names a local base is also loaded in one call, `AutoPeftModelForCausalLM.from_pretrained`, and
+the largest difference of its outputs from the first load is reported.
 
 A model that can generate also generates greedily from `generate_prompt` in the inputs file, with and without its
 cache: a user's first call after loading a causal LM. Its failure is reported (not raised), so that verify can name
@@ -29,7 +35,7 @@ class _Collect(logging.Handler):
         self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
-def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0"):
+def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0", adapter=None):
     new_tokens = int(new_tokens)
     transformers.logging.set_verbosity_warning()
     collector = _Collect()
@@ -38,6 +44,10 @@ def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0"):
         warnings.simplefilter("always")
         auto_class = getattr(transformers, auto_class_name)
         model, info = auto_class.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
         model.eval()
         inputs = load_file(inputs_path)
@@ -50,13 +60,14 @@ def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0"):
                                   truncation=True, return_tensors="pt")
             model(**tokenized)
     logging.getLogger("transformers").removeHandler(collector)  # generation reports its own warnings
-    main_output = outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
+    main_output = _main_output(outputs)
     save_file({"outputs": main_output.float().contiguous()}, outputs_path)
     input_embeddings, output_embeddings = model.get_input_embeddings(), model.get_output_embeddings()
+    base = model.get_base_model() if adapter else model
     report = {
         "transformers_version": transformers.__version__,
-        "class_module": type(model).__module__,
-        "class_name": type(model).__name__,
+        "class_module": type(base).__module__,
+        "class_name": type(base).__name__,
         "loading_info": {key: sorted(map(str, value)) for key, value in info.items() if value},
         "warnings": collector.messages + [f"{w.category.__name__}: {w.message}" for w in caught],
         "tied": None if output_embeddings is None
@@ -64,8 +75,35 @@ def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0"):
         "tokenizer_max_id": int(tokenized["input_ids"].max()),
         "can_generate": model.can_generate(),
         "generate": None if prompt is None or not model.can_generate() else _generate(model, prompt, new_tokens),
+        "auto_peft": _auto_peft(adapter, inputs, main_output) if adapter and auto_class_name == "AutoModelForCausalLM"
+        else None,
     }
     print(json.dumps(report))
+
+
+def _main_output(outputs):
+    return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
+
+
+def _auto_peft(adapter, inputs, expected):
+    """The adapter loaded in one call by PEFT's Auto class (its base from the adapter config): the largest output
+    difference from the two-step load, or why it could not be loaded; None when the config names a Hub id (offline
+    here)."""
+    import os
+
+    from peft import AutoPeftModelForCausalLM, PeftConfig
+
+    if not os.path.isdir(PeftConfig.from_pretrained(adapter).base_model_name_or_path):
+        return None
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            model = AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True).eval()
+            outputs = _main_output(model(**inputs)).float()
+    except Exception as error:  # reported to verify, which names it as the finding
+        return {"error": f"{type(error).__name__}: {error}"[-2000:]}
+    return {"max_diff": (outputs - expected.float()).abs().max().item(),
+            "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
 
 
 def _generate(model, prompt, new_tokens):
@@ -88,4 +126,4 @@ def _generate(model, prompt, new_tokens):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:7])

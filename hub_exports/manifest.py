@@ -10,6 +10,7 @@ import itertools
 import json
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 import torch
 import transformers
@@ -93,9 +94,9 @@ def probe_inputs(config, tokenizer) -> tuple:
                    for text, ids, kept in zip(PROBE_TEXTS, whole, probed)]
 
 
-def write_manifest(folder: Path, model, tokenizer) -> None:
+def write_manifest(folder: Path, model, tokenizer, extra: Optional[dict] = None) -> None:
     """Fingerprint the export: file hashes (the card may be edited later, so it is left out) and probe outputs (the
-    first features exactly, all of them through their digest)."""
+    first features exactly, all of them through their digest); `extra`: further entries (an adapter's base)."""
     probe, probed = probe_inputs(model.config, tokenizer)
     outputs = probe_outputs(model, probe)
     manifest = {
@@ -107,6 +108,7 @@ def write_manifest(folder: Path, model, tokenizer) -> None:
         "probe": {key: value.tolist() for key, value in probe.items()},
         "probe_output_sample": outputs[..., :PROBE_SAMPLE_WIDTH].tolist(),
         "probe_output_digest": output_digest(outputs).tolist(),
+        **(extra or {}),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 

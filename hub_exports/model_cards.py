@@ -97,6 +97,8 @@ class CardInfo:
 
 
 def build_model_card(model, card: CardInfo) -> ModelCard:
+    if type(model).__module__.split(".")[0] == "peft":  # a LoRA run's export: an adapter repo
+        return build_adapter_card(model, card)
     model_type = model.config.model_type
     auto_class, _ = modeling.task_class(model_type, type(model).__name__)
     pipeline_tag, usage = TASKS[auto_class]
@@ -133,6 +135,53 @@ def build_model_card(model, card: CardInfo) -> ModelCard:
         ),
         limitations=card.limitations,
         citation=citation.read_text().strip() if citation.exists() else "",
+    )
+
+
+# PEFT's one-call Auto class of an adapter over a base loaded with each transformers Auto class (masked LMs have none)
+AUTO_PEFT_CLASSES = {"AutoModelForCausalLM": "AutoPeftModelForCausalLM"}
+
+
+def build_adapter_card(model, card: CardInfo) -> ModelCard:
+    """The card of an adapter repo: `library_name: peft`, `base_model` (what the adapter config names), and a usage
+    snippet that loads the base with `trust_remote_code` and the adapter on it."""
+    base = model.get_base_model()
+    model_type = base.config.model_type
+    auto_class, _ = modeling.task_class(model_type, type(base).__name__)
+    pipeline_tag, _ = TASKS[auto_class]
+    config = model.peft_config[model.active_adapter]
+    trainable, total = model.get_nb_trainable_parameters()
+    eval_results = [_eval_result(m) for m in card.metrics]
+    model_name = (card.repo_id or f"{model_type}-lora").split("/")[-1]
+    base_model = config.base_model_name_or_path
+    data = ModelCardData(
+        language=card.language, license=card.license, library_name="peft", pipeline_tag=pipeline_tag,
+        base_model=base_model, tags=["hubzoo", model_type, "custom_code", "lora", "peft"],
+        datasets=card.datasets or None, model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    is_hub_id = not Path(base_model).is_absolute()
+    return ModelCard.from_template(
+        data,
+        template_path=str(CARD_DIR / "adapter_template.md"),
+        model_name=model_name,
+        repo_id=card.repo_id or "path/to/this/folder",
+        description=card.description,
+        rank=config.r, alpha=config.lora_alpha, num_targets=len(config.target_modules),
+        modules_to_save=", ".join(f"`{name}`" for name in sorted(config.modules_to_save or ())),
+        num_trainable=f"{trainable:,}", num_parameters=f"{total - trainable:,}",
+        architecture=type(base).__name__, model_type=model_type, base_model=base_model,
+        base_model_link=f"https://huggingface.co/{base_model}" if is_hub_id else base_model,
+        hubzoo_version=metadata.version("hubzoo"), transformers_version=transformers.__version__,
+        peft_version=metadata.version("peft"), auto_class=auto_class,
+        auto_peft_class=AUTO_PEFT_CLASSES.get(auto_class, ""),
+        training_data=card.training_data,
+        training_procedure=card.training_procedure,
+        metrics_table="".join(
+            f"| {m.task_type} | {m.dataset_name} | {m.metric_name or m.metric_type} | {m.metric_value} |\n"
+            for m in card.metrics
+        ),
+        limitations=card.limitations,
     )
 
 

@@ -10,8 +10,13 @@ from transformers import AutoTokenizer, GPT2TokenizerFast
 def load_tokenizer(name_or_folder: str):
     """A tokenizer folder or Hub name; a folder holding only GPT-2's BPE files (`vocab.json`/`merges.txt`, optionally
     prefixed `gpt2_`) gives GPT-2's tokenizer, <|endoftext|> (50256) as EOS and BOS. A tokenizer without a pad token
-    (GPT-2) pads with its EOS: padding is never attended and never counted, and EOT opens a document anyway."""
+    (GPT-2) pads with its EOS: padding is never attended and never counted, and EOT opens a document anyway. An
+    adapter repo gives its base's tokenizer."""
     folder = Path(name_or_folder)
+    if (folder / "adapter_config.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        from hub_exports.adapters import resolve_base_folder
+
+        folder = name_or_folder = resolve_base_folder(folder)  # an adapter repo ships none: its base's is the one
     tokenizer = None
     for prefix in ("", "gpt2_"):
         vocab, merges = folder / f"{prefix}vocab.json", folder / f"{prefix}merges.txt"

@@ -44,6 +44,11 @@ FRESH_LOADER = Path(__file__).with_name("fresh_process_load.py")
 SHIPPED_FILES = {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", MANIFEST}
 SHIPPED_CODE = re.compile(r"(configuration|modeling)_[a-z0-9_]+\.py")
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: the folder is an adapter repo
+# Warnings a load raises whatever the model, from one client library about another, hence no finding about the
+# export: PEFT (0.21) reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model, which
+# transformers 5.2x answers with a FutureWarning. Every other warning fails the load.
+FOREIGN_WARNINGS = ("FutureWarning: `is_gradient_checkpointing` is deprecated",)
 GENERATE_TOKENS = 4  # new tokens of the generation check: enough to use the cache a few times, cheap on any model
 
 
@@ -60,8 +65,11 @@ class VerificationError(Exception):
         self.checks = checks
 
 
-def verify(folder, reference_model=None, python: Optional[str] = None, atol: Optional[float] = None) -> list:
-    """Run every check on `folder`; return the checks or raise `VerificationError`.
+def verify(folder, reference_model=None, python: Optional[str] = None, atol: Optional[float] = None,
+           base=None) -> list:
+    """Run every check on `folder`; return the checks or raise `VerificationError`. An adapter repo (a LoRA run's
+    export) is checked by `hub_exports.adapters.verify_adapter` instead, on its base (`base`: a local copy of a base
+    that the adapter names by Hub id).
 
     `reference_model`: the in-memory model the export came from, compared on the probe as well. `python`:
     interpreter for the fresh-process load (default: this one). `atol`: output tolerance (default 1e-5).
@@ -72,6 +80,10 @@ def verify(folder, reference_model=None, python: Optional[str] = None, atol: Opt
         recover_killed_exports(folder)
     if not folder.is_dir():
         raise VerificationError(f"verify {folder}: not a directory", [])
+    if (folder / ADAPTER_CONFIG).is_file():
+        from hub_exports.adapters import verify_adapter
+
+        return verify_adapter(folder, reference_model=reference_model, python=python, atol=atol, base=base)
     manifest = read_manifest(folder)
     checks = [_run_check("files", _check_files, folder), _run_check("manifest", _check_manifest, folder, manifest)]
     config = _read_config(folder)
@@ -224,14 +236,16 @@ def _check_card(folder: Path, config) -> Check:
     return Check("model card", not problems, "; ".join(problems) or detail)
 
 
-def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, python: str, atol: float) -> list:
+def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, python: str, atol: float,
+                      adapter: Optional[Path] = None) -> list:
+    """The fresh-process checks of the export in `folder` (of `config`), or of `adapter` put on it as its base."""
     auto_class, model_class = modeling.task_class(config.model_type, config.architectures[0])
     probe = {key: torch.tensor(value) for key, value in manifest["probe"].items()}
     with tempfile.TemporaryDirectory(prefix="hubzoo-verify-") as scratch:
         scratch = Path(scratch)
         prompt, new_tokens = _generate_prompt(probe, config)
         save_file({**probe, "generate_prompt": prompt}, scratch / "inputs.safetensors")
-        report, error = _run_fresh(python, folder, auto_class, scratch, new_tokens)
+        report, error = _run_fresh(python, folder, auto_class, scratch, new_tokens, adapter)
         if error:
             return [Check("fresh-process load", False, error)]
         remote = load_file(scratch / "outputs.safetensors")["outputs"]
@@ -258,6 +272,8 @@ def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, pyt
             problems.append(f"outputs differ from the in-memory model by {diff:.3g}")
     detail = "; ".join(problems) or f"{', '.join(details)} (tolerance {atol:g}, {tuple(remote.shape[:2])} probe)"
     checks.append(Check("outputs", not problems, detail))
+    if report.get("auto_peft") is not None:
+        checks.append(_judge_auto_peft(report["auto_peft"], atol))
     if report["generate"] is not None:
         checks.append(_judge_generation(report["generate"], new_tokens))
     elif auto_class == "AutoModelForCausalLM":  # loaded as a causal LM, it must generate
@@ -297,12 +313,23 @@ def _judge_generation(result: dict, new_tokens: int) -> Check:
     return Check("generate", not problems, detail)
 
 
-def _run_fresh(python: str, folder: Path, auto_class: str, scratch: Path, new_tokens: int) -> tuple:
+def _judge_auto_peft(result: dict, atol: float) -> Check:
+    if "error" in result:
+        return Check("AutoPeftModel load", False, f"AutoPeftModelForCausalLM.from_pretrained failed: {result['error']}")
+    problems = [f"warnings: {own_warnings(result['warnings'])}"] if own_warnings(result["warnings"]) else []
+    if result["max_diff"] > atol:
+        problems.append(f"outputs differ from base + PeftModel.from_pretrained by {result['max_diff']:.3g}")
+    return Check("AutoPeftModel load", not problems, "; ".join(problems) or
+                 f"AutoPeftModelForCausalLM: max |diff| {result['max_diff']:.3g} vs base + adapter, no warnings")
+
+
+def _run_fresh(python: str, folder: Path, auto_class: str, scratch: Path, new_tokens: int,
+               adapter: Optional[Path] = None) -> tuple:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(scratch / "modules"), HF_HOME=str(scratch / "hf_home"),
                HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
     command = [python, "-I", str(FRESH_LOADER), str(folder), auto_class, str(scratch / "inputs.safetensors"),
-               str(scratch / "outputs.safetensors"), str(new_tokens)]
+               str(scratch / "outputs.safetensors"), str(new_tokens)] + ([str(adapter)] if adapter else [])
     try:
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
@@ -315,14 +342,19 @@ def _run_fresh(python: str, folder: Path, auto_class: str, scratch: Path, new_to
         return None, f"fresh process printed no report:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
 
 
+def own_warnings(messages: list) -> list:
+    """The warnings that are findings about the export (all but FOREIGN_WARNINGS)."""
+    return [message for message in messages if not message.startswith(FOREIGN_WARNINGS)]
+
+
 def _judge_fresh_load(report: dict, config) -> Check:
     problems = []
     if not report["class_module"].startswith("transformers_modules"):
         problems.append(f"class came from {report['class_module']}, not the exported code")
     if report["loading_info"]:
         problems.append(f"loading info not empty: {report['loading_info']}")
-    if report["warnings"]:
-        problems.append(f"warnings while loading: {report['warnings']}")
+    if own_warnings(report["warnings"]):
+        problems.append(f"warnings while loading: {own_warnings(report['warnings'])}")
     # Judged from the loaded model itself, not from what the class declares: a class that forgot its tie must fail.
     if report["tied"] is False and config.tie_word_embeddings:
         problems.append("untied head: config.tie_word_embeddings is true but the loaded output embedding does not "

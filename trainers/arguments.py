@@ -10,6 +10,8 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from trainers.adapters import check_peft_spec
+
 
 @dataclass
 class ModelArguments:
@@ -131,6 +133,17 @@ class RunTrainingArguments(TrainingArguments):
     max_train_minutes: Optional[float] = field(
         default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
     )
+    peft: dict = field(
+        default_factory=dict,
+        metadata={"help": "LoRA fine-tuning of the run's base export instead of full fine-tuning, e.g. {type: lora, "
+                          "r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear, modules_to_save: [...]} "
+                          "(trainers/adapters.py); the run then exports adapter repos. Empty: full fine-tuning."},
+    )
+
+    def __post_init__(self):
+        if self.peft:
+            check_peft_spec(self.peft)  # before any work: a misspelt key would train with a default
+        super().__post_init__()
 
 
 @dataclass
@@ -151,6 +164,9 @@ class MuonTrainingArguments(RunTrainingArguments):
     )
 
     def __post_init__(self):
+        if self.peft and self.optimizer == "muon":
+            raise ValueError("peft trains LoRA matrices (and modules_to_save) with AdamW: set optimizer: adamw "
+                             "(Muon orthogonalises the blocks' full weight matrices, which LoRA freezes)")
         if self.cooldown_fraction is not None:
             if self.lr_scheduler_type != "warmup_stable_decay":
                 raise ValueError("cooldown_fraction belongs to lr_scheduler_type=warmup_stable_decay")

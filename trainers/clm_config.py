@@ -11,6 +11,7 @@ import torch
 
 from hub_exports import CardInfo, Metric, load_checkpoint, load_tokenizer
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
+from trainers.adapters import check_peft_base, with_peft
 from trainers.arguments import MuonTrainingArguments
 from trainers.clm_data import documents_as_rows, pack_documents
 from trainers.finishing import RunReport
@@ -34,6 +35,7 @@ class CausalLMTrainingArguments(MuonTrainingArguments):
 
 
 def check_model_arguments(model_args, training_args) -> None:
+    check_peft_base(training_args.peft, training_args.init_from)
     if training_args.init_from and model_args.config_overrides:
         raise ValueError("with init_from, config_overrides must be empty: the checkpoint is continued as it was saved")
     check_overrides(model_args.config_overrides, ModdedGptConfig, required=MODDED_GPT_REQUIRED_FIELDS,
@@ -42,9 +44,9 @@ def check_model_arguments(model_args, training_args) -> None:
                     init_from=training_args.init_from, can_init_from=True)
 
 
-def build_model(model_args, training_args, tokenizer, max_seq_length: int) -> ModdedGptForCausalLM:
+def build_model(model_args, training_args, tokenizer, max_seq_length: int):
     """A new model sized by `config_overrides`, its vocabulary and special ids from the tokenizer; or `init_from`
-    continued, which must have been trained with this tokenizer."""
+    continued, which must have been trained with this tokenizer (with `peft`: wrapped for LoRA training)."""
     check_model_arguments(model_args, training_args)
     if training_args.init_from:
         model = continued_model(training_args.init_from, tokenizer, max_seq_length)
@@ -60,7 +62,7 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int) -> Mo
             raise ValueError(f"attn_implementation must be 'sdpa' or 'flex_attention', got "
                              f"{model_args.attn_implementation!r}")
         model.config._attn_implementation = model_args.attn_implementation  # read at every forward
-    return model
+    return with_peft(model, training_args.peft, training_args.init_from, task_type="CAUSAL_LM")
 
 
 def continued_model(folder, tokenizer, max_seq_length: int) -> ModdedGptForCausalLM:
@@ -77,8 +79,8 @@ def continued_model(folder, tokenizer, max_seq_length: int) -> ModdedGptForCausa
 
 
 def obtain_gpt_tokenizer(model_args, training_args, train_texts):
-    if model_args.tokenizer_name:
-        return load_tokenizer(model_args.tokenizer_name)
+    if model_args.tokenizer_name or training_args.init_from:  # a continued model keeps the tokenizer it was saved with
+        return load_tokenizer(model_args.tokenizer_name or training_args.init_from)
     if model_args.tokenizer_type != "bpe":
         raise ValueError("a causal LM trains a BPE tokenizer: set tokenizer_type: bpe (or give tokenizer_name)")
     return obtain_tokenizer(model_args, training_args, train_texts)

@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers import set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
+from trainers.adapters import adapter_card
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.clm_config import (CausalLMTrainingArguments, build_datasets, build_model, check_model_arguments,
                                  evaluate_export, model_card, obtain_gpt_tokenizer, perplexity_metric)
@@ -46,7 +47,8 @@ def main(model_args, data_args, training_args) -> None:
     logger.info("%s: %s parameters, %d train / %d eval rows of %d tokens; %d process(es)", type(model).__name__,
                 f"{model.num_parameters():,}", len(train_set), len(eval_set), data_args.max_seq_length,
                 training_args.world_size)
-    card = model_card(model, data_args, training_args, len(train_texts))
+    card = adapter_card(model_card(model, data_args, training_args, len(train_texts)), training_args.peft,
+                        training_args.init_from)
     check_before_training(training_args.output_dir, model=model, tokenizer=tokenizer, card=card)
     trainer = CausalLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                               processing_class=tokenizer,

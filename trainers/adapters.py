@@ -1,0 +1,144 @@
+"""LoRA fine-tuning in the run scripts: the `peft` setting of the training arguments, checked before any work and
+turned into a PEFT model of the loaded checkpoint (`peft.get_peft_model`).
+
+    peft: {type: lora, r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear, modules_to_save: [score]}
+
+in the YAML, or `--peft '{"type": "lora", "r": 8}'` as a flag. Every key but `type` has the default shown, except
+`modules_to_save` (none; a run adds the modules it creates itself, e.g. a new classification head) and `base_model`
+(the Hub id under which the base export is published, named in the adapter repo instead of its local folder).
+LoRA fine-tunes a trained model: the base is the run's `init_from` (or the classifier's `model_name_or_path`), which
+must be a hubzoo export, because the adapter repo names it as the model to load first. The run then trains the
+adapter (and `modules_to_save` in full), and its exports are adapter repos (`hub_exports/adapters.py`).
+"""
+
+import logging
+import re
+from pathlib import Path
+from typing import Optional
+
+from hub_exports.manifest import MANIFEST
+
+logger = logging.getLogger(__name__)
+
+LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear", "modules_to_save": [],
+                 "bias": "none", "use_rslora": False, "base_model": None}
+PEFT_TYPES = ("lora",)
+ALL_LINEAR = "all-linear"
+
+
+def check_peft_spec(spec: dict) -> dict:
+    """The `peft` setting with its defaults filled in; a ValueError naming the key for anything that is not a LoRA
+    setting of the right type (a misspelt key would otherwise train with the default silently)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"peft must be a mapping such as {{type: lora, r: 8}}, got {spec!r}")
+    if spec.get("type") not in PEFT_TYPES:
+        raise ValueError(f"peft.type must be one of {list(PEFT_TYPES)}, got {spec.get('type')!r}")
+    unknown = sorted(set(spec) - set(LORA_DEFAULTS) - {"type"})
+    if unknown:
+        raise ValueError(f"peft: unknown key(s) {unknown}; a LoRA setting takes {sorted(LORA_DEFAULTS)}")
+    full = {**LORA_DEFAULTS, **spec}
+    if not isinstance(full["r"], int) or isinstance(full["r"], bool) or full["r"] < 1:
+        raise ValueError(f"peft.r must be a positive integer, got {full['r']!r}")
+    if not isinstance(full["alpha"], (int, float)) or isinstance(full["alpha"], bool) or full["alpha"] <= 0:
+        raise ValueError(f"peft.alpha must be a positive number, got {full['alpha']!r}")
+    if not isinstance(full["dropout"], (int, float)) or not 0 <= full["dropout"] < 1:
+        raise ValueError(f"peft.dropout must lie in [0, 1), got {full['dropout']!r}")
+    targets = full["target_modules"]
+    if not (isinstance(targets, str) and targets) and not (
+            isinstance(targets, list) and targets and all(isinstance(name, str) and name for name in targets)):
+        raise ValueError(f"peft.target_modules must be '{ALL_LINEAR}', a regular expression or a non-empty list of "
+                         f"module names, got {targets!r}")
+    saved = full["modules_to_save"]
+    if not isinstance(saved, list) or not all(isinstance(name, str) and name for name in saved):
+        raise ValueError(f"peft.modules_to_save must be a list of module names, got {saved!r}")
+    if full["bias"] not in ("none", "all", "lora_only"):
+        raise ValueError(f"peft.bias must be 'none', 'all' or 'lora_only', got {full['bias']!r}")
+    if not isinstance(full["use_rslora"], bool):
+        raise ValueError(f"peft.use_rslora must be true or false, got {full['use_rslora']!r}")
+    if full["base_model"] is not None and not (isinstance(full["base_model"], str) and full["base_model"]):
+        raise ValueError(f"peft.base_model must be a Hub id, got {full['base_model']!r}")
+    return full
+
+
+def check_peft_base(spec: dict, base: Optional[str], flag: str = "init_from") -> None:
+    """A LoRA run needs a base that an adapter repo can name: a hubzoo export folder (checked before any work)."""
+    if base and (Path(base) / "adapter_config.json").is_file():
+        raise ValueError(f"{flag} {base} is an adapter repo, not a model: fold it into its base first (python -m "
+                         "hub_exports export --model ADAPTER --merge --out FOLDER) and start from that export")
+    if not spec:
+        return
+    if not base:
+        raise ValueError(f"peft fine-tunes a trained model: give {flag} (a hubzoo export folder), not a new model")
+    if not (Path(base) / MANIFEST).is_file():
+        raise ValueError(f"peft: {flag} {base} is not a hubzoo export (no {MANIFEST}); the adapter repo names its "
+                         "base as the model a user loads first, so the base must be an export (e.g. a run's export/ "
+                         "or a checkpoint's checkpoint-N/export)")
+
+
+def matching_modules(model, pattern) -> list:
+    """The names of `model`'s modules that PEFT's `target_modules` entry `pattern` selects: a full name or a dotted
+    suffix for a name in a list, a full match for a regular expression."""
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(pattern, list):
+        return [name for name in names if any(name == entry or name.endswith("." + entry) for entry in pattern)]
+    return [name for name in names if re.fullmatch(pattern, name)]
+
+
+def linear_suffixes(model) -> list:
+    """The distinct last components of the names of `model`'s linear layers (what a user names in target_modules)."""
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+def check_targets(model, spec: dict, modules_to_save) -> None:
+    """Every entry of `target_modules` and of `modules_to_save` must select a module of `model`: PEFT itself refuses
+    only a list none of whose entries matches, so a misspelt one would silently leave its layers untrained."""
+    targets = spec["target_modules"]
+    what = type(model).__name__
+    if targets == ALL_LINEAR:
+        if not linear_suffixes(model):
+            raise ValueError(f"peft.target_modules {ALL_LINEAR}: {what} has no linear layer")
+        return
+    entries = targets if isinstance(targets, list) else [targets]
+    unmatched = [entry for entry in entries
+                 if not matching_modules(model, [entry] if isinstance(targets, list) else entry)]
+    if unmatched:
+        raise ValueError(f"peft.target_modules {unmatched} match no module of {what}; its linear layers are named "
+                         f"{linear_suffixes(model)} (or use '{ALL_LINEAR}')")
+    missing = [name for name in modules_to_save if not matching_modules(model, [name])]
+    if missing:
+        raise ValueError(f"peft.modules_to_save {missing} match no module of {what}")
+
+
+def with_peft(model, spec: dict, base: str, extra_modules_to_save=(), task_type: Optional[str] = None):
+    """`model` (loaded from the export `base`) wrapped for LoRA training as `spec` says, or `model` itself when
+    `spec` is empty. `extra_modules_to_save`: modules the run created (a new head), always trained in full."""
+    if not spec:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    spec = check_peft_spec(spec)
+    modules_to_save = list(dict.fromkeys([*spec["modules_to_save"], *extra_modules_to_save]))
+    check_targets(model, spec, modules_to_save)
+    config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
+                        target_modules=spec["target_modules"], modules_to_save=modules_to_save or None,
+                        bias=spec["bias"], use_rslora=spec["use_rslora"], task_type=task_type,
+                        base_model_name_or_path=spec["base_model"] or str(Path(base).resolve()))
+    wrapped = get_peft_model(model, config)
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    logger.info("LoRA r=%d alpha=%s on %d modules of %s%s: %s of %s parameters trainable (%.2f%%)", spec["r"],
+                spec["alpha"], len(wrapped.peft_config["default"].target_modules), type(model).__name__,
+                f", {modules_to_save} in full" if modules_to_save else "", f"{trainable:,}", f"{total:,}",
+                100 * trainable / total)
+    return wrapped
+
+
+def adapter_card(card, spec: dict, base: str):
+    """`card` (a run's CardInfo) describing a LoRA fine-tune of the export `base` instead of the model itself."""
+    if spec:
+        card.description = (f"A LoRA adapter (r {spec.get('r', LORA_DEFAULTS['r'])}) fine-tuned by hubzoo on the "
+                            f"export {Path(base).name}: {card.description}")
+    return card
+
