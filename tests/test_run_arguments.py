@@ -152,8 +152,8 @@ def test_a_wire_without_its_size_is_refused_before_any_work(tmp_path, no_work):
 def test_every_shipped_config_states_its_size(path, tmp_path):
     flags = [str(path), "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--tf32", "false"]
     if path.name.startswith("ltg_bert"):
-        run_ltg_bert.check_model_arguments(parse_args((ModelArguments, DataArguments, MaskedLMTrainingArguments),
-                                                      flags)[0])
+        model_args, _, training_args = parse_args((ModelArguments, DataArguments, MaskedLMTrainingArguments), flags)
+        run_ltg_bert.check_model_arguments(model_args, training_args)
     elif path.name.startswith(("mdlm", "bd3lm")):
         model_args, _, training_args = run_mdlm.parse(flags)
         if not training_args.init_from:  # mdlm_sst2 continues another run's export

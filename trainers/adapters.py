@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from hub_exports.adapters import BASE_FOLDER
 from hub_exports.manifest import MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -124,9 +125,13 @@ def with_peft(model, spec: dict, base: str, extra_modules_to_save=(), task_type:
     check_targets(model, spec, modules_to_save)
     config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
                         target_modules=spec["target_modules"], modules_to_save=modules_to_save or None,
-                        bias=spec["bias"], use_rslora=spec["use_rslora"], task_type=task_type,
-                        base_model_name_or_path=spec["base_model"] or str(Path(base).resolve()))
+                        bias=spec["bias"], use_rslora=spec["use_rslora"], task_type=task_type)
     wrapped = get_peft_model(model, config)
+    # get_peft_model names the base by the path it was loaded from, maybe relative: the adapter repo names it by its
+    # Hub id, or by its absolute folder, which the export also reads it from
+    folder = str(Path(base).resolve())
+    wrapped.peft_config["default"].base_model_name_or_path = spec["base_model"] or folder
+    setattr(wrapped, BASE_FOLDER, folder)
     trainable, total = wrapped.get_nb_trainable_parameters()
     logger.info("LoRA r=%d alpha=%s on %d modules of %s%s: %s of %s parameters trainable (%.2f%%)", spec["r"],
                 spec["alpha"], len(wrapped.peft_config["default"].target_modules), type(model).__name__,
@@ -139,6 +144,6 @@ def adapter_card(card, spec: dict, base: str):
     """`card` (a run's CardInfo) describing a LoRA fine-tune of the export `base` instead of the model itself."""
     if spec:
         card.description = (f"A LoRA adapter (r {spec.get('r', LORA_DEFAULTS['r'])}) fine-tuned by hubzoo on the "
-                            f"export {Path(base).name}: {card.description}")
+                            f"export {base}: {card.description}")
     return card
 

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import AutoTokenizer
-
 from eval_suites.blimp import evaluate_blimp, load_pairs
 from eval_suites.blimp import markdown_report as blimp_report
 from eval_suites.perplexity import markdown_report, perplexity_report
-from hub_exports import CardInfo, Metric, full_fp32_matmuls, load_checkpoint
+from hub_exports import CardInfo, Metric, full_fp32_matmuls, load_checkpoint, load_tokenizer
 from modeling import DIFFUSION_POLICIES, diffusion_policy
+from trainers.adapters import check_peft_base, with_peft
 from trainers.arguments import RunTrainingArguments
 from trainers.collators import PROMPT_MASK
 from trainers.embedded_corpus import write_minimal_pairs
@@ -87,6 +86,7 @@ def check_objective(data_args, training_args) -> None:
 
 
 def check_model_arguments(model_args, training_args) -> None:
+    check_peft_base(training_args.peft, training_args.init_from)
     policy = DIFFUSION_POLICIES[training_args.algorithm]
     check_overrides(model_args.config_overrides, policy.config_class, required=policy.required_fields,
                     set_by_run=("vocab_size", "mask_token_id", "pad_token_id", "bos_token_id",
@@ -95,7 +95,8 @@ def check_model_arguments(model_args, training_args) -> None:
 
 
 def build_model(model_args, training_args, tokenizer, max_seq_length: int):
-    """A new model from `config_overrides` (every architecture field stated), or `init_from` loaded strictly."""
+    """A new model from `config_overrides` (every architecture field stated), or `init_from` loaded strictly (with
+    `peft`: wrapped for LoRA training; the EMA then averages what is trained, the adapter)."""
     check_model_arguments(model_args, training_args)
     overrides = dict(model_args.config_overrides)
     if training_args.init_from:
@@ -110,7 +111,7 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
             raise ValueError(f"max_seq_length {max_seq_length} exceeds init_from's max_position_embeddings "
                              f"{model.config.max_position_embeddings}")
         apply_overrides(model, overrides)
-        return model
+        return with_peft(model, training_args.peft, training_args.init_from)
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise ValueError("masked diffusion needs a tokenizer with [MASK] and [PAD] tokens")
     policy = DIFFUSION_POLICIES[training_args.algorithm]
@@ -194,7 +195,7 @@ def evaluate_export(data_args, training_args, folder: Path, eval_set, eval_loss:
     prompt-conditioned objective, completions of that many held-out prompts (their agreement with the reference
     completion tokens is reported)."""
     model = load_checkpoint(folder).to(training_args.device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)  # an adapter repo's is its base's
     rows = [list(ids) for ids in eval_set["input_ids"][:training_args.nelbo_max_sequences]]
     with full_fp32_matmuls():
         bound = perplexity_report(model, rows, num_samples=training_args.nelbo_samples, seed=training_args.seed)

@@ -68,6 +68,12 @@ class LatentWireTrainingArguments(RunTrainingArguments):
     # The batch holds no `labels`; the answer columns must reach compute_loss.
     remove_unused_columns: bool = field(default=False)
 
+    def __post_init__(self):
+        if self.peft:
+            raise ValueError("peft: run_latent_wire trains the wire in full and keeps its decoders frozen; it takes no "
+                             "LoRA setting")
+        super().__post_init__()
+
 
 def check_overrides_of(args: WireArguments) -> None:
     """The wire states its size; each demo decoder's overrides name a demo decoder and fields of its config."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
+from trainers.adapters import adapter_card
 from trainers.arguments import MuonTrainingArguments, parse_args
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
@@ -34,15 +35,16 @@ logger = logging.getLogger(__name__)
 
 def main(args: ParallelArguments, training_args: MuonTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_model_arguments(args)
+    check_model_arguments(args, training_args.peft)
     set_seed(training_args.seed)
     english, french = read_pairs(args.source_train, args.target_train, args.max_train_pairs)
     tokenizer = obtain_tokenizer(args, training_args, english, french)
     train_set, eval_set = encode_pairs(tokenizer, args, english, french), held_out_rows(tokenizer, args)
-    model = build_model(args, tokenizer)
+    model = build_model(args, tokenizer, training_args.peft)
     logger.info("%s: %s parameters, %d train / %d eval pairs", type(model).__name__, f"{model.num_parameters():,}",
                 len(train_set), len(eval_set))
-    card = model_card(model, args, training_args, len(train_set)) if is_exported(model) else None
+    card = adapter_card(model_card(model, args, training_args, len(train_set)), training_args.peft,
+                        args.init_from) if is_exported(model) else None
     check_before_training(training_args.output_dir, [args.source_test, args.target_test, args.word_similarity_dir],
                           model, tokenizer, card)
     trainer = CausalLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,

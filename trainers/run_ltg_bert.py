@@ -4,7 +4,8 @@
     accelerate launch trainers/run_ltg_bert.py trainers/configs/ltg_bert_small.yaml --train_file corpus.txt
 
 A config states the model's size (`config_overrides`: hidden_size, num_hidden_layers, num_attention_heads,
-intermediate_size). Without `train_file`/`dataset_name` it trains on the embedded corpus (generated, no downloads) and
+intermediate_size), or `init_from` names an export to continue pretraining (loaded strictly; `peft` then trains a
+LoRA adapter of it instead of every weight). Without `train_file`/`dataset_name` it trains on the embedded corpus (generated, no downloads) and
 scores its own minimal pairs. The tokenizer is trained on the training text unless `tokenizer_name` is given;
 `vocab_size` and the special ids are read from it. Outputs in `output_dir`: Trainer checkpoints (each with a verified
 `export/`), the final `export/`, `loss_curve.png`, `blimp.json` and `blimp.md`.
@@ -14,12 +15,14 @@ import json
 import logging
 from pathlib import Path
 
-from transformers import AutoTokenizer, set_seed
+from transformers import set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
 from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
-from hub_exports import CardInfo, Metric, full_fp32_matmuls, load_checkpoint
+from hub_exports import CardInfo, Metric, full_fp32_matmuls, load_checkpoint, load_tokenizer
+from hub_exports.tokenizer_checks import tokenizer_problems
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
+from trainers.adapters import adapter_card, check_peft_base, with_peft
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.collators import MaskedLMCollator, MaskingEpochCallback
 from trainers.embedded_corpus import write_minimal_pairs
@@ -34,13 +37,28 @@ logger = logging.getLogger(__name__)
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
-def check_model_arguments(model_args) -> None:
+def check_model_arguments(model_args, training_args) -> None:
+    check_peft_base(training_args.peft, training_args.init_from)
+    if training_args.init_from and model_args.config_overrides:
+        raise ValueError("with init_from, config_overrides must be empty: the checkpoint is continued as it was saved")
     check_overrides(model_args.config_overrides, LtgBertConfig, required=SIZE_FIELDS,
-                    set_by_run=("vocab_size", "pad_token_id"))
+                    set_by_run=("vocab_size", "pad_token_id"), init_from=training_args.init_from)
 
 
-def build_model(model_args, tokenizer, max_seq_length: int) -> LtgBertForMaskedLM:
-    check_model_arguments(model_args)
+def build_model(model_args, training_args, tokenizer, max_seq_length: int):
+    """A new LTG-BERT sized by `config_overrides`, or `init_from` continued (with `peft`: wrapped for LoRA)."""
+    check_model_arguments(model_args, training_args)
+    if training_args.init_from:
+        model = load_checkpoint(training_args.init_from)  # strict
+        if not isinstance(model, LtgBertForMaskedLM):
+            raise ValueError(f"init_from holds a {type(model).__name__}; run_ltg_bert continues an LtgBertForMaskedLM")
+        problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
+        if problems:
+            raise ValueError(f"init_from does not fit the tokenizer ({'; '.join(problems)}): pass its tokenizer")
+        if max_seq_length > model.config.max_position_embeddings:
+            raise ValueError(f"max_seq_length {max_seq_length} exceeds init_from's max_position_embeddings "
+                             f"{model.config.max_position_embeddings}")
+        return with_peft(model, training_args.peft, training_args.init_from)
     config = LtgBertConfig(
         **{"max_position_embeddings": max(512, max_seq_length), **model_args.config_overrides},
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
@@ -67,7 +85,7 @@ def score_blimp(data_args, training_args, folder: Path) -> RunReport:
     """Score the export as a user would load it (fp32, from its files), not the in-memory training model, which may
     still carry the mixed-precision forward that Trainer installed."""
     model = load_checkpoint(folder).to(training_args.device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)  # an adapter repo's is its base's
     pairs_dir = data_args.blimp_dir or write_minimal_pairs(Path(training_args.output_dir) / "blimp_pairs")
     with full_fp32_matmuls():  # training may have switched TF32 on; scores should match a CPU run
         result = evaluate_blimp(model, tokenizer, load_pairs(pairs_dir), scorer=training_args.blimp_scorer,
@@ -85,7 +103,7 @@ def score_blimp(data_args, training_args, folder: Path) -> RunReport:
 
 def main(model_args, data_args, training_args) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_model_arguments(model_args)
+    check_model_arguments(model_args, training_args)
     set_seed(training_args.seed)
     train_texts, eval_texts = load_texts(data_args, seed=training_args.seed)
     tokenizer = obtain_tokenizer(model_args, training_args, train_texts)
@@ -93,13 +111,14 @@ def main(model_args, data_args, training_args) -> None:
     with training_args.main_process_first(desc="tokenize"):
         train_set = to_examples(train_texts, tokenizer, data_args.max_seq_length)
         eval_set = to_examples(eval_texts, tokenizer, data_args.max_seq_length)
-    model = build_model(model_args, tokenizer, data_args.max_seq_length)
+    model = build_model(model_args, training_args, tokenizer, data_args.max_seq_length)
     global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                     * training_args.world_size)
     logger.info("%s: %s parameters, %d train / %d eval examples; %d process(es), %d examples per optimizer step",
                 type(model).__name__, f"{model.num_parameters():,}", len(train_set), len(eval_set),
                 training_args.world_size, global_batch)
-    card = model_card(model, data_args, training_args, len(train_texts))
+    card = adapter_card(model_card(model, data_args, training_args, len(train_texts)), training_args.peft,
+                        training_args.init_from)
     check_before_training(training_args.output_dir, [data_args.blimp_dir], model, tokenizer, card)
     collator = MaskedLMCollator(tokenizer, mask_probability=training_args.mask_probability,
                                 strategy=training_args.mask_strategy)

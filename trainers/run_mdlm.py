@@ -22,6 +22,7 @@ from transformers import set_seed
 
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
 from hub_exports import Metric
+from trainers.adapters import adapter_card
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.collators import DiffusionCollator
 from trainers.diffusion_config import (DiffusionTrainingArguments, build_datasets, build_model, check_model_arguments,
@@ -50,7 +51,8 @@ def main(model_args, data_args, training_args) -> None:
     logger.info("%s: %s parameters, %d train / %d eval rows of %d tokens; %d process(es)", type(model).__name__,
                 f"{model.num_parameters():,}", len(train_set), len(eval_set), data_args.max_seq_length,
                 training_args.world_size)
-    card = model_card(model, data_args, training_args, len(train_examples))
+    card = adapter_card(model_card(model, data_args, training_args, len(train_examples)), training_args.peft,
+                        training_args.init_from)
     check_before_training(training_args.output_dir, [data_args.blimp_dir], model, tokenizer, card)
     collator = DiffusionCollator(tokenizer.pad_token_id, model.config.mask_token_id, model.config.vocab_size)
     trainer = MaskedDiffusionTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,

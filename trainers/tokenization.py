@@ -7,6 +7,8 @@ from typing import Iterable, List
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from hub_exports.tokenizer_files import load_tokenizer
+
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
 
@@ -85,10 +87,13 @@ def without_added_tokens_but_specials(backend: Tokenizer) -> Tokenizer:
 
 
 def obtain_tokenizer(model_args, training_args, train_texts):
-    """The named tokenizer; on resume, the checkpoint's; else one trained on the data by the main process, saved in
-    `output_dir/tokenizer` and loaded from there by the other processes, so every rank holds the very same vocab."""
+    """The named tokenizer; for a run continuing `init_from`, the checkpoint's own; on resume, the checkpoint's; else
+    one trained on the data by the main process, saved in `output_dir/tokenizer` and loaded from there by the other
+    processes, so every rank holds the very same vocab."""
     if model_args.tokenizer_name:
         return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+    if getattr(training_args, "init_from", None):
+        return load_tokenizer(training_args.init_from)
     if training_args.resume_from_checkpoint:
         return AutoTokenizer.from_pretrained(training_args.resume_from_checkpoint)
     saved = Path(training_args.output_dir) / "tokenizer"

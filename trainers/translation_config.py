@@ -12,8 +12,11 @@ from datasets import Dataset
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from eval_suites import sense_analysis, translation, word_similarity
-from hub_exports import CardInfo, Metric
+from hub_exports import CardInfo, Metric, load_checkpoint, load_tokenizer
+from hub_exports.adapters import is_peft_model
+from hub_exports.tokenizer_checks import tokenizer_problems
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
+from trainers.adapters import check_peft_base, with_peft
 from trainers.finishing import RunReport
 from trainers.preflight import check_overrides
 from trainers.tokenization import document_separator, train_tokenizer
@@ -33,6 +36,9 @@ class ParallelArguments:
     config_overrides: dict = field(default_factory=dict, metadata={"help": "hidden_size, num_hidden_layers, "
                                                                            "num_attention_heads, num_senses, ..."})
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Hub id or folder (default: train a BPE)"})
+    init_from: Optional[str] = field(default=None, metadata={"help": "Continue this Backpack export (loaded strictly, "
+                                                                     "with its tokenizer); `peft` trains a LoRA "
+                                                                     "adapter of it"})
     train_tokenizer_vocab_size: int = field(default=8000)
     source_tag: str = field(default="<en>")
     target_tag: str = field(default="<fr>")
@@ -59,8 +65,8 @@ def obtain_tokenizer(args: ParallelArguments, training_args, english, french):
     """The named tokenizer, or a byte-level BPE trained on both languages by the main process (lossless: the
     translations it decodes are scored as written); the tags added as special tokens; [SEP] (or the tokenizer's EOS)
     ends every pair."""
-    if args.tokenizer_name:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
+    if args.tokenizer_name or args.init_from:  # a continued model keeps the tokenizer it was saved with
+        tokenizer = load_tokenizer(args.tokenizer_name or args.init_from)
     else:
         saved = Path(training_args.output_dir) / "tokenizer"
         with training_args.main_process_first(desc="train the tokenizer"):
@@ -87,19 +93,42 @@ def held_out_rows(tokenizer, args: ParallelArguments) -> Dataset:
     return encode_pairs(tokenizer, args, english, french)
 
 
-def check_model_arguments(args: ParallelArguments) -> None:
+def check_model_arguments(args: ParallelArguments, peft: Optional[dict] = None) -> None:
+    check_peft_base(peft or {}, args.init_from)
+    if args.init_from:
+        if args.config_overrides or args.architecture != "backpack":
+            raise ValueError("init_from continues a Backpack export as it was saved: no config_overrides, "
+                             "architecture backpack (the GPT-2 baseline trains from scratch)")
+        return
     # The GPT-2 baseline reads the Backpack's field names too (see build_model).
     check_overrides(args.config_overrides, BackpackConfig, required=REQUIRED_FIELDS,
                     set_by_run=("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id",
                                 "max_position_embeddings"))
 
 
-def build_model(args: ParallelArguments, tokenizer):
-    check_model_arguments(args)
+def build_model(args: ParallelArguments, tokenizer, peft: Optional[dict] = None):
+    """A new model of `architecture`, or the Backpack export `init_from` loaded strictly (with `peft`: wrapped for
+    LoRA training)."""
+    check_model_arguments(args, peft)
+    if args.init_from:
+        return with_peft(continued_backpack(args, tokenizer), peft or {}, args.init_from, task_type="CAUSAL_LM")
     # Rows start with the language tag, not a BOS: the config says so (Trainer would otherwise "align" it, warning).
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
     return MODEL_BUILDERS[args.architecture](dict(args.config_overrides), ids, args.max_seq_length)
+
+
+def continued_backpack(args: ParallelArguments, tokenizer) -> BackpackForCausalLM:
+    model = load_checkpoint(args.init_from)  # strict
+    if not isinstance(model, BackpackForCausalLM):
+        raise ValueError(f"init_from holds a {type(model).__name__}, not a BackpackForCausalLM")
+    problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
+    if problems:
+        raise ValueError(f"init_from does not fit the tokenizer ({'; '.join(problems)}): pass its tokenizer")
+    if args.max_seq_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_seq_length {args.max_seq_length} exceeds init_from's max_position_embeddings "
+                         f"{model.config.max_position_embeddings}")
+    return model
 
 
 def _backpack(overrides: dict, ids: dict, max_seq_length: int):
@@ -119,7 +148,7 @@ MODEL_BUILDERS = {"backpack": _backpack, "gpt2": _gpt2_baseline}  # --architectu
 
 def is_exported(model) -> bool:
     """The Backpack becomes a verified hubzoo export; the GPT-2 baseline is saved as a plain transformers folder."""
-    return isinstance(model, BackpackForCausalLM)
+    return isinstance(model.get_base_model() if is_peft_model(model) else model, BackpackForCausalLM)
 
 
 def save_plain(model, tokenizer, folder: Path) -> None:
