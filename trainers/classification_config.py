@@ -1,10 +1,15 @@
-"""Sequence-classification fine-tuning of an exported causal LM, as `run_classification.py` runs it: the arguments,
-the classifier over the causal LM's trunk, the encoded examples, the model card, and the report (accuracy, macro-F1,
-confusion matrix, predicted-class distribution with the collapse flag)."""
+"""Sequence-classification fine-tuning of an exported zoo model, as `run_classification.py` runs it: the arguments,
+the classifier over the export's trunk, the examples encoded the way the architecture reads them, the model card, and
+the report (accuracy, macro-F1, confusion matrix, predicted-class distribution with the collapse flag).
+
+Two encodings, chosen from the architecture (never from a flag): a causal LM (modded GPT) reads `[EOT] text` or
+`[EOT] text <pair_separator> pair` and classifies at the last real token; an encoder (LTG-BERT) reads its tokenizer's
+own template, `[CLS] text [SEP]` or `[CLS] text [SEP] pair [SEP]`, and classifies at [CLS], the first position."""
 
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -17,11 +22,13 @@ from trainers.arguments import MuonTrainingArguments
 from trainers.finishing import RunReport
 
 logger = logging.getLogger(__name__)
+DEFAULT_PAIR_SEPARATOR = "\n"
 
 
 @dataclass
 class ClassificationArguments:
-    model_name_or_path: str = field(metadata={"help": "Exported hubzoo causal LM (folder) to start from."})
+    model_name_or_path: str = field(metadata={"help": "Exported hubzoo model (folder) to start from; its architecture "
+                                                      "must have a sequence classifier (modded GPT, LTG-BERT)."})
     train_file: str = field(metadata={"help": "Training examples (.tsv with a header, or headerless with "
                                               "column_names; .csv, .json, .jsonl)."})
     eval_file: str = field(metadata={"help": "Examples to report on (same format)."})
@@ -32,8 +39,9 @@ class ClassificationArguments:
     label_column: str = field(default="label")
     column_names: Optional[str] = field(default=None, metadata={"help": "Comma-separated names of the columns of a "
                                                                         "headerless TSV/CSV (XNLI)."})
-    pair_separator: str = field(default="\n", metadata={"help": "Joins text and pair (never EOT: it would open a new "
-                                                                "document the last token cannot see across)."})
+    pair_separator: str = field(default=DEFAULT_PAIR_SEPARATOR, metadata={
+        "help": "Causal LMs only: joins text and pair (never EOT: it would open a new document the last token cannot "
+                "see across). An encoder joins them with its tokenizer's pair template, so other values are refused."})
     max_seq_length: int = field(default=128)
     max_train_examples: Optional[int] = field(default=None)
     max_eval_examples: Optional[int] = field(default=None)
@@ -50,28 +58,55 @@ class ClassificationTrainingArguments(MuonTrainingArguments):
     )
 
 
-def classifier_from_causal_lm(folder, label_names):
-    """The zoo's sequence-classification class over the causal LM's trunk, loaded strictly; a fresh head."""
-    causal_lm = load_checkpoint(folder)  # strict
-    model_type = causal_lm.config.model_type
-    classes = modeling.ARCHITECTURES[model_type][1]
-    if "AutoModelForSequenceClassification" not in classes or "AutoModelForCausalLM" not in classes:
-        raise ValueError(f"{folder} holds a {model_type} model; the zoo has no causal-LM classifier for it")
-    config = causal_lm.config
+def is_causal_lm(config) -> bool:
+    """Whether the zoo architecture of `config` is a causal LM: its classifier reads `[EOT] text` at the last real
+    token. Otherwise it is an encoder, read at [CLS] on its tokenizer's template."""
+    return "AutoModelForCausalLM" in modeling.ARCHITECTURES[config.model_type][1]
+
+
+def pooled_at(config) -> str:
+    return "the last real token" if is_causal_lm(config) else "[CLS], the first position"
+
+
+def sequence_classifier_class(folder):
+    """The zoo's `AutoModelForSequenceClassification` class for the export in `folder`, read from its config; an
+    architecture without one is refused by name before any weight is loaded."""
+    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    classes = modeling.ARCHITECTURES.get(model_type, (None, {}))[1]
+    if "AutoModelForSequenceClassification" not in classes:
+        able = sorted(name for name, (_, auto) in modeling.ARCHITECTURES.items()
+                      if "AutoModelForSequenceClassification" in auto)
+        raise ValueError(f"{folder} holds a {model_type!r} model, and the zoo has no sequence classifier "
+                         f"(AutoModelForSequenceClassification) for that architecture; those that have one: {able}")
+    return classes["AutoModelForSequenceClassification"]
+
+
+def classifier_from_export(folder, label_names):
+    """The architecture's sequence classifier over the trunk of the export in `folder` (a causal LM, a masked LM or
+    any other head of it), loaded strictly: every trunk tensor must be there. The export's own head is dropped and
+    named in the log; the classification head starts fresh."""
+    classifier_class = sequence_classifier_class(folder)
+    pretrained = load_checkpoint(folder)  # strict
+    config = pretrained.config
     config.num_labels = len(label_names)
     config.id2label = dict(enumerate(label_names))
     config.label2id = {name: i for i, name in enumerate(label_names)}
     config.architectures = None
-    classifier = classes["AutoModelForSequenceClassification"](config)
-    prefix = classifier.base_model_prefix
-    getattr(classifier, prefix).load_state_dict(getattr(causal_lm, prefix).state_dict(), strict=True)
-    trunk = {f"{prefix}.{key}" for key in getattr(classifier, prefix).state_dict()}
-    logger.info("trunk loaded strictly from %s; dropped %s; new head %s", folder,
-                sorted(set(causal_lm.state_dict()) - trunk), sorted(set(classifier.state_dict()) - trunk))
+    classifier = classifier_class(config)
+    classifier.base_model.load_state_dict(pretrained.base_model.state_dict(), strict=True)
+    logger.info("trunk loaded strictly from %s; dropped %s; new head %s", folder, _head_keys(pretrained),
+                _head_keys(classifier))
     return classifier
 
 
-def encode(texts, labels, tokenizer, args: ClassificationArguments, eot: int) -> Dataset:
+def _head_keys(model) -> list:
+    """The state-dict keys of `model` outside its trunk (`base_model`); none for a bare trunk."""
+    if model.base_model is model:
+        return []
+    return sorted(key for key in model.state_dict() if not key.startswith(f"{model.base_model_prefix}."))
+
+
+def encode_for_causal_lm(texts, tokenizer, args: ClassificationArguments, eot: int) -> list:
     """`[EOT] text` or `[EOT] text sep pair`, cut to max_seq_length from the end of the first text."""
     rows = []
     for text in texts:
@@ -82,6 +117,52 @@ def encode(texts, labels, tokenizer, args: ClassificationArguments, eot: int) ->
         if room < 1:
             tail, room = tail[:args.max_seq_length - 2], 1
         rows.append([eot, *ids[:room], *tail])
+    return rows
+
+
+def encode_for_encoder(texts, tokenizer, args: ClassificationArguments) -> list:
+    """The tokenizer's own template, `[CLS] text [SEP]` or `[CLS] text [SEP] pair [SEP]`, cut to max_seq_length by
+    transformers' `longest_first` truncation: the special tokens stay, and the longer of the two texts loses a token
+    at a time (from its end), so a long premise gives way before a short hypothesis does."""
+    pairs = not all(isinstance(text, str) for text in texts)
+    needed = tokenizer.num_special_tokens_to_add(pair=pairs) + (2 if pairs else 1)
+    if args.max_seq_length < needed:
+        raise ValueError(f"max_seq_length={args.max_seq_length} leaves no room for the text{'s' if pairs else ''}: "
+                         f"the template needs at least {needed} tokens")
+    firsts = [text if isinstance(text, str) else text[0] for text in texts]
+    seconds = [text[1] for text in texts] if pairs else None
+    rows = tokenizer(firsts, seconds, truncation="longest_first", max_length=args.max_seq_length).input_ids
+    cls = tokenizer.cls_token_id
+    if cls is None or any(not row or row[0] != cls for row in rows):
+        raise ValueError(f"the tokenizer of {args.model_name_or_path} does not begin its encodings with a [CLS] token "
+                         f"(cls_token {tokenizer.cls_token!r}, first ids {rows[0][:3] if rows else []}); the encoder's "
+                         "classifier reads the first position, so its template must be `[CLS] text [SEP]`")
+    return rows
+
+
+def check_encoding(args: ClassificationArguments, config, tokenizer) -> None:
+    """Refuse arguments the architecture of `config` cannot honour; an encoder's tokenizer pads on the right, so that
+    [CLS] stays the first position (the exported tokenizer keeps that)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and args.max_seq_length > limit:
+        raise ValueError(f"max_seq_length={args.max_seq_length} exceeds the model's max_position_embeddings ({limit})")
+    if is_causal_lm(config):
+        return
+    if args.pair_separator != DEFAULT_PAIR_SEPARATOR:
+        raise ValueError(f"pair_separator={args.pair_separator!r} is for causal LMs; a {config.model_type} encoder "
+                         "joins text and pair with its tokenizer's template ([CLS] text [SEP] pair [SEP])")
+    if tokenizer.padding_side != "right":
+        logger.info("padding on the right (the tokenizer padded on the %s): the classifier reads the first position",
+                    tokenizer.padding_side)
+        tokenizer.padding_side = "right"
+
+
+def encode(texts, labels, tokenizer, args: ClassificationArguments, config) -> Dataset:
+    """The examples as the classifier of `config` reads them (see the module docstring)."""
+    if is_causal_lm(config):
+        rows = encode_for_causal_lm(texts, tokenizer, args, config.eot_token_id)
+    else:
+        rows = encode_for_encoder(texts, tokenizer, args)
     return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "labels": labels})
 
 
@@ -91,12 +172,14 @@ def load_split(path, args: ClassificationArguments, values, limit):
                          text_pair_column=args.text_pair_column, column_names=columns)
 
 
-def build_datasets(args: ClassificationArguments, tokenizer, label_values, eot: int):
-    """The encoded training and evaluation examples; a label's class id is its position in `label_values`."""
+def build_datasets(args: ClassificationArguments, tokenizer, label_values, config):
+    """The training and evaluation examples encoded for the classifier of `config`; a label's class id is its
+    position in `label_values`."""
+    check_encoding(args, config, tokenizer)
     train_texts, train_labels = load_split(args.train_file, args, label_values, args.max_train_examples)
     eval_texts, eval_labels = load_split(args.eval_file, args, label_values, args.max_eval_examples)
-    return (encode(train_texts, train_labels, tokenizer, args, eot),
-            encode(eval_texts, eval_labels, tokenizer, args, eot))
+    return (encode(train_texts, train_labels, tokenizer, args, config),
+            encode(eval_texts, eval_labels, tokenizer, args, config))
 
 
 def model_card(model, args: ClassificationArguments, num_train_examples: int) -> CardInfo:
@@ -118,8 +201,8 @@ def evaluate_classifier(trainer, eval_set, args: ClassificationArguments, label_
     result = classification_metrics(np.argmax(logits, axis=-1).tolist(), list(eval_set["labels"]), label_names,
                                     trainer.args.collapse_margin)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    result.update(task=args.task_name, mode=f"fine-tuned classification head ({type(model).__name__}, pooled at the "
-                                           "last real token)", num_train_examples=len(trainer.train_dataset),
+    result.update(task=args.task_name, mode=f"fine-tuned classification head ({type(model).__name__}, pooled at "
+                                           f"{pooled_at(model.config)})", num_train_examples=len(trainer.train_dataset),
                   train_steps=trainer.state.global_step, model=str(args.model_name_or_path))
     return result
 

@@ -1,14 +1,20 @@
-"""Fine-tune an exported causal LM of the zoo (trained or converted) for sequence classification, report accuracy,
+"""Fine-tune an exported model of the zoo (trained or converted) for sequence classification, report accuracy,
 macro-F1, the confusion matrix and the predicted-class distribution with a collapse flag, and export the classifier.
+Any architecture with a sequence classifier: a causal LM (modded GPT) or a masked LM (LTG-BERT, the BabyLM-style
+(Super)GLUE fine-tuning); an export whose architecture has none (MDLM, say) is refused before its weights are loaded.
 
     accelerate launch trainers/run_classification.py trainers/configs/classify_sst2.yaml --model_name_or_path EXPORT
+    accelerate launch trainers/run_classification.py trainers/configs/classify_sst2_ltg_bert.yaml
 
-The trunk is loaded strictly from the causal LM (every trunk tensor must be there; its LM head is dropped, said in
-the log); the classification head starts fresh. Inputs are `[EOT] text` (or `[EOT] text <pair_separator> pair` for
-pairs such as XNLI's premise and hypothesis), truncated from the end of the first text, and the class is read at the
-last real token. Exit status 3 when the classifier collapsed onto one class (see `eval_suites/metrics/
-classification`). Outputs in `output_dir`: `export/` (verified), `classification.json`, `classification.md` and
-`results.json` (the same results). The arguments, builders and report are in `trainers/classification_config.py`.
+The trunk is loaded strictly from the export (every trunk tensor must be there; its own head, e.g. the LM head, is
+dropped, said in the log); the classification head starts fresh. The encoding follows the architecture: a causal LM
+reads `[EOT] text` (or `[EOT] text <pair_separator> pair` for pairs such as XNLI's premise and hypothesis), truncated
+from the end of the first text, and the class is read at the last real token; an encoder reads its tokenizer's
+template, `[CLS] text [SEP]` (or `[CLS] text [SEP] pair [SEP]`), truncated `longest_first` with the special tokens
+kept, and the class is read at [CLS]. Exit status 3 when the classifier collapsed onto one class (see
+`eval_suites/metrics/classification`). Outputs in `output_dir`: `export/` (verified), `classification.json`,
+`classification.md` and `results.json` (the same results). The arguments, builders and report are in
+`trainers/classification_config.py`.
 """
 
 import logging
@@ -20,7 +26,7 @@ from eval_suites.classification import parse_label_spec
 from hub_exports import load_tokenizer
 from trainers.arguments import parse_args
 from trainers.classification_config import (ClassificationArguments, ClassificationTrainingArguments, build_datasets,
-                                            classification_report, classifier_from_causal_lm, evaluate_classifier,
+                                            classification_report, classifier_from_export, evaluate_classifier,
                                             model_card, training_procedure)
 from trainers.classification_trainer import ClassificationTrainer
 from trainers.finishing import finish_run, run_callbacks
@@ -36,8 +42,8 @@ def main(args: ClassificationArguments, training_args: ClassificationTrainingArg
     label_spec = parse_label_spec(args.labels)
     values, names = list(label_spec), list(label_spec.values())
     tokenizer = load_tokenizer(args.model_name_or_path)
-    model = classifier_from_causal_lm(args.model_name_or_path, names)
-    train_set, eval_set = build_datasets(args, tokenizer, values, model.config.eot_token_id)
+    model = classifier_from_export(args.model_name_or_path, names)
+    train_set, eval_set = build_datasets(args, tokenizer, values, model.config)
     logger.info("%d training / %d evaluation examples, classes %s", len(train_set), len(eval_set), names)
     card = model_card(model, args, len(train_set))
     check_before_training(training_args.output_dir, model=model, tokenizer=tokenizer, card=card)
