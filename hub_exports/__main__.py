@@ -9,6 +9,8 @@ from typing import Callable
 
 from transformers import AutoTokenizer
 
+from hub_exports.adapters import (is_adapter_folder, load_adapter_model, merged_model, refuse_local_base_on_push,
+                                  resolve_base_folder)
 from hub_exports.checkpoints import load_checkpoint
 from hub_exports.exporting import export
 from hub_exports.folder_swap import check_export_target
@@ -67,14 +69,28 @@ def _refuse_out(out, *sources) -> bool:
 def cmd_export(args) -> int:
     if _refuse_out(args.out, args.model, args.tokenizer):
         return 1
-    model = load_checkpoint(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-    return _export_and_verify(model, tokenizer, args.out, _card(args))
+    if not is_adapter_folder(args.model):
+        if args.merge or args.base or args.base_model:
+            print(f"Not exported: --merge, --base and --base-model belong to adapters; {args.model} holds no "
+                  "adapter_config.json", file=sys.stderr)
+            return 1
+        model = load_checkpoint(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        return _export_and_verify(model, tokenizer, args.out, _card(args))
+    try:
+        model = load_adapter_model(args.model, base=args.base)
+    except ValueError as error:
+        print(f"Not exported: {error}", file=sys.stderr)
+        return 1
+    tokenizer = load_tokenizer(args.tokenizer or resolve_base_folder(args.model, args.base))
+    if args.base_model:
+        model.peft_config[model.active_adapter].base_model_name_or_path = args.base_model
+    return _export_and_verify(merged_model(model) if args.merge else model, tokenizer, args.out, _card(args))
 
 
 def cmd_verify(args) -> int:
     try:
-        print(format_report(args.folder, verify(args.folder, python=args.python)))
+        print(format_report(args.folder, verify(args.folder, python=args.python, base=args.base)))
     except VerificationError as error:
         print(error, file=sys.stderr)
         return 1
@@ -82,6 +98,12 @@ def cmd_verify(args) -> int:
 
 
 def cmd_push(args) -> int:
+    if is_adapter_folder(args.folder):
+        try:
+            refuse_local_base_on_push(args.folder)
+        except ValueError as error:
+            print(f"Not pushed: {error}", file=sys.stderr)
+            return 1
     try:
         url = push(args.folder, args.repo_id, token=args.token, private=args.private, endpoint=args.endpoint)
     except VerificationError as error:
@@ -207,15 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("export", help="saved model folder (e.g. a Trainer checkpoint) -> Hub-ready folder")
-    p.add_argument("--model", required=True, help="folder with config.json + weights")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
+    p.add_argument("--model", required=True, help="folder with config.json + weights, or an adapter (a LoRA run's "
+                                                  "export or checkpoint): written as an adapter repo, or merged")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: --model; an adapter's: its base's)")
     p.add_argument("--out", required=True)
+    p.add_argument("--merge", action="store_true", help="adapter: fold it into the base's weights and write a full "
+                                                       "export of the base class")
+    p.add_argument("--base", help="adapter: local folder of its base export (default: the folder its config names)")
+    p.add_argument("--base-model", help="adapter: the Hub id its repo names as base (where the base is pushed)")
     _add_card_arguments(p)
     p.set_defaults(run=cmd_export)
 
     p = commands.add_parser("verify", help="check an exported folder; exit 1 with the report if anything fails")
     p.add_argument("folder")
     p.add_argument("--python", help="interpreter for the fresh-process load (e.g. one with another transformers)")
+    p.add_argument("--base", help="adapter repos: local folder of the base export it names by Hub id")
     p.set_defaults(run=cmd_verify)
 
     p = commands.add_parser("push", help="verify, then upload an exported folder to the Hub")
