@@ -12,6 +12,13 @@ base's embeddings to a tokenizer found in the adapter repo.
 adapter config and weights, the card, and in a fresh interpreter the base loaded with `trust_remote_code` plus
 `PeftModel.from_pretrained` (and `AutoPeftModelForCausalLM` for causal LMs): zero warnings, empty loading info, the
 outputs recorded at export. `load_adapter_model` reads one (or a LoRA run's Trainer checkpoint) strictly onto its base.
+
+An adapter may be trained on another task class of the base's architecture than the one the base export holds: a
+sequence classifier over a language-model export, its new head trained in full (`modules_to_save`). Then the base is
+loaded as that class with the label settings (`num_labels`, `id2label`, `label2id`, recorded in the manifest and
+shown in the card), which gives exactly this loading info: the new head's keys missing (the adapter holds them) and
+the export's own head unexpected. That info, and transformers' report of it, is what verify expects; any other key,
+or any other warning, fails the load as for a full export.
 """
 
 import logging
@@ -21,7 +28,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
+
+import modeling
 
 from hub_exports.folder_swap import check_export_target, move_into_place, recover_killed_exports, staging_folder
 from hub_exports.manifest import MANIFEST, file_digest, read_json_object, read_manifest, write_manifest
@@ -77,12 +87,15 @@ def load_adapter_model(folder, base=None):
     strictly: the base with `load_checkpoint`, the adapter refusing missing and unexpected keys."""
     from peft import PeftModel, get_peft_model_state_dict
 
-    from hub_exports.checkpoints import load_checkpoint
-
     base_folder = resolve_base_folder(folder, base)
+    adapted = read_manifest(folder).get("adapter", {}).get("adapted", {})
+    task_type = read_json_object(Path(folder) / ADAPTER_CONFIG).get("task_type")
+    if not adapted and task_type == "SEQ_CLS" and not (Path(folder) / MANIFEST).is_file():
+        raise ValueError(f"{folder} is a classification adapter without the manifest that records its labels (a "
+                         "Trainer checkpoint): export it from the run's export/ instead")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = PeftModel.from_pretrained(load_checkpoint(base_folder), str(folder))
+        model = PeftModel.from_pretrained(load_adapted_base(base_folder, adapted), str(folder))
     missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
     stored = set(load_file(Path(folder) / ADAPTER_WEIGHTS))
     expected = set(get_peft_model_state_dict(model))
@@ -114,12 +127,49 @@ def export_adapter(model, out_dir, card: Optional[CardInfo] = None, run_verify: 
         write_manifest(folder, model, tokenizer, extra={"adapter": {
             "base_model_name_or_path": base_name(model), "base_folder": str(base),
             "base_manifest_sha256": file_digest(base / MANIFEST),
-            "base_hubzoo_version": base_manifest.get("hubzoo_version"), "peft_version": metadata.version("peft")}})
+            "base_hubzoo_version": base_manifest.get("hubzoo_version"), "peft_version": metadata.version("peft"),
+            **adapted_class(model, base)}})
         if run_verify:
             logger.info("%s", format_report(target, verify_adapter(folder, reference_model=model, base=base)))
         check_export_target(target)
         move_into_place(folder, target)
     return target
+
+
+def adapted_class(model, base_folder: Path) -> dict:
+    """{"adapted": {class, kwargs, loading_info}} when `model` adapts another task class than the base export holds
+    (module docstring), else {}."""
+    adapted = model.get_base_model()
+    saved = (read_json_object(base_folder / "config.json").get("architectures") or [None])[0]
+    if type(adapted).__name__ == saved:
+        return {}
+    config = adapted.config
+    kwargs = {"num_labels": config.num_labels, "id2label": {str(i): name for i, name in config.id2label.items()},
+              "label2id": dict(config.label2id)} if "Classification" in type(adapted).__name__ else {}
+    with safe_open(base_folder / "model.safetensors", framework="pt") as handle:
+        stored = set(handle.keys())
+    with torch.device("meta"):
+        fresh = type(adapted)(config)
+    tied = set(fresh.all_tied_weights_keys) if config.tie_word_embeddings else set()
+    expected = set(fresh.state_dict()) - tied
+    return {"adapted": {"class": type(adapted).__name__, "kwargs": kwargs, "loading_info": {
+        "missing_keys": sorted(expected - stored), "unexpected_keys": sorted(stored - expected)}}}
+
+
+def load_adapted_base(base_folder: Path, adapted: dict):
+    """The base export loaded as the task class an adapter was trained on, giving exactly the recorded loading info."""
+    from hub_exports.checkpoints import load_checkpoint
+
+    if not adapted:
+        return load_checkpoint(base_folder)
+    config = read_json_object(base_folder / "config.json")
+    _, model_class = modeling.task_class(config.get("model_type"), adapted["class"])
+    model, info = model_class.from_pretrained(base_folder, output_loading_info=True, **adapted["kwargs"])
+    found = {key: sorted(map(str, value)) for key, value in info.items() if value}
+    expected = {key: value for key, value in adapted["loading_info"].items() if value}
+    if found != expected:
+        raise ValueError(f"{base_folder} loads as {adapted['class']} with {found}, the adapter expects {expected}")
+    return model
 
 
 def merged_model(model):
@@ -153,7 +203,8 @@ def verify_adapter(folder, reference_model=None, python: Optional[str] = None, a
                    _run_check("model card", _check_adapter_card, folder)]
     if all(check.ok for check in checks):
         checks += _check_fresh_load(base_folder, config, manifest, reference_model, python or sys.executable,
-                                    1e-5 if atol is None else atol, adapter=folder)
+                                    1e-5 if atol is None else atol, adapter=folder,
+                                    adapted=manifest.get("adapter", {}).get("adapted"))
     if not all(check.ok for check in checks):
         raise VerificationError(format_report(folder, checks), checks)
     return checks

@@ -1,7 +1,7 @@
 """Load an exported folder the way a Hub user does, in an interpreter that never imported hubzoo.
 
 Run by `hub_exports.verify` as `python -I fresh_process_load.py <folder> <auto class> <inputs.safetensors>
-<outputs.safetensors> <new tokens> [<adapter folder>]` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a
+<outputs.safetensors> <new tokens> [<adapter folder> [<from_pretrained kwargs as JSON>]]` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a
 scratch working directory. Imports only the standard library, torch, safetensors and transformers (and peft for an
 adapter), so it also runs under other transformers versions (the 4.57 compatibility check uses it). Prints one JSON
 report on the last line of stdout.
@@ -9,7 +9,8 @@ report on the last line of stdout.
 With an adapter folder, the base `<folder>` is loaded as above and the adapter put on it with
 `PeftModel.from_pretrained`, inside the same watch for warnings; the outputs are the adapted model's. A causal-LM
 adapter whose config names a local base is also loaded in one call, `AutoPeftModelForCausalLM.from_pretrained`, and
-the largest difference of its outputs from the first load is reported.
+the largest difference of its outputs from the first load is reported. The kwargs (e.g. `num_labels` and the label
+names of a classification adapter over a language-model export) go to the base's `from_pretrained`.
 
 A model that can generate also generates greedily from `generate_prompt` in the inputs file, with and without its
 cache: a user's first call after loading a causal LM. Its failure is reported (not raised), so that verify can name
@@ -35,15 +36,16 @@ class _Collect(logging.Handler):
         self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
-def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0", adapter=None):
-    new_tokens = int(new_tokens)
+def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0", adapter=None, load_kwargs="{}"):
+    new_tokens, load_kwargs = int(new_tokens), json.loads(load_kwargs)
     transformers.logging.set_verbosity_warning()
     collector = _Collect()
     logging.getLogger("transformers").addHandler(collector)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         auto_class = getattr(transformers, auto_class_name)
-        model, info = auto_class.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+        model, info = auto_class.from_pretrained(folder, trust_remote_code=True, output_loading_info=True,
+                                                 **load_kwargs)
         if adapter:
             from peft import PeftModel
 
@@ -126,4 +128,4 @@ def _generate(model, prompt, new_tokens):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:7])
+    main(*sys.argv[1:8])

@@ -161,6 +161,10 @@ def build_adapter_card(model, card: CardInfo) -> ModelCard:
         eval_results=eval_results or None,
     )
     is_hub_id = not Path(base_model).is_absolute()
+    base_kwargs = ""
+    if "Classification" in type(base).__name__:  # a classifier over a language-model export: its labels
+        base_kwargs = (f", num_labels={base.config.num_labels}, id2label={dict(base.config.id2label)}, "
+                       f"label2id={dict(base.config.label2id)}")
     return ModelCard.from_template(
         data,
         template_path=str(CARD_DIR / "adapter_template.md"),
@@ -173,7 +177,7 @@ def build_adapter_card(model, card: CardInfo) -> ModelCard:
         architecture=type(base).__name__, model_type=model_type, base_model=base_model,
         base_model_link=f"https://huggingface.co/{base_model}" if is_hub_id else base_model,
         hubzoo_version=metadata.version("hubzoo"), transformers_version=transformers.__version__,
-        peft_version=metadata.version("peft"), auto_class=auto_class,
+        peft_version=metadata.version("peft"), auto_class=auto_class, base_kwargs=base_kwargs,
         auto_peft_class=AUTO_PEFT_CLASSES.get(auto_class, ""),
         training_data=card.training_data,
         training_procedure=card.training_procedure,

@@ -237,19 +237,23 @@ def _check_card(folder: Path, config) -> Check:
 
 
 def _check_fresh_load(folder: Path, config, manifest: dict, reference_model, python: str, atol: float,
-                      adapter: Optional[Path] = None) -> list:
-    """The fresh-process checks of the export in `folder` (of `config`), or of `adapter` put on it as its base."""
-    auto_class, model_class = modeling.task_class(config.model_type, config.architectures[0])
+                      adapter: Optional[Path] = None, adapted: Optional[dict] = None) -> list:
+    """The fresh-process checks of the export in `folder` (of `config`), or of `adapter` put on it as its base.
+    `adapted`: for an adapter trained on another task class of the base's architecture (a classifier over a language
+    model), that class, its `from_pretrained` kwargs and the loading info it must give (the new head missing, the
+    dropped head unexpected)."""
+    adapted = adapted or {}
+    auto_class, model_class = modeling.task_class(config.model_type, adapted.get("class") or config.architectures[0])
     probe = {key: torch.tensor(value) for key, value in manifest["probe"].items()}
     with tempfile.TemporaryDirectory(prefix="hubzoo-verify-") as scratch:
         scratch = Path(scratch)
         prompt, new_tokens = _generate_prompt(probe, config)
         save_file({**probe, "generate_prompt": prompt}, scratch / "inputs.safetensors")
-        report, error = _run_fresh(python, folder, auto_class, scratch, new_tokens, adapter)
+        report, error = _run_fresh(python, folder, auto_class, scratch, new_tokens, adapter, adapted.get("kwargs"))
         if error:
             return [Check("fresh-process load", False, error)]
         remote = load_file(scratch / "outputs.safetensors")["outputs"]
-    checks = [_judge_fresh_load(report, config)]
+    checks = [_judge_fresh_load(report, config, adapted.get("loading_info"))]
     problems, details = [], []
     fresh = {  # manifest key: what it holds, and the same taken from the fresh process's outputs
         "probe_output_sample": (f"first {PROBE_SAMPLE_WIDTH} features", remote[..., :PROBE_SAMPLE_WIDTH]),
@@ -324,12 +328,13 @@ def _judge_auto_peft(result: dict, atol: float) -> Check:
 
 
 def _run_fresh(python: str, folder: Path, auto_class: str, scratch: Path, new_tokens: int,
-               adapter: Optional[Path] = None) -> tuple:
+               adapter: Optional[Path] = None, load_kwargs: Optional[dict] = None) -> tuple:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(scratch / "modules"), HF_HOME=str(scratch / "hf_home"),
                HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
     command = [python, "-I", str(FRESH_LOADER), str(folder), auto_class, str(scratch / "inputs.safetensors"),
-               str(scratch / "outputs.safetensors"), str(new_tokens)] + ([str(adapter)] if adapter else [])
+               str(scratch / "outputs.safetensors"), str(new_tokens)] + \
+        ([str(adapter), json.dumps(load_kwargs or {})] if adapter else [])
     try:
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
@@ -347,21 +352,30 @@ def own_warnings(messages: list) -> list:
     return [message for message in messages if not message.startswith(FOREIGN_WARNINGS)]
 
 
-def _judge_fresh_load(report: dict, config) -> Check:
+def _judge_fresh_load(report: dict, config, expected_info: Optional[dict] = None) -> Check:
+    """`expected_info`: the loading info a task-changing adapter's base must give (module docstring of
+    hub_exports.adapters); the load report that names exactly those keys is then no finding."""
     problems = []
+    expected_info = {key: value for key, value in (expected_info or {}).items() if value}
+    messages = report["warnings"]
     if not report["class_module"].startswith("transformers_modules"):
         problems.append(f"class came from {report['class_module']}, not the exported code")
-    if report["loading_info"]:
-        problems.append(f"loading info not empty: {report['loading_info']}")
-    if own_warnings(report["warnings"]):
-        problems.append(f"warnings while loading: {own_warnings(report['warnings'])}")
+    if report["loading_info"] != expected_info:
+        problems.append(f"loading info {report['loading_info'] or 'empty'}, expected {expected_info or 'empty'}")
+    elif expected_info:  # transformers' report of those keys (5.x: one LOAD REPORT table; 4.x: "Some weights ...")
+        messages = [message for message in messages if "LOAD REPORT" not in message
+                    and "Some weights of" not in message]
+    if own_warnings(messages):
+        problems.append(f"warnings while loading: {own_warnings(messages)}")
     # Judged from the loaded model itself, not from what the class declares: a class that forgot its tie must fail.
     if report["tied"] is False and config.tie_word_embeddings:
         problems.append("untied head: config.tie_word_embeddings is true but the loaded output embedding does not "
                         "share the input embedding")
     if report["tokenizer_max_id"] >= config.vocab_size:
         problems.append(f"tokenizer produced id {report['tokenizer_max_id']} >= vocab_size {config.vocab_size}")
+    loaded = f"no other warnings, loading info as expected ({expected_info})" if expected_info else \
+        "no warnings, empty loading info"
     detail = "; ".join(problems) or (f"{report['class_name']} from transformers_modules (transformers "
-                                     f"{report['transformers_version']}), no warnings, empty loading info"
+                                     f"{report['transformers_version']}), {loaded}"
                                      + (", head tied" if report["tied"] else ""))
     return Check("fresh-process load", not problems, detail)

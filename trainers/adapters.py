@@ -93,6 +93,19 @@ def linear_suffixes(model) -> list:
                    if isinstance(module, torch.nn.Linear)})
 
 
+def all_linear_targets(model, modules_to_save) -> list:
+    """The full names of `model`'s linear layers but the output embedding and the layers inside `modules_to_save`
+    (trained in full; PEFT's own all-linear leaves out only a head module of a conventional name, not the layers in
+    it, e.g. LTG-BERT's classifier.dense)."""
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    saved = matching_modules(model, list(modules_to_save)) if modules_to_save else []
+    return sorted(name for name, module in model.named_modules()
+                  if isinstance(module, torch.nn.Linear) and module is not output
+                  and not any(name == top or name.startswith(top + ".") for top in saved))
+
+
 def check_targets(model, spec: dict, modules_to_save) -> None:
     """Every entry of `target_modules` and of `modules_to_save` must select a module of `model`: PEFT itself refuses
     only a list none of whose entries matches, so a misspelt one would silently leave its layers untrained."""
@@ -123,8 +136,11 @@ def with_peft(model, spec: dict, base: str, extra_modules_to_save=(), task_type:
     spec = check_peft_spec(spec)
     modules_to_save = list(dict.fromkeys([*spec["modules_to_save"], *extra_modules_to_save]))
     check_targets(model, spec, modules_to_save)
+    targets = spec["target_modules"]
+    if targets == ALL_LINEAR:
+        targets = all_linear_targets(model, modules_to_save)
     config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
-                        target_modules=spec["target_modules"], modules_to_save=modules_to_save or None,
+                        target_modules=targets, modules_to_save=list(modules_to_save) or None,
                         bias=spec["bias"], use_rslora=spec["use_rslora"], task_type=task_type)
     wrapped = get_peft_model(model, config)
     # get_peft_model names the base by the path it was loaded from, maybe relative: the adapter repo names it by its

@@ -99,6 +99,13 @@ def classifier_from_export(folder, label_names):
     return classifier
 
 
+def head_modules(classifier) -> list:
+    """The names of the classifier's modules with weights outside its trunk (the new head), which LoRA trains in
+    full (`modules_to_save`)."""
+    return [name for name, module in classifier.named_children()
+            if name != classifier.base_model_prefix and any(True for _ in module.parameters())]
+
+
 def _head_keys(model) -> list:
     """The state-dict keys of `model` outside its trunk (`base_model`); none for a bare trunk."""
     if model.base_model is model:

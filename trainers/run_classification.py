@@ -24,10 +24,11 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from eval_suites.classification import parse_label_spec
 from hub_exports import load_tokenizer
+from trainers.adapters import adapter_card, check_peft_base, with_peft
 from trainers.arguments import parse_args
 from trainers.classification_config import (ClassificationArguments, ClassificationTrainingArguments, build_datasets,
                                             classification_report, classifier_from_export, evaluate_classifier,
-                                            model_card, training_procedure)
+                                            head_modules, model_card, training_procedure)
 from trainers.classification_trainer import ClassificationTrainer
 from trainers.finishing import finish_run, run_callbacks
 from trainers.preflight import check_before_training
@@ -38,14 +39,19 @@ COLLAPSED_EXIT_STATUS = 3
 
 def main(args: ClassificationArguments, training_args: ClassificationTrainingArguments) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_peft_base(training_args.peft, args.model_name_or_path, flag="model_name_or_path")
     set_seed(training_args.seed)
     label_spec = parse_label_spec(args.labels)
     values, names = list(label_spec), list(label_spec.values())
     tokenizer = load_tokenizer(args.model_name_or_path)
     model = classifier_from_export(args.model_name_or_path, names)
+    # With peft, LoRA trains the trunk's adapter and the new head in full; the export is an adapter repo over the
+    # language-model export, loaded as this classifier with its labels (hub_exports/adapters.py)
+    model = with_peft(model, training_args.peft, args.model_name_or_path, extra_modules_to_save=head_modules(model),
+                      task_type="SEQ_CLS")
     train_set, eval_set = build_datasets(args, tokenizer, values, model.config)
     logger.info("%d training / %d evaluation examples, classes %s", len(train_set), len(eval_set), names)
-    card = model_card(model, args, len(train_set))
+    card = adapter_card(model_card(model, args, len(train_set)), training_args.peft, args.model_name_or_path)
     check_before_training(training_args.output_dir, model=model, tokenizer=tokenizer, card=card)
     trainer = ClassificationTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                                     processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
