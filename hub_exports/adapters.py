@@ -121,7 +121,9 @@ def export_adapter(model, out_dir, card: Optional[CardInfo] = None, run_verify: 
     recover_killed_exports(target)
     with staging_folder(target) as folder:
         folder.mkdir()
-        model.save_pretrained(folder)  # adapter config and weights, and PEFT's own card, replaced next
+        # adapter config and weights, and PEFT's own card, replaced next; no full embedding layers (the base's are
+        # never resized here), which PEFT would otherwise look the base up for, by Hub id too
+        model.save_pretrained(folder, save_embedding_layers=False)
         build_model_card(model, card or CardInfo()).save(folder / "README.md")
         base_manifest = read_manifest(base)
         write_manifest(folder, model, tokenizer, extra={"adapter": {

@@ -3,7 +3,10 @@ Used by tests/test_clm_trainer.py, which also imports its helpers.
 
     OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
         --dynamo_backend no --main_process_port PORT tests/clm_trainer_driver.py OUT.safetensors \
-        --optimizer muon --batch-size 2 --world-size 2
+        --optimizer muon --batch-size 2 --world-size 2 [--lora]
+
+With --lora the model is a LoRA adapter of the tiny GPT (trainers/adapters.py), its B matrices started away from zero
+so that every adapter weight has a gradient in the first step.
 """
 
 import argparse
@@ -15,6 +18,7 @@ from datasets import Dataset
 from safetensors.torch import save_file
 
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
+from trainers.adapters import with_peft
 from trainers.clm_config import CausalLMTrainingArguments
 from trainers.callbacks import close_process_group
 from trainers.clm_trainer import CausalLMTrainer
@@ -51,15 +55,30 @@ def training_args(output_dir, optimizer="sgd", **overrides) -> CausalLMTrainingA
     return CausalLMTrainingArguments(**{**values, **overrides})
 
 
-def make_trainer(output_dir, optimizer="sgd", callbacks=(), **overrides):
-    return CausalLMTrainer(model=tiny_model(), args=training_args(output_dir, optimizer, **overrides),
+LORA = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def lora_model(seed: int = 0):
+    """The tiny GPT with a LoRA adapter on every linear layer but the head; B drawn (seeded) instead of zero."""
+    model = with_peft(tiny_model(seed), LORA, base="tiny-gpt")
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model
+
+
+def make_trainer(output_dir, optimizer="sgd", callbacks=(), lora=False, **overrides):
+    return CausalLMTrainer(model=lora_model() if lora else tiny_model(),
+                           args=training_args(output_dir, optimizer, **overrides),
                            train_dataset=rows_dataset(), eval_dataset=rows_dataset(),
                            data_collator=CausalLMCollator(PAD_ID, VOCAB), callbacks=list(callbacks))
 
 
-def one_step(output_dir, optimizer: str, batch_size: int, ga: int = 1):
+def one_step(output_dir, optimizer: str, batch_size: int, ga: int = 1, lora: bool = False):
     """(trainer, {name: parameter after one optimizer step})."""
-    trainer = make_trainer(output_dir, optimizer, per_device_train_batch_size=batch_size,
+    trainer = make_trainer(output_dir, optimizer, lora=lora, per_device_train_batch_size=batch_size,
                            gradient_accumulation_steps=ga)
     trainer.train()
     return trainer, {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
@@ -71,8 +90,9 @@ def main(argv=None) -> None:
     parser.add_argument("--optimizer", required=True, choices=["sgd", "muon"])
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--world-size", type=int, required=True)
+    parser.add_argument("--lora", action="store_true")
     args = parser.parse_args(argv)
-    trainer, params = one_step(args.out + ".trainer", args.optimizer, args.batch_size)
+    trainer, params = one_step(args.out + ".trainer", args.optimizer, args.batch_size, lora=args.lora)
     report = f"rank={trainer.args.process_index} world_size={trainer.args.world_size}\n"
     os.write(sys.stdout.fileno(), report.encode())  # one write per line: the ranks share stdout
     assert trainer.args.world_size == args.world_size

@@ -126,13 +126,24 @@ def check_targets(model, spec: dict, modules_to_save) -> None:
         raise ValueError(f"peft.modules_to_save {missing} match no module of {what}")
 
 
-def with_peft(model, spec: dict, base: str, extra_modules_to_save=(), task_type: Optional[str] = None):
+# PEFT's task type of a model loaded with each Auto class: its task wrapper, and the class of PEFT's one-call loader
+# (AutoPeftModelForCausalLM, ...); masked LMs have none
+PEFT_TASK_TYPES = {"AutoModelForCausalLM": "CAUSAL_LM", "AutoModelForSequenceClassification": "SEQ_CLS",
+                   "AutoModelForTokenClassification": "TOKEN_CLS"}
+
+
+def with_peft(model, spec: dict, base: str, extra_modules_to_save=()):
     """`model` (loaded from the export `base`) wrapped for LoRA training as `spec` says, or `model` itself when
-    `spec` is empty. `extra_modules_to_save`: modules the run created (a new head), always trained in full."""
+    `spec` is empty. `extra_modules_to_save`: modules the run created (a new head), always trained in full. The PEFT
+    task type follows from the model's class."""
     if not spec:
         return model
     from peft import LoraConfig, get_peft_model
 
+    import modeling
+
+    auto_class, _ = modeling.task_class(model.config.model_type, type(model).__name__)
+    task_type = PEFT_TASK_TYPES.get(auto_class)
     spec = check_peft_spec(spec)
     modules_to_save = list(dict.fromkeys([*spec["modules_to_save"], *extra_modules_to_save]))
     check_targets(model, spec, modules_to_save)

@@ -62,7 +62,7 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'flex_attention', got "
                              f"{model_args.attn_implementation!r}")
         model.config._attn_implementation = model_args.attn_implementation  # read at every forward
-    return with_peft(model, training_args.peft, training_args.init_from, task_type="CAUSAL_LM")
+    return with_peft(model, training_args.peft, training_args.init_from)
 
 
 def continued_model(folder, tokenizer, max_seq_length: int) -> ModdedGptForCausalLM:

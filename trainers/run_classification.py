@@ -47,8 +47,7 @@ def main(args: ClassificationArguments, training_args: ClassificationTrainingArg
     model = classifier_from_export(args.model_name_or_path, names)
     # With peft, LoRA trains the trunk's adapter and the new head in full; the export is an adapter repo over the
     # language-model export, loaded as this classifier with its labels (hub_exports/adapters.py)
-    model = with_peft(model, training_args.peft, args.model_name_or_path, extra_modules_to_save=head_modules(model),
-                      task_type="SEQ_CLS")
+    model = with_peft(model, training_args.peft, args.model_name_or_path, extra_modules_to_save=head_modules(model))
     train_set, eval_set = build_datasets(args, tokenizer, values, model.config)
     logger.info("%d training / %d evaluation examples, classes %s", len(train_set), len(eval_set), names)
     card = adapter_card(model_card(model, args, len(train_set)), training_args.peft, args.model_name_or_path)

@@ -111,7 +111,7 @@ def build_model(args: ParallelArguments, tokenizer, peft: Optional[dict] = None)
     LoRA training)."""
     check_model_arguments(args, peft)
     if args.init_from:
-        return with_peft(continued_backpack(args, tokenizer), peft or {}, args.init_from, task_type="CAUSAL_LM")
+        return with_peft(continued_backpack(args, tokenizer), peft or {}, args.init_from)
     # Rows start with the language tag, not a BOS: the config says so (Trainer would otherwise "align" it, warning).
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
