@@ -9,9 +9,9 @@ from typing import Callable
 
 from transformers import AutoTokenizer
 
-from hub_exports.adapters import (is_adapter_folder, load_adapter_model, merged_model, refuse_local_base_on_push,
-                                  resolve_base_folder)
-from hub_exports.checkpoints import load_checkpoint
+from hub_exports.adapter_files import is_adapter_folder, resolve_base_folder
+from hub_exports.adapters import merged_model, refuse_local_base_on_push
+from hub_exports.checkpoints import load_adapter_model, load_checkpoint
 from hub_exports.exporting import export
 from hub_exports.folder_swap import check_export_target
 from hub_exports.model_cards import CardInfo, Metric

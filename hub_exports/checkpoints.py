@@ -2,9 +2,15 @@
 evaluation: with the local classes, strictly, and only if it was saved by this code."""
 
 import json
+import warnings
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 import modeling
+from hub_exports.adapter_files import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER, is_adapter_folder,
+                                       resolve_base_folder)
+from hub_exports.manifest import MANIFEST, read_json_object, read_manifest
 
 
 def load_checkpoint(folder):
@@ -15,9 +21,7 @@ def load_checkpoint(folder):
     PeftModel (`hub_exports.adapters.load_adapter_model`).
     """
     folder = Path(folder)
-    if (folder / "adapter_config.json").is_file():
-        from hub_exports.adapters import load_adapter_model
-
+    if is_adapter_folder(folder):
         return load_adapter_model(folder)
     config = json.loads((folder / "config.json").read_text())
     architectures = config.get("architectures") or [None]
@@ -31,4 +35,42 @@ def load_checkpoint(folder):
     problems = {key: sorted(map(str, value)) for key, value in info.items() if value}
     if problems:
         raise ValueError(f"{folder} does not load cleanly: {problems}")
+    return model
+
+
+def load_adapter_model(folder, base=None):
+    """The adapter in `folder` (an adapter repo, or a LoRA run's Trainer checkpoint) on its base export, both loaded
+    strictly: the base with `load_checkpoint`, the adapter refusing missing and unexpected keys."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    base_folder = resolve_base_folder(folder, base)
+    adapted = read_manifest(folder).get("adapter", {}).get("adapted", {})
+    task_type = read_json_object(Path(folder) / ADAPTER_CONFIG).get("task_type")
+    if not adapted and task_type == "SEQ_CLS" and not (Path(folder) / MANIFEST).is_file():
+        raise ValueError(f"{folder} is a classification adapter without the manifest that records its labels (a "
+                         "Trainer checkpoint): export it from the run's export/ instead")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(load_adapted_base(base_folder, adapted), str(folder))
+    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+    stored = set(load_file(Path(folder) / ADAPTER_WEIGHTS))
+    expected = set(get_peft_model_state_dict(model))
+    if missing or stored != expected:
+        raise ValueError(f"{folder} does not load cleanly onto {base_folder}: {missing or ''} unexpected "
+                         f"{sorted(stored - expected)[:5]}, missing {sorted(expected - stored)[:5]}")
+    setattr(model, BASE_FOLDER, str(base_folder))
+    return model.eval()
+
+
+def load_adapted_base(base_folder: Path, adapted: dict):
+    """The base export loaded as the task class an adapter was trained on, giving exactly the recorded loading info."""
+    if not adapted:
+        return load_checkpoint(base_folder)
+    config = read_json_object(base_folder / "config.json")
+    _, model_class = modeling.task_class(config.get("model_type"), adapted["class"])
+    model, info = model_class.from_pretrained(base_folder, output_loading_info=True, **adapted["kwargs"])
+    found = {key: sorted(map(str, value)) for key, value in info.items() if value}
+    expected = {key: value for key, value in adapted["loading_info"].items() if value}
+    if found != expected:
+        raise ValueError(f"{base_folder} loads as {adapted['class']} with {found}, the adapter expects {expected}")
     return model

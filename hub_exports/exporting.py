@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 import modeling
-from hub_exports.adapters import export_adapter, is_peft_model
+from hub_exports.adapter_files import is_peft_model
+from hub_exports.adapters import export_adapter
 from hub_exports.folder_swap import check_export_target, move_into_place, recover_killed_exports, staging_folder
 from hub_exports.manifest import write_manifest
 from hub_exports.model_cards import CardInfo, build_model_card

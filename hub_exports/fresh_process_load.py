@@ -1,10 +1,10 @@
 """Load an exported folder the way a Hub user does, in an interpreter that never imported hubzoo.
 
 Run by `hub_exports.verify` as `python -I fresh_process_load.py <folder> <auto class> <inputs.safetensors>
-<outputs.safetensors> <new tokens> [<adapter folder> [<from_pretrained kwargs as JSON>]]` with `HF_HUB_OFFLINE=1`, a private `HF_MODULES_CACHE` and a
-scratch working directory. Imports only the standard library, torch, safetensors and transformers (and peft for an
-adapter), so it also runs under other transformers versions (the 4.57 compatibility check uses it). Prints one JSON
-report on the last line of stdout.
+<outputs.safetensors> <new tokens> [<adapter folder> [<from_pretrained kwargs as JSON>]]` with `HF_HUB_OFFLINE=1`, a
+private `HF_MODULES_CACHE` and a scratch working directory. Imports only the standard library, torch, safetensors and
+transformers (and peft for an adapter), so it also runs under other transformers versions (the 4.57 compatibility
+check uses it). Prints one JSON report on the last line of stdout.
 
 With an adapter folder, the base `<folder>` is loaded as above and the adapter put on it with
 `PeftModel.from_pretrained`, inside the same watch for warnings; the outputs are the adapted model's. A causal-LM

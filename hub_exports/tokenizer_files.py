@@ -6,6 +6,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
+from hub_exports.adapter_files import is_adapter_folder, resolve_base_folder
+
 
 def load_tokenizer(name_or_folder: str):
     """A tokenizer folder or Hub name; a folder holding only GPT-2's BPE files (`vocab.json`/`merges.txt`, optionally
@@ -13,9 +15,7 @@ def load_tokenizer(name_or_folder: str):
     (GPT-2) pads with its EOS: padding is never attended and never counted, and EOT opens a document anyway. An
     adapter repo gives its base's tokenizer."""
     folder = Path(name_or_folder)
-    if (folder / "adapter_config.json").is_file() and not (folder / "tokenizer_config.json").is_file():
-        from hub_exports.adapters import resolve_base_folder
-
+    if is_adapter_folder(folder) and not (folder / "tokenizer_config.json").is_file():
         folder = name_or_folder = resolve_base_folder(folder)  # an adapter repo ships none: its base's is the one
     tokenizer = None
     for prefix in ("", "gpt2_"):

@@ -34,6 +34,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 import modeling
+from hub_exports.adapter_files import (ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS, is_adapter_folder,
+                                       resolve_base_folder)
 from hub_exports.folder_swap import recover_killed_exports
 from hub_exports.manifest import (MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, output_digest, probe_outputs,
                                   read_json_object, read_manifest)
@@ -44,7 +46,6 @@ FRESH_LOADER = Path(__file__).with_name("fresh_process_load.py")
 SHIPPED_FILES = {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", MANIFEST}
 SHIPPED_CODE = re.compile(r"(configuration|modeling)_[a-z0-9_]+\.py")
-ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: the folder is an adapter repo
 # Warnings a load raises whatever the model, from one client library about another, hence no finding about the
 # export: PEFT (0.21) reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model, which
 # transformers 5.2x answers with a FutureWarning. Every other warning fails the load.
@@ -68,8 +69,8 @@ class VerificationError(Exception):
 def verify(folder, reference_model=None, python: Optional[str] = None, atol: Optional[float] = None,
            base=None) -> list:
     """Run every check on `folder`; return the checks or raise `VerificationError`. An adapter repo (a LoRA run's
-    export) is checked by `hub_exports.adapters.verify_adapter` instead, on its base (`base`: a local copy of a base
-    that the adapter names by Hub id).
+    export) is checked by `verify_adapter` instead, on its base (`base`: a local copy of a base that the adapter
+    names by Hub id).
 
     `reference_model`: the in-memory model the export came from, compared on the probe as well. `python`:
     interpreter for the fresh-process load (default: this one). `atol`: output tolerance (default 1e-5).
@@ -80,9 +81,7 @@ def verify(folder, reference_model=None, python: Optional[str] = None, atol: Opt
         recover_killed_exports(folder)
     if not folder.is_dir():
         raise VerificationError(f"verify {folder}: not a directory", [])
-    if (folder / ADAPTER_CONFIG).is_file():
-        from hub_exports.adapters import verify_adapter
-
+    if is_adapter_folder(folder):
         return verify_adapter(folder, reference_model=reference_model, python=python, atol=atol, base=base)
     manifest = read_manifest(folder)
     checks = [_run_check("files", _check_files, folder), _run_check("manifest", _check_manifest, folder, manifest)]
@@ -379,3 +378,91 @@ def _judge_fresh_load(report: dict, config, expected_info: Optional[dict] = None
                                      f"{report['transformers_version']}), {loaded}"
                                      + (", head tied" if report["tied"] else ""))
     return Check("fresh-process load", not problems, detail)
+
+
+# ---- adapter repos (hub_exports/adapters.py says what they hold) ----
+def verify_adapter(folder, reference_model=None, python: Optional[str] = None, atol: Optional[float] = None,
+                   base=None) -> list:
+    """Every check of an adapter repo (hub_exports/adapters.py): the files, the manifests of both, the adapter config
+    and weights, the card, and the fresh-process load of base + adapter; returns them or raises VerificationError."""
+    folder = Path(folder).resolve()
+    manifest = read_manifest(folder)
+    checks = [_run_check("files", _check_adapter_files, folder),
+              _run_check("manifest", _check_manifest, folder, manifest)]
+    try:
+        base_folder = resolve_base_folder(folder, base)
+    except ValueError as error:
+        checks.append(Check("base", False, str(error)))
+        raise VerificationError(format_report(folder, checks), checks) from None
+    config = _read_config(base_folder)
+    if isinstance(config, Check):
+        checks.append(config)
+    else:
+        checks += [_run_check("base", _check_base, folder, manifest, base_folder),
+                   _run_check("adapter config", _check_adapter_config, folder, manifest),
+                   _run_check("adapter weights", _check_adapter_weights, folder),
+                   _run_check("model card", _check_adapter_card, folder)]
+    if all(check.ok for check in checks):
+        checks += _check_fresh_load(base_folder, config, manifest, reference_model, python or sys.executable,
+                                    1e-5 if atol is None else atol, adapter=folder,
+                                    adapted=manifest.get("adapter", {}).get("adapted"))
+    if not all(check.ok for check in checks):
+        raise VerificationError(format_report(folder, checks), checks)
+    return checks
+
+
+def _check_adapter_files(folder: Path) -> Check:
+    present = {path.name for path in folder.iterdir()}
+    problems = [f"missing {sorted(ADAPTER_FILES - present)}"] if ADAPTER_FILES - present else []
+    if present - ADAPTER_FILES:
+        problems.append(f"files an adapter repo must not ship: {sorted(present - ADAPTER_FILES)}")
+    return Check("files", not problems, "; ".join(problems) or f"{len(present)} files, nothing else")
+
+
+def _check_base(folder: Path, manifest: dict, base_folder: Path) -> Check:
+    """The base is the export the adapter was trained on (its manifest's sha256), and unchanged since (its files)."""
+    recorded = manifest.get("adapter", {}).get("base_manifest_sha256")
+    if not recorded:
+        return Check("base", False, f"{MANIFEST} does not record the base; re-export the adapter")
+    if file_digest(base_folder / MANIFEST) != recorded:
+        return Check("base", False, f"{base_folder} is not the export this adapter was trained on (its {MANIFEST} "
+                                    "differs from the one recorded at export)")
+    base_files = _check_manifest(base_folder, read_manifest(base_folder))
+    if not base_files.ok:
+        return Check("base", False, f"{base_folder}: {base_files.detail}")
+    return Check("base", True, f"{base_folder}, the export trained on ({base_files.detail})")
+
+
+def _check_adapter_config(folder: Path, manifest: dict) -> Check:
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(folder)
+    problems = [] if config.peft_type == "LORA" else [f"peft_type {config.peft_type}, hubzoo exports LoRA only"]
+    named = manifest.get("adapter", {}).get("base_model_name_or_path")
+    if config.base_model_name_or_path != named:
+        problems.append(f"base_model_name_or_path {config.base_model_name_or_path!r}, recorded at export {named!r}")
+    return Check("adapter config", not problems, "; ".join(problems) or
+                 f"LoRA r {config.r} on {len(config.target_modules)} modules, base {config.base_model_name_or_path}")
+
+
+def _check_adapter_weights(folder: Path) -> Check:
+    tensors = load_file(folder / ADAPTER_WEIGHTS)
+    problems = [f"{key} has non-finite values" for key, tensor in tensors.items()
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if not tensors:
+        problems.append("no tensors")
+    return Check("adapter weights", not problems, "; ".join(problems) or f"{len(tensors)} tensors, all finite")
+
+
+def _check_adapter_card(folder: Path) -> Check:
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    named = read_json_object(folder / ADAPTER_CONFIG).get("base_model_name_or_path")
+    problems = [f"metadata lacks {key}" for key in ("library_name", "base_model", "tags") if not data.get(key)]
+    if data.get("library_name") not in (None, "peft"):
+        problems.append(f"library_name {data['library_name']!r}, not peft")
+    if data.get("base_model") not in (None, named):
+        problems.append(f"base_model {data['base_model']!r}, the adapter config names {named!r}")
+    if "PeftModel.from_pretrained" not in card.text or "trust_remote_code=True" not in card.text:
+        problems.append("no usage snippet with trust_remote_code=True and PeftModel.from_pretrained")
+    return Check("model card", not problems, "; ".join(problems) or f"base_model {named}, library peft")

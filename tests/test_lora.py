@@ -14,7 +14,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 
 from hub_exports import export, load_checkpoint, verify
 from hub_exports import __main__ as hub_cli
-from hub_exports.adapters import load_adapter_model
+from hub_exports.checkpoints import load_adapter_model
 from hub_exports.verification import VerificationError
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from modeling.modded_gpt import ModdedGptConfig, ModdedGptForCausalLM
@@ -79,7 +79,8 @@ def test_a_lora_step_trains_the_adapter_and_the_new_head_only(gpt_export, tmp_pa
     assert any("score" in name and "modules_to_save" in name for name in trainable), "the new head in full"
     generator = torch.Generator().manual_seed(0)
     rows = [torch.randint(1, 59, (n,), generator=generator).tolist() for n in (7, 5, 9, 4)]
-    data = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1, 1, 0]})
+    data = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows],
+                              "labels": [0, 1, 1, 0]})
     args = TrainingArguments(output_dir=str(tmp_path / "t"), max_steps=2, per_device_train_batch_size=4,
                              learning_rate=1e-2, use_cpu=True, report_to="none", save_strategy="no",
                              disable_tqdm=True, seed=0)
@@ -234,12 +235,12 @@ def test_diffusion_run_with_an_adapter(tmp_path):
 
 @pytest.mark.slow
 def test_masked_lm_continued_pretraining_with_an_adapter(bert_export, tmp_path):
+    config = Path(run_ltg_bert.__file__).with_name("configs") / "ltg_bert_tiny.yaml"
     args = run_ltg_bert.parse_args((run_ltg_bert.ModelArguments, run_ltg_bert.DataArguments,
                                     run_ltg_bert.MaskedLMTrainingArguments),
-                                   [str(Path(run_ltg_bert.__file__).with_name("configs") / "ltg_bert_tiny.yaml"), "--output_dir", str(tmp_path / "run"),
-                                    "--init_from", str(bert_export), "--config_overrides", "{}", "--max_steps", "4",
-                                    "--embedded_sentences", "400", "--max_seq_length", "32", "--peft",
-                                    json.dumps(LORA), "--save_strategy", "no"])
+                                   [str(config), "--output_dir", str(tmp_path / "run"), "--init_from", str(bert_export),
+                                    "--config_overrides", "{}", "--max_steps", "4", "--embedded_sentences", "400",
+                                    "--max_seq_length", "32", "--peft", json.dumps(LORA), "--save_strategy", "no"])
     run_ltg_bert.main(*args)
     assert {"base", "fresh-process load", "outputs"} <= {check.name for check in verify(tmp_path / "run" / "export")}
     assert (tmp_path / "run" / "blimp.json").is_file()
@@ -315,7 +316,7 @@ def test_peft_needs_an_export_to_adapt(gpt_export, tmp_path, no_training):
     with pytest.raises(ValueError, match="is not a hubzoo export"):
         run_modded_gpt.main(*run_modded_gpt.parse([*flags, "--init_from", str(tmp_path), "--config_overrides", "{}"]))
     with pytest.raises(ValueError, match="peft trains LoRA matrices .* with AdamW"):
-        run_modded_gpt.parse(["--output_dir", str(tmp_path / "o"), "--peft", json.dumps(LORA)])  # the tiny config's Muon
+        run_modded_gpt.parse(["--output_dir", str(tmp_path / "o"), "--peft", json.dumps(LORA)])  # the tiny config: Muon
     adapter = export(with_peft(load_checkpoint(gpt_export), LORA, gpt_export), None, tmp_path / "adapter",
                      run_verify=False)
     with pytest.raises(ValueError, match="is an adapter repo, not a model: fold it into its base first"):

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from hub_exports.adapters import BASE_FOLDER
+from hub_exports.adapter_files import BASE_FOLDER
 from hub_exports.manifest import MANIFEST
 
 logger = logging.getLogger(__name__)

@@ -5,9 +5,9 @@
 
 A config states the model's size (`config_overrides`: hidden_size, num_hidden_layers, num_attention_heads,
 intermediate_size), or `init_from` names an export to continue pretraining (loaded strictly; `peft` then trains a
-LoRA adapter of it instead of every weight). Without `train_file`/`dataset_name` it trains on the embedded corpus (generated, no downloads) and
-scores its own minimal pairs. The tokenizer is trained on the training text unless `tokenizer_name` is given;
-`vocab_size` and the special ids are read from it. Outputs in `output_dir`: Trainer checkpoints (each with a verified
+LoRA adapter of it instead of every weight). Without `train_file`/`dataset_name` it trains on the embedded corpus
+(generated, no downloads) and scores its own minimal pairs. The tokenizer is trained on the training text unless
+`tokenizer_name` is given (or init_from's is used); `vocab_size` and the special ids are read from it. Outputs in `output_dir`: Trainer checkpoints (each with a verified
 `export/`), the final `export/`, `loss_curve.png`, `blimp.json` and `blimp.md`.
 """
 

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from eval_suites import sense_analysis, translation, word_similarity
 from hub_exports import CardInfo, Metric, load_checkpoint, load_tokenizer
-from hub_exports.adapters import is_peft_model
+from hub_exports.adapter_files import is_peft_model
 from hub_exports.tokenizer_checks import tokenizer_problems
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
 from trainers.adapters import check_peft_base, with_peft
@@ -96,7 +96,7 @@ def held_out_rows(tokenizer, args: ParallelArguments) -> Dataset:
 def check_model_arguments(args: ParallelArguments, peft: Optional[dict] = None) -> None:
     check_peft_base(peft or {}, args.init_from)
     if args.init_from:
-        if args.config_overrides or args.architecture != "backpack":
+        if args.config_overrides or MODEL_BUILDERS[args.architecture] is not _backpack:
             raise ValueError("init_from continues a Backpack export as it was saved: no config_overrides, "
                              "architecture backpack (the GPT-2 baseline trains from scratch)")
         return
