@@ -63,3 +63,24 @@ def test_both_architectures_share_width_depth_and_tokenizer(shared_dir, tmp_path
     assert gpt2.config.vocab_size == backpack.config.vocab_size == len(tokenizer)
     rows = run_backpack.encode_pairs(tokenizer, args, english[:3], french[:3])
     assert all(row[-1] == tokenizer.eos_token_id and len(row) <= 128 for row in rows["input_ids"])
+
+
+@pytest.mark.slow
+def test_lora_continues_a_backpack_export(shared_dir, tmp_path):
+    """init_from a run's export with `peft`: its tokenizer is reused, the adapter repo verifies on that export, and
+    the evaluation (translation, senses) runs on the adapted model."""
+    from hub_exports import verify
+
+    args, training_args = tiny_run(shared_dir, tmp_path, "backpack")
+    run_backpack.main(args, training_args)
+    base = tmp_path / "backpack" / "export"
+    args, training_args = tiny_run(shared_dir, tmp_path / "lora", "backpack")
+    training_args.output_dir = str(tmp_path / "lora" / "out")
+    args.init_from, args.config_overrides, args.tokenizer_name = str(base), {}, None
+    training_args.peft, training_args.optimizer = {"type": "lora", "r": 4}, "adamw"
+    run_backpack.main(args, training_args)
+    output = tmp_path / "lora" / "out"
+    assert {"base", "fresh-process load", "outputs", "generate"} <= {check.name for check in verify(output / "export")}
+    results = json.loads((output / "results.json").read_text())
+    assert results["train_steps"] == 20 and {"greedy", "beam2"} <= set(results["translation"])
+    assert (output / "senses.png").is_file()

@@ -166,6 +166,8 @@ def model_card(model, args: ParallelArguments, training_args, num_pairs: int) ->
 
 def evaluate_model(model, tokenizer, args: ParallelArguments, training_args, output: Path) -> dict:
     """Translation, word similarity and (Backpack) sense figures of the trained model."""
+    if is_peft_model(model):
+        model = model.get_base_model()  # its layers carry the adapter: the adapted model, as its own class
     model.eval()
     sources, references = translation.load_parallel(args.source_test, args.target_test, limit=args.translation_pairs)
     report = {"translation": translation.evaluate_translation(
