@@ -129,10 +129,7 @@ def build_model_card(model, card: CardInfo) -> ModelCard:
         other_auto_classes=", ".join(f"`{name}`" for name in other),
         training_data=card.training_data,
         training_procedure=card.training_procedure,
-        metrics_table="".join(
-            f"| {m.task_type} | {m.dataset_name} | {m.metric_name or m.metric_type} | {m.metric_value} |\n"
-            for m in card.metrics
-        ),
+        metrics_table=metrics_table(card.metrics),
         limitations=card.limitations,
         citation=citation.read_text().strip() if citation.exists() else "",
     )
@@ -181,12 +178,15 @@ def build_adapter_card(model, card: CardInfo) -> ModelCard:
         auto_peft_class=AUTO_PEFT_CLASSES.get(auto_class, ""),
         training_data=card.training_data,
         training_procedure=card.training_procedure,
-        metrics_table="".join(
-            f"| {m.task_type} | {m.dataset_name} | {m.metric_name or m.metric_type} | {m.metric_value} |\n"
-            for m in card.metrics
-        ),
+        metrics_table=metrics_table(card.metrics),
         limitations=card.limitations,
     )
+
+
+def metrics_table(metrics: list) -> str:
+    """The rows of the card's evaluation table."""
+    return "".join(f"| {m.task_type} | {m.dataset_name} | {m.metric_name or m.metric_type} | {m.metric_value} |\n"
+                   for m in metrics)
 
 
 def add_results_to_card(folder, metrics: list, section: str) -> None:

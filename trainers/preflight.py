@@ -14,6 +14,7 @@ import torch
 from transformers import PretrainedConfig
 
 import modeling
+from hub_exports.checkpoints import load_checkpoint
 from hub_exports.folder_swap import check_export_target
 from hub_exports.model_cards import CardInfo, build_model_card
 from hub_exports.tokenizer_checks import tokenizer_problems
@@ -77,6 +78,21 @@ def check_weights_unchanged(init_from, overrides: dict, flag: str) -> None:
         raise ValueError(f"{flag} {sorted(overrides)} would change the weights of init_from {init_from} "
                          f"({len(changed)} tensors, e.g. {changed[:3]}): with init_from, overrides may only change "
                          "settings that keep every weight's name and shape")
+
+
+def load_init_from(folder, model_class, tokenizer, max_seq_length: int):
+    """The checkpoint `folder` loaded strictly, refused unless it is a `model_class` that fits `tokenizer` and takes
+    rows of `max_seq_length` tokens (a run continuing it must train what it was)."""
+    model = load_checkpoint(folder)  # strict: refuses missing/unexpected keys
+    if not isinstance(model, model_class):
+        raise ValueError(f"init_from holds a {type(model).__name__}; the run continues a {model_class.__name__}")
+    problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
+    if problems:
+        raise ValueError(f"init_from does not fit the tokenizer ({'; '.join(problems)}): pass its tokenizer")
+    if max_seq_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_seq_length {max_seq_length} exceeds init_from's max_position_embeddings "
+                         f"{model.config.max_position_embeddings}")
+    return model
 
 
 def check_before_training(output_dir, inputs=(), model=None, tokenizer=None, card: Optional[CardInfo] = None) -> None:

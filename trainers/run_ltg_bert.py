@@ -20,7 +20,6 @@ from transformers import set_seed
 import modeling  # noqa: F401  (registers the architectures with the Auto classes)
 from eval_suites.blimp import evaluate_blimp, load_pairs, markdown_report
 from hub_exports import CardInfo, Metric, full_fp32_matmuls, load_checkpoint, load_tokenizer
-from hub_exports.tokenizer_checks import tokenizer_problems
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from trainers.adapters import adapter_card, check_peft_base, with_peft
 from trainers.arguments import DataArguments, ModelArguments, parse_args
@@ -30,7 +29,7 @@ from trainers.finishing import RunReport, finish_run, run_callbacks
 from trainers.mlm_config import MaskedLMTrainingArguments
 from trainers.mlm_data import chunk_sentences, load_texts, pack_into_blocks
 from trainers.mlm_trainer import MaskedLMTrainer
-from trainers.preflight import check_before_training, check_overrides
+from trainers.preflight import check_before_training, check_overrides, load_init_from
 from trainers.tokenization import obtain_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -49,15 +48,7 @@ def build_model(model_args, training_args, tokenizer, max_seq_length: int):
     """A new LTG-BERT sized by `config_overrides`, or `init_from` continued (with `peft`: wrapped for LoRA)."""
     check_model_arguments(model_args, training_args)
     if training_args.init_from:
-        model = load_checkpoint(training_args.init_from)  # strict
-        if not isinstance(model, LtgBertForMaskedLM):
-            raise ValueError(f"init_from holds a {type(model).__name__}; run_ltg_bert continues an LtgBertForMaskedLM")
-        problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
-        if problems:
-            raise ValueError(f"init_from does not fit the tokenizer ({'; '.join(problems)}): pass its tokenizer")
-        if max_seq_length > model.config.max_position_embeddings:
-            raise ValueError(f"max_seq_length {max_seq_length} exceeds init_from's max_position_embeddings "
-                             f"{model.config.max_position_embeddings}")
+        model = load_init_from(training_args.init_from, LtgBertForMaskedLM, tokenizer, max_seq_length)
         return with_peft(model, training_args.peft, training_args.init_from)
     config = LtgBertConfig(
         **{"max_position_embeddings": max(512, max_seq_length), **model_args.config_overrides},

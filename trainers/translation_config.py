@@ -12,13 +12,12 @@ from datasets import Dataset
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from eval_suites import sense_analysis, translation, word_similarity
-from hub_exports import CardInfo, Metric, load_checkpoint, load_tokenizer
+from hub_exports import CardInfo, Metric, load_tokenizer
 from hub_exports.adapter_files import is_peft_model
-from hub_exports.tokenizer_checks import tokenizer_problems
 from modeling.backpack import BackpackConfig, BackpackForCausalLM
 from trainers.adapters import check_peft_base, with_peft
 from trainers.finishing import RunReport
-from trainers.preflight import check_overrides
+from trainers.preflight import check_overrides, load_init_from
 from trainers.tokenization import document_separator, train_tokenizer
 
 REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_senses")
@@ -111,24 +110,12 @@ def build_model(args: ParallelArguments, tokenizer, peft: Optional[dict] = None)
     LoRA training)."""
     check_model_arguments(args, peft)
     if args.init_from:
-        return with_peft(continued_backpack(args, tokenizer), peft or {}, args.init_from)
+        model = load_init_from(args.init_from, BackpackForCausalLM, tokenizer, args.max_seq_length)
+        return with_peft(model, peft or {}, args.init_from)
     # Rows start with the language tag, not a BOS: the config says so (Trainer would otherwise "align" it, warning).
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
     return MODEL_BUILDERS[args.architecture](dict(args.config_overrides), ids, args.max_seq_length)
-
-
-def continued_backpack(args: ParallelArguments, tokenizer) -> BackpackForCausalLM:
-    model = load_checkpoint(args.init_from)  # strict
-    if not isinstance(model, BackpackForCausalLM):
-        raise ValueError(f"init_from holds a {type(model).__name__}, not a BackpackForCausalLM")
-    problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
-    if problems:
-        raise ValueError(f"init_from does not fit the tokenizer ({'; '.join(problems)}): pass its tokenizer")
-    if args.max_seq_length > model.config.max_position_embeddings:
-        raise ValueError(f"max_seq_length {args.max_seq_length} exceeds init_from's max_position_embeddings "
-                         f"{model.config.max_position_embeddings}")
-    return model
 
 
 def _backpack(overrides: dict, ids: dict, max_seq_length: int):
