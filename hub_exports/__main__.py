@@ -9,7 +9,7 @@ from typing import Callable
 
 from transformers import AutoTokenizer
 
-from hub_exports.adapter_files import is_adapter_folder, resolve_base_folder
+from hub_exports.adapter_files import check_hub_id, is_adapter_folder, resolve_base_folder
 from hub_exports.adapters import merged_model, refuse_local_base_on_push
 from hub_exports.checkpoints import load_adapter_model, load_checkpoint
 from hub_exports.exporting import export
@@ -77,18 +77,30 @@ def cmd_export(args) -> int:
         model = load_checkpoint(args.model)
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
         return _export_and_verify(model, tokenizer, args.out, _card(args))
+    if (args.tokenizer and not args.merge) or (args.base_model and args.merge):
+        print("Not exported: an adapter repo ships no tokenizer (--tokenizer belongs to --merge) and a merged export "
+              "names no base (--base-model belongs to adapter repos)", file=sys.stderr)
+        return 1
     try:
-        model = load_adapter_model(args.model, base=args.base)
+        if args.base_model:
+            check_hub_id(args.base_model, "--base-model")
+        base = resolve_base_folder(args.model, args.base)
+        model = load_adapter_model(args.model, base=base)
     except ValueError as error:
         print(f"Not exported: {error}", file=sys.stderr)
         return 1
-    tokenizer = load_tokenizer(args.tokenizer or resolve_base_folder(args.model, args.base))
+    if _refuse_out(args.out, base):  # the adapter's base must survive the export
+        return 1
+    tokenizer = load_tokenizer(args.tokenizer or base)
     if args.base_model:
         model.peft_config[model.active_adapter].base_model_name_or_path = args.base_model
     return _export_and_verify(merged_model(model) if args.merge else model, tokenizer, args.out, _card(args))
 
 
 def cmd_verify(args) -> int:
+    if args.base and not is_adapter_folder(args.folder):
+        print(f"--base belongs to adapter repos; {args.folder} holds no adapter_config.json", file=sys.stderr)
+        return 1
     try:
         print(format_report(args.folder, verify(args.folder, python=args.python, base=args.base)))
     except VerificationError as error:

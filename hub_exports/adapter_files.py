@@ -45,3 +45,15 @@ def resolve_base_folder(adapter_folder, base=None) -> Path:
         raise ValueError(f"--base {base} is not a hubzoo export folder (no {MANIFEST})")
     raise ValueError(f"the base {named!r} of the adapter {adapter_folder} is not a local hubzoo export: pass the "
                      "folder of a local copy of it as base (--base)")
+
+
+def check_hub_id(name, what: str) -> None:
+    """`name` must be a Hub repo id (org/name), not a path: the adapter repo names its base by it."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except (HFValidationError, TypeError):
+        raise ValueError(f"{what} must be a Hub id such as org/name, got {name!r}") from None
+    if Path(name).exists() or "/" not in name:
+        raise ValueError(f"{what} must be a Hub id such as org/name (where the base export is pushed), got {name!r}")

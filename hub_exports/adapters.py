@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 def export_adapter(model, out_dir, card: Optional[CardInfo] = None, run_verify: bool = True) -> Path:
     """Write the PeftModel `model` as an adapter repo at `out_dir` (see the module docstring); returns its path. The
     probe is the base's tokenizer's; `out_dir` follows `export`'s rules (new, empty or an earlier export)."""
-    target = check_export_target(out_dir)
     base = base_folder_of(model)
+    target = check_export_target(out_dir, sources=[base])  # the base must survive its adapter's export
     tokenizer = load_tokenizer(base)
     problems = tokenizer_problems(model.config, tokenizer, type(model.get_base_model()).__name__)
     if problems:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import modeling
 from hub_exports.adapter_files import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER, is_adapter_folder,
                                        resolve_base_folder)
-from hub_exports.manifest import MANIFEST, read_json_object, read_manifest
+from hub_exports.manifest import MANIFEST, file_digest, read_json_object, read_manifest
 
 
 def load_checkpoint(folder):
@@ -43,8 +43,15 @@ def load_adapter_model(folder, base=None):
     strictly: the base with `load_checkpoint`, the adapter refusing missing and unexpected keys."""
     from peft import PeftModel, get_peft_model_state_dict
 
+    if (Path(folder) / "ema.safetensors").is_file():
+        raise ValueError(f"{folder} is a Trainer checkpoint of a run with an EMA, whose adapter_model.safetensors holds "
+                         f"the live weights, not the averaged ones the run exports: export {Path(folder) / 'export'}")
     base_folder = resolve_base_folder(folder, base)
-    adapted = read_manifest(folder).get("adapter", {}).get("adapted", {})
+    recorded = read_manifest(folder).get("adapter", {})
+    if recorded.get("base_manifest_sha256") and file_digest(base_folder / MANIFEST) != recorded["base_manifest_sha256"]:
+        raise ValueError(f"{base_folder} is not the export the adapter {folder} was trained on (its {MANIFEST} differs "
+                         "from the one recorded at export)")
+    adapted = recorded.get("adapted", {})
     task_type = read_json_object(Path(folder) / ADAPTER_CONFIG).get("task_type")
     if not adapted and task_type == "SEQ_CLS" and not (Path(folder) / MANIFEST).is_file():
         raise ValueError(f"{folder} is a classification adapter without the manifest that records its labels (a "

@@ -8,8 +8,9 @@ check uses it). Prints one JSON report on the last line of stdout.
 
 With an adapter folder, the base `<folder>` is loaded as above and the adapter put on it with
 `PeftModel.from_pretrained`, inside the same watch for warnings; the outputs are the adapted model's. A causal-LM
-adapter whose config names a local base is also loaded in one call, `AutoPeftModelForCausalLM.from_pretrained`, and
-the largest difference of its outputs from the first load is reported. The kwargs (e.g. `num_labels` and the label
+adapter is also loaded in one call, `AutoPeftModelForCausalLM.from_pretrained`, from a copy whose config names the
+base `<folder>` (a Hub id cannot be fetched here), and the largest difference of its outputs from the first load is
+reported. The kwargs (e.g. `num_labels` and the label
 names of a classification adapter over a language-model export) go to the base's `from_pretrained`.
 
 A model that can generate also generates greedily from `generate_prompt` in the inputs file, with and without its
@@ -77,8 +78,8 @@ def main(folder, auto_class_name, inputs_path, outputs_path, new_tokens="0", ada
         "tokenizer_max_id": int(tokenized["input_ids"].max()),
         "can_generate": model.can_generate(),
         "generate": None if prompt is None or not model.can_generate() else _generate(model, prompt, new_tokens),
-        "auto_peft": _auto_peft(adapter, inputs, main_output) if adapter and auto_class_name == "AutoModelForCausalLM"
-        else None,
+        "auto_peft": _auto_peft(adapter, folder, inputs, main_output)
+        if adapter and auto_class_name == "AutoModelForCausalLM" else None,
     }
     print(json.dumps(report))
 
@@ -87,20 +88,28 @@ def _main_output(outputs):
     return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
 
 
-def _auto_peft(adapter, inputs, expected):
-    """The adapter loaded in one call by PEFT's Auto class (its base from the adapter config): the largest output
-    difference from the two-step load, or why it could not be loaded; None when the config names a Hub id (offline
-    here)."""
+def _auto_peft(adapter, base, inputs, expected):
+    """The adapter loaded in one call by PEFT's Auto class, from a copy whose config names the local `base` (what a
+    user with the Hub gets from the id): the largest output difference from the two-step load, or why it could not
+    be loaded."""
     import os
+    import shutil
+    import tempfile
 
-    from peft import AutoPeftModelForCausalLM, PeftConfig
+    from peft import AutoPeftModelForCausalLM
 
-    if not os.path.isdir(PeftConfig.from_pretrained(adapter).base_model_name_or_path):
-        return None
     try:
-        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings(record=True) as caught, \
+                torch.no_grad():
+            copy = shutil.copytree(adapter, os.path.join(scratch, "adapter"))
+            config_file = os.path.join(copy, "adapter_config.json")
+            with open(config_file) as handle:
+                config = json.load(handle)
+            config["base_model_name_or_path"] = base
+            with open(config_file, "w") as handle:
+                json.dump(config, handle)
             warnings.simplefilter("always")
-            model = AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True).eval()
+            model = AutoPeftModelForCausalLM.from_pretrained(copy, trust_remote_code=True).eval()
             outputs = _main_output(model(**inputs)).float()
     except Exception as error:  # reported to verify, which names it as the finding
         return {"error": f"{type(error).__name__}: {error}"[-2000:]}

@@ -14,6 +14,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 
 from hub_exports import export, load_checkpoint, verify
 from hub_exports import __main__ as hub_cli
+from hub_exports.adapters import refuse_local_base_on_push
 from hub_exports.checkpoints import load_adapter_model
 from hub_exports.verification import VerificationError
 from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
@@ -199,6 +200,9 @@ def test_an_adapter_names_its_hub_base_and_is_not_pushed_with_a_local_one(gpt_ex
     folder = export(model, None, tmp_path / "adapter")  # verified on the local base the model came from
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "someone/tiny-gpt"
     assert "huggingface.co/someone/tiny-gpt" in (folder / "README.md").read_text()
+    checks = {check.name: check for check in verify(folder, base=gpt_export)}  # the Hub id stands for this copy
+    assert checks["AutoPeftModel load"].ok, "the one-call load is checked for a Hub-named base too"
+    refuse_local_base_on_push(folder)  # a Hub-named base may be pushed
     local = export(with_peft(load_checkpoint(gpt_export), LORA, gpt_export), None, tmp_path / "local")
     assert hub_cli.main(["push", str(local), "someone/x"]) == 1
     assert "names its base by the local folder" in capsys.readouterr().err
@@ -328,3 +332,80 @@ def test_the_latent_wire_run_takes_no_peft(tmp_path):
 
     with pytest.raises(ValueError, match="run_latent_wire trains the wire in full"):
         LatentWireTrainingArguments(output_dir=str(tmp_path), peft=LORA, use_cpu=True)
+
+
+def test_the_base_survives_its_adapter(gpt_export, tmp_path, no_training, capsys):
+    """The base is never replaced or rotated away: not by a run whose output_dir holds it, not by an export onto it."""
+    with pytest.raises(ValueError, match="lies inside output_dir"):
+        run_gpt(gpt_export, gpt_export.parent)
+    model = with_peft(load_checkpoint(gpt_export), LORA, gpt_export)
+    with pytest.raises(ValueError, match="holds the source"):
+        export(model, None, gpt_export)
+    adapter = export(model, None, tmp_path / "adapter", run_verify=False)
+    assert hub_cli.main(["export", "--model", str(adapter), "--out", str(gpt_export)]) == 1
+    assert "holds the source" in capsys.readouterr().err
+    assert load_checkpoint(gpt_export).config.model_type == "modded_gpt"
+
+
+def test_an_adapter_loads_only_on_the_base_it_was_trained_on(gpt_export, tmp_path, capsys):
+    adapter = export(with_peft(load_checkpoint(gpt_export), LORA, gpt_export), None, tmp_path / "adapter",
+                     run_verify=False)
+    torch.manual_seed(1)
+    other = export(ModdedGptForCausalLM(load_checkpoint(gpt_export).config), load_tokenizer_of(gpt_export),
+                   tmp_path / "other")
+    assert hub_cli.main(["export", "--model", str(adapter), "--base", str(other), "--out", str(tmp_path / "x")]) == 1
+    assert "is not the export the adapter" in capsys.readouterr().err
+    checkpoint = tmp_path / "checkpoint-2"  # a Trainer checkpoint of a run with an EMA: live weights, not the average
+    checkpoint.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (checkpoint / name).write_bytes((adapter / name).read_bytes())
+    (checkpoint / "ema.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="averaged ones the run exports: export"):
+        load_adapter_model(checkpoint)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tokenizer", "x"], "--tokenizer belongs to --merge"),
+    (["--merge", "--base-model", "org/base"], "--base-model belongs to adapter repos"),
+    (["--base-model", "./relative"], "--base-model must be a Hub id"),
+])
+def test_adapter_export_flags_that_would_be_ignored_are_refused(gpt_export, tmp_path, capsys, flags, message):
+    adapter = export(with_peft(load_checkpoint(gpt_export), LORA, gpt_export), None, tmp_path / "adapter",
+                     run_verify=False)
+    assert hub_cli.main(["export", "--model", str(adapter), "--out", str(tmp_path / "out"), *flags]) == 1
+    assert message in capsys.readouterr().err
+    assert hub_cli.main(["verify", str(gpt_export), "--base", str(gpt_export)]) == 1
+
+
+def test_settings_an_adapter_repo_cannot_carry_are_refused(gpt_export, tmp_path, no_training):
+    peft = ["--peft", json.dumps(LORA)]
+    with pytest.raises(ValueError, match="an adapter is used with its base's tokenizer"):
+        run_gpt(gpt_export, tmp_path / "run", "--tokenizer_name", str(gpt_export))
+    model_args, _, training_args = run_mdlm.parse(["--output_dir", str(tmp_path / "d"), "--init_from", str(gpt_export),
+                                                   "--config_overrides", '{"block_size": 8}', *peft])
+    with pytest.raises(ValueError, match="an adapter repo holds no config"):
+        run_mdlm.check_model_arguments(model_args, training_args)
+    for name in ("./base", "gpt2", "a b/c"):
+        with pytest.raises(ValueError, match="peft.base_model must be a Hub id"):
+            check_peft_spec({**LORA, "base_model": name})
+    three = classification_config.classifier_from_export(gpt_export, ["a", "b", "c"])
+    classifier = export(three.eval(), load_tokenizer_of(gpt_export), tmp_path / "classifier")
+    args = run_classification.parse([
+        "--model_name_or_path", str(classifier), "--train_file", str(write_task(tmp_path / "train.tsv")),
+        "--eval_file", str(write_task(tmp_path / "test.tsv", rows=20, seed=1)), "--labels", "0=no,1=yes",
+        "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--report_to", "none", *peft])
+    with pytest.raises(ValueError, match="start from the language-model export"):
+        run_classification.main(*args)
+
+
+def test_resuming_with_other_lora_settings_is_refused(tmp_path):
+    first = clm_trainer_driver.make_trainer(tmp_path, "sgd", lora=True, max_steps=2, save_strategy="steps",
+                                            save_steps=2, per_device_train_batch_size=2, learning_rate=1e-2)
+    first.train()
+    other = with_peft(clm_trainer_driver.tiny_model(), {**clm_trainer_driver.LORA, "alpha": 16}, "tiny-gpt")
+    resumed = clm_trainer_driver.make_trainer(tmp_path, "sgd", max_steps=4, save_strategy="steps", save_steps=2,
+                                              per_device_train_batch_size=2, learning_rate=1e-2)
+    resumed.model = other
+    with pytest.raises(ValueError, match=r"saved with other LoRA settings .*'lora_alpha': \(8, 16\)"):
+        resumed.train(resume_from_checkpoint=True)
+

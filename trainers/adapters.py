@@ -11,12 +11,13 @@ must be a hubzoo export, because the adapter repo names it as the model to load 
 adapter (and `modules_to_save` in full), and its exports are adapter repos (`hub_exports/adapters.py`).
 """
 
+import json
 import logging
 import re
 from pathlib import Path
 from typing import Optional
 
-from hub_exports.adapter_files import BASE_FOLDER
+from hub_exports.adapter_files import BASE_FOLDER, check_hub_id
 from hub_exports.manifest import MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,17 @@ def check_peft_spec(spec: dict) -> dict:
         raise ValueError(f"peft.bias must be 'none', 'all' or 'lora_only', got {full['bias']!r}")
     if not isinstance(full["use_rslora"], bool):
         raise ValueError(f"peft.use_rslora must be true or false, got {full['use_rslora']!r}")
-    if full["base_model"] is not None and not (isinstance(full["base_model"], str) and full["base_model"]):
-        raise ValueError(f"peft.base_model must be a Hub id, got {full['base_model']!r}")
+    if full["base_model"] is not None:
+        check_hub_id(full["base_model"], "peft.base_model")
     return full
 
 
-def check_peft_base(spec: dict, base: Optional[str], flag: str = "init_from") -> None:
-    """A LoRA run needs a base that an adapter repo can name: a hubzoo export folder (checked before any work)."""
+
+def check_peft_base(spec: dict, base: Optional[str], flag: str = "init_from", output_dir: Optional[str] = None,
+                    tokenizer_name: Optional[str] = None) -> None:
+    """A LoRA run needs a base that an adapter repo can name: a hubzoo export folder outside the run's `output_dir`
+    (whose exports and checkpoint rotation would replace or delete it), used with its own tokenizer (the adapter
+    repo ships none). Checked before any work."""
     if base and (Path(base) / "adapter_config.json").is_file():
         raise ValueError(f"{flag} {base} is an adapter repo, not a model: fold it into its base first (python -m "
                          "hub_exports export --model ADAPTER --merge --out FOLDER) and start from that export")
@@ -74,6 +79,12 @@ def check_peft_base(spec: dict, base: Optional[str], flag: str = "init_from") ->
         raise ValueError(f"peft: {flag} {base} is not a hubzoo export (no {MANIFEST}); the adapter repo names its "
                          "base as the model a user loads first, so the base must be an export (e.g. a run's export/ "
                          "or a checkpoint's checkpoint-N/export)")
+    if output_dir and Path(output_dir).resolve() in [Path(base).resolve(), *Path(base).resolve().parents]:
+        raise ValueError(f"peft: {flag} {base} lies inside output_dir {output_dir}, whose export and checkpoints "
+                         "would replace or rotate it away: copy the base elsewhere or choose another output_dir")
+    if tokenizer_name:
+        raise ValueError(f"peft: tokenizer_name {tokenizer_name} with a base export: an adapter is used with its "
+                         f"base's tokenizer ({flag}'s), which the run takes by itself")
 
 
 def matching_modules(model, pattern) -> list:
@@ -171,6 +182,28 @@ def adapter_card(card, spec: dict, base: str):
     """`card` (a run's CardInfo) describing a LoRA fine-tune of the export `base` instead of the model itself."""
     if spec:
         card.description = (f"A LoRA adapter (r {spec.get('r', LORA_DEFAULTS['r'])}) fine-tuned by hubzoo on the "
-                            f"export {base}: {card.description}")
+                            f"export {spec.get('base_model') or base}: {card.description}")
     return card
+
+
+# The LoRA settings a resumed run must share with the checkpoint it resumes (Trainer's resume loads the adapter
+# weights without checking them)
+RESUMED_SETTINGS = ("base_model_name_or_path", "r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save",
+                    "bias", "use_rslora", "task_type")
+
+
+def check_resumed_adapter(model, checkpoint) -> None:
+    """Refuse to resume the PEFT model `model` from a `checkpoint` saved with other LoRA settings or another base:
+    the run would continue another adapter, silently."""
+    saved = json.loads((Path(checkpoint) / "adapter_config.json").read_text())
+    current = model.peft_config[model.active_adapter].to_dict()
+
+    def comparable(value):
+        return sorted(value) if isinstance(value, (list, set, tuple)) else value
+
+    differ = {name: (saved.get(name), current.get(name)) for name in RESUMED_SETTINGS
+              if comparable(saved.get(name)) != comparable(current.get(name))}
+    if differ:
+        raise ValueError(f"{checkpoint} was saved with other LoRA settings than this run's (checkpoint, run): "
+                         f"{differ}; resume with the settings and init_from it was trained with")
 

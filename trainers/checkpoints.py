@@ -22,6 +22,9 @@ from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from hub_exports.adapter_files import is_peft_model
+from trainers.adapters import check_resumed_adapter
+
 logger = logging.getLogger(__name__)
 
 STAGING_DIR = "staging_checkpoints"
@@ -91,6 +94,9 @@ class CompleteCheckpointsMixin:
         """As Trainer's, but `resume_from_checkpoint=True` picks the newest complete checkpoint and a named one must be
         complete (refused before any work, naming what it lacks); unfinished saves of an earlier run are removed."""
         checkpoint = self.complete_checkpoint(resume_from_checkpoint)
+        model = self.accelerator.unwrap_model(self.model)
+        if checkpoint and is_peft_model(model):
+            check_resumed_adapter(model, checkpoint)
         if self.args.should_save:
             remove_unfinished_saves(self._get_output_dir(trial))
         self.accelerator.wait_for_everyone()  # no rank looks at the run dir while it is tidied

@@ -99,6 +99,19 @@ def classifier_from_export(folder, label_names):
     return classifier
 
 
+def check_lora_base_labels(folder, label_names) -> None:
+    """A LoRA classifier over an export that is itself a classifier must keep its labels: the adapter repo loads on
+    that export as saved, so other labels would load with the export's names (or fail on the head's shape)."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    if not (config.get("architectures") or [""])[0].endswith("ForSequenceClassification"):
+        return
+    saved = {str(key): value for key, value in (config.get("id2label") or {}).items()}
+    wanted = {str(i): name for i, name in enumerate(label_names)}
+    if saved != wanted:
+        raise ValueError(f"peft over the classifier export {folder}, whose labels are {saved}, with labels {wanted}: "
+                         "start from the language-model export instead (the adapter then holds the new head)")
+
+
 def head_modules(classifier) -> list:
     """The names of the classifier's modules with weights outside its trunk (the new head), which LoRA trains in
     full (`modules_to_save`)."""

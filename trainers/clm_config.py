@@ -35,7 +35,8 @@ class CausalLMTrainingArguments(MuonTrainingArguments):
 
 
 def check_model_arguments(model_args, training_args) -> None:
-    check_peft_base(training_args.peft, training_args.init_from)
+    check_peft_base(training_args.peft, training_args.init_from, output_dir=training_args.output_dir,
+                    tokenizer_name=model_args.tokenizer_name)
     if training_args.init_from and model_args.config_overrides:
         raise ValueError("with init_from, config_overrides must be empty: the checkpoint is continued as it was saved")
     check_overrides(model_args.config_overrides, ModdedGptConfig, required=MODDED_GPT_REQUIRED_FIELDS,

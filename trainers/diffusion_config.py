@@ -86,7 +86,11 @@ def check_objective(data_args, training_args) -> None:
 
 
 def check_model_arguments(model_args, training_args) -> None:
-    check_peft_base(training_args.peft, training_args.init_from)
+    check_peft_base(training_args.peft, training_args.init_from, output_dir=training_args.output_dir,
+                    tokenizer_name=model_args.tokenizer_name)
+    if training_args.peft and model_args.config_overrides:
+        raise ValueError("peft with config_overrides: an adapter repo holds no config, so its users (and the run's "
+                         "own evaluation of its export) would load the base's settings, not the overridden ones")
     policy = DIFFUSION_POLICIES[training_args.algorithm]
     check_overrides(model_args.config_overrides, policy.config_class, required=policy.required_fields,
                     set_by_run=("vocab_size", "mask_token_id", "pad_token_id", "bos_token_id",

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 def main(args: ParallelArguments, training_args: MuonTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_model_arguments(args, training_args.peft)
+    check_model_arguments(args, training_args.peft, training_args.output_dir)
     set_seed(training_args.seed)
     english, french = read_pairs(args.source_train, args.target_train, args.max_train_pairs)
     tokenizer = obtain_tokenizer(args, training_args, english, french)

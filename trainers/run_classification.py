@@ -28,7 +28,7 @@ from trainers.adapters import adapter_card, check_peft_base, with_peft
 from trainers.arguments import parse_args
 from trainers.classification_config import (ClassificationArguments, ClassificationTrainingArguments, build_datasets,
                                             classification_report, classifier_from_export, evaluate_classifier,
-                                            head_modules, model_card, training_procedure)
+                                            check_lora_base_labels, head_modules, model_card, training_procedure)
 from trainers.classification_trainer import ClassificationTrainer
 from trainers.finishing import finish_run, run_callbacks
 from trainers.preflight import check_before_training
@@ -39,11 +39,14 @@ COLLAPSED_EXIT_STATUS = 3
 
 def main(args: ClassificationArguments, training_args: ClassificationTrainingArguments) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_peft_base(training_args.peft, args.model_name_or_path, flag="model_name_or_path")
+    check_peft_base(training_args.peft, args.model_name_or_path, flag="model_name_or_path",
+                    output_dir=training_args.output_dir)
     set_seed(training_args.seed)
     label_spec = parse_label_spec(args.labels)
     values, names = list(label_spec), list(label_spec.values())
     tokenizer = load_tokenizer(args.model_name_or_path)
+    if training_args.peft:
+        check_lora_base_labels(args.model_name_or_path, names)
     model = classifier_from_export(args.model_name_or_path, names)
     # With peft, LoRA trains the trunk's adapter and the new head in full; the export is an adapter repo over the
     # language-model export, loaded as this classifier with its labels (hub_exports/adapters.py)

@@ -37,7 +37,8 @@ SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "inter
 
 
 def check_model_arguments(model_args, training_args) -> None:
-    check_peft_base(training_args.peft, training_args.init_from)
+    check_peft_base(training_args.peft, training_args.init_from, output_dir=training_args.output_dir,
+                    tokenizer_name=model_args.tokenizer_name)
     if training_args.init_from and model_args.config_overrides:
         raise ValueError("with init_from, config_overrides must be empty: the checkpoint is continued as it was saved")
     check_overrides(model_args.config_overrides, LtgBertConfig, required=SIZE_FIELDS,

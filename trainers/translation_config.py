@@ -92,8 +92,9 @@ def held_out_rows(tokenizer, args: ParallelArguments) -> Dataset:
     return encode_pairs(tokenizer, args, english, french)
 
 
-def check_model_arguments(args: ParallelArguments, peft: Optional[dict] = None) -> None:
-    check_peft_base(peft or {}, args.init_from)
+def check_model_arguments(args: ParallelArguments, peft: Optional[dict] = None,
+                          output_dir: Optional[str] = None) -> None:
+    check_peft_base(peft or {}, args.init_from, output_dir=output_dir, tokenizer_name=args.tokenizer_name)
     if args.init_from:
         if args.config_overrides or MODEL_BUILDERS[args.architecture] is not _backpack:
             raise ValueError("init_from continues a Backpack export as it was saved: no config_overrides, "
