@@ -44,8 +44,9 @@ def load_adapter_model(folder, base=None):
     from peft import PeftModel, get_peft_model_state_dict
 
     if (Path(folder) / "ema.safetensors").is_file():
-        raise ValueError(f"{folder} is a Trainer checkpoint of a run with an EMA, whose adapter_model.safetensors holds "
-                         f"the live weights, not the averaged ones the run exports: export {Path(folder) / 'export'}")
+        raise ValueError(f"{folder} is a Trainer checkpoint of a run with an EMA, whose adapter_model.safetensors "
+                         f"holds the live weights, not the averaged ones the run exports: export "
+                         f"{Path(folder) / 'export'}")
     base_folder = resolve_base_folder(folder, base)
     recorded = read_manifest(folder).get("adapter", {})
     if recorded.get("base_manifest_sha256") and file_digest(base_folder / MANIFEST) != recorded["base_manifest_sha256"]:
