@@ -117,7 +117,8 @@ def cmd_push(args) -> int:
             print(f"Not pushed: {error}", file=sys.stderr)
             return 1
     try:
-        url = push(args.folder, args.repo_id, token=args.token, private=args.private, endpoint=args.endpoint)
+        url = push(args.folder, args.repo_id, token=args.token, private=args.private, endpoint=args.endpoint,
+                   base=args.base)
     except VerificationError as error:
         print(f"Not pushed, the export does not verify:\n{error}", file=sys.stderr)
         return 1
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token")
     p.add_argument("--private", action="store_true")
     p.add_argument("--endpoint", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+    p.add_argument("--base", help="adapter repos: local folder of the base export it names by Hub id")
     p.set_defaults(run=cmd_push)
 
     p = commands.add_parser("convert", help="original checkpoint -> verified hubzoo export")

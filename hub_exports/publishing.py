@@ -9,14 +9,16 @@ from hub_exports.verification import verify
 
 
 def push(folder, repo_id: str, token: Optional[str] = None, private: bool = False,
-         endpoint: Optional[str] = None, commit_message: Optional[str] = None, run_verify: bool = True) -> str:
+         endpoint: Optional[str] = None, commit_message: Optional[str] = None, run_verify: bool = True,
+         base=None) -> str:
     """Create `repo_id` if needed and upload `folder` as one commit. Returns the commit URL.
 
-    The folder is verified first, so a broken export never reaches the Hub. `endpoint` defaults to `HF_ENDPOINT`.
+    The folder is verified first, so a broken export never reaches the Hub (an adapter repo on its base: `base`, a
+    local copy of a base it names by Hub id). `endpoint` defaults to `HF_ENDPOINT`.
     """
     folder = Path(folder).resolve()
     if run_verify:
-        verify(folder)
+        verify(folder, base=base)
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = api.upload_folder(

@@ -409,3 +409,24 @@ def test_resuming_with_other_lora_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"saved with other LoRA settings .*'lora_alpha': \(8, 16\)"):
         resumed.train(resume_from_checkpoint=True)
 
+
+def test_an_adapter_with_a_hub_base_is_pushed_whole(gpt_export, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.hub_stub import LoopbackHub
+
+    model = with_peft(load_checkpoint(gpt_export), {**LORA, "base_model": "someone/tiny-gpt"}, gpt_export)
+    folder = export(model, None, tmp_path / "adapter", run_verify=False)
+    env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)  # the loopback Hub is the only "network" here
+    with LoopbackHub(tmp_path / "hub") as hub:
+        env["HF_ENDPOINT"] = hub.url
+        done = subprocess.run([sys.executable, "-m", "hub_exports", "push", str(folder), "someone/tiny-gpt-lora",
+                               "--token", "hf_test", "--base", str(gpt_export)], cwd=Path(__file__).parents[1],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    arrived = tmp_path / "hub" / "someone" / "tiny-gpt-lora"
+    assert sorted(p.name for p in arrived.iterdir()) == sorted(p.name for p in folder.iterdir())
+
