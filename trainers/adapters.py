@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+import modeling
 from hub_exports.adapter_files import BASE_FOLDER, check_hub_id
 from hub_exports.manifest import MANIFEST
 
@@ -149,9 +150,7 @@ def with_peft(model, spec: dict, base: str, extra_modules_to_save=()):
     task type follows from the model's class."""
     if not spec:
         return model
-    from peft import LoraConfig, get_peft_model
-
-    import modeling
+    from peft import LoraConfig, get_peft_model  # here: importing peft costs a second, and most runs do not use it
 
     auto_class, _ = modeling.task_class(model.config.model_type, type(model).__name__)
     task_type = PEFT_TASK_TYPES.get(auto_class)
