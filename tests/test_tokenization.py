@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from trainers.arguments import ModelArguments
 from trainers.embedded_corpus import generate_corpus
+from trainers.mlm_config import MaskedLMTrainingArguments
 from trainers.run_ltg_bert import build_model
 from trainers.tokenization import SPECIAL_TOKENS, train_tokenizer
 
@@ -84,10 +85,11 @@ def test_unknown_kind_is_refused():
         train_tokenizer(CORPUS, vocab_size=300, kind="unigram")
 
 
-def test_model_vocab_and_pad_come_from_the_tokenizer():
+def test_model_vocab_and_pad_come_from_the_tokenizer(tmp_path):
     tokenizer = train_tokenizer(CORPUS, vocab_size=257)
     overrides = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=40)
-    model = build_model(ModelArguments(config_overrides=overrides), tokenizer, max_seq_length=64)
+    training_args = MaskedLMTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    model = build_model(ModelArguments(config_overrides=overrides), training_args, tokenizer, max_seq_length=64)
     assert model.config.vocab_size == len(tokenizer) and model.config.pad_token_id == tokenizer.pad_token_id
     with pytest.raises(ValueError, match="vocab_size"):
-        build_model(ModelArguments(config_overrides={**overrides, "vocab_size": 512}), tokenizer, 64)
+        build_model(ModelArguments(config_overrides={**overrides, "vocab_size": 512}), training_args, tokenizer, 64)
