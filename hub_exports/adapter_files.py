@@ -3,7 +3,7 @@ them: what they are called, how to tell them, and where an adapter's base export
 
 from pathlib import Path
 
-from hub_exports.manifest import MANIFEST, read_json_object, read_manifest
+from hub_exports.manifest import MANIFEST, file_digest, read_json_object, read_manifest
 
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: the folder is an adapter repo (or a LoRA run's checkpoint)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -45,6 +45,13 @@ def resolve_base_folder(adapter_folder, base=None) -> Path:
         raise ValueError(f"--base {base} is not a hubzoo export folder (no {MANIFEST})")
     raise ValueError(f"the base {named!r} of the adapter {adapter_folder} is not a local hubzoo export: pass the "
                      "folder of a local copy of it as base (--base)")
+
+
+def trained_on(adapter_manifest: dict, base_folder) -> bool:
+    """Whether `base_folder` is the export the adapter was trained on: the sha256 of its manifest (which fingerprints
+    every file of the base) is the one recorded at export."""
+    recorded = adapter_manifest.get("adapter", {}).get("base_manifest_sha256")
+    return recorded is not None and file_digest(Path(base_folder) / MANIFEST) == recorded
 
 
 def check_hub_id(name, what: str) -> None:

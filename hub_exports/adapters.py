@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 
 from hub_exports.adapter_files import ADAPTER_CONFIG, base_folder_of, base_name
-from hub_exports.folder_swap import check_export_target, move_into_place, recover_killed_exports, staging_folder
+from hub_exports.folder_swap import check_export_target, write_then_swap
 from hub_exports.manifest import MANIFEST, file_digest, read_json_object, read_manifest, write_manifest
 from hub_exports.model_cards import CardInfo, build_model_card
 from hub_exports.tokenizer_checks import tokenizer_problems
@@ -50,10 +50,8 @@ def export_adapter(model, out_dir, card: Optional[CardInfo] = None, run_verify: 
     problems = tokenizer_problems(model.config, tokenizer, type(model.get_base_model()).__name__)
     if problems:
         raise ValueError(f"The base's tokenizer does not fit the model: {'; '.join(problems)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_killed_exports(target)
-    with staging_folder(target) as folder:
-        folder.mkdir()
+
+    def write(folder: Path) -> None:
         # adapter config and weights, and PEFT's own card, replaced next; no full embedding layers (the base's are
         # never resized here), which PEFT would otherwise look the base up for, by Hub id too
         model.save_pretrained(folder, save_embedding_layers=False)
@@ -66,8 +64,8 @@ def export_adapter(model, out_dir, card: Optional[CardInfo] = None, run_verify: 
             **adapted_class(model, base)}})
         if run_verify:
             logger.info("%s", format_report(target, verify_adapter(folder, reference_model=model, base=base)))
-        check_export_target(target)
-        move_into_place(folder, target)
+
+    write_then_swap(target, write, sources=[base])
     return target
 
 

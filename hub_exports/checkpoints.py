@@ -2,15 +2,14 @@
 evaluation: with the local classes, strictly, and only if it was saved by this code."""
 
 import json
-import warnings
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 import modeling
 from hub_exports.adapter_files import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_FOLDER, is_adapter_folder,
-                                       resolve_base_folder)
-from hub_exports.manifest import MANIFEST, file_digest, read_json_object, read_manifest
+                                       resolve_base_folder, trained_on)
+from hub_exports.manifest import MANIFEST, read_json_object, read_manifest
 
 
 def load_checkpoint(folder):
@@ -18,7 +17,7 @@ def load_checkpoint(folder):
 
     Refuses a folder whose own modeling code differs from `modeling/`: exporting it would ship other code than the
     code that produced the weights. An adapter repo (or a LoRA run's checkpoint) is loaded onto its base export, as a
-    PeftModel (`hub_exports.adapters.load_adapter_model`).
+    PeftModel (`load_adapter_model`).
     """
     folder = Path(folder)
     if is_adapter_folder(folder):
@@ -48,8 +47,9 @@ def load_adapter_model(folder, base=None):
                          f"holds the live weights, not the averaged ones the run exports: export "
                          f"{Path(folder) / 'export'}")
     base_folder = resolve_base_folder(folder, base)
-    recorded = read_manifest(folder).get("adapter", {})
-    if recorded.get("base_manifest_sha256") and file_digest(base_folder / MANIFEST) != recorded["base_manifest_sha256"]:
+    manifest = read_manifest(folder)
+    recorded = manifest.get("adapter", {})
+    if recorded and not trained_on(manifest, base_folder):  # Trainer checkpoints record none
         raise ValueError(f"{base_folder} is not the export the adapter {folder} was trained on (its {MANIFEST} differs "
                          "from the one recorded at export)")
     adapted = recorded.get("adapted", {})
@@ -57,14 +57,10 @@ def load_adapter_model(folder, base=None):
     if not adapted and task_type == "SEQ_CLS" and not (Path(folder) / MANIFEST).is_file():
         raise ValueError(f"{folder} is a classification adapter without the manifest that records its labels (a "
                          "Trainer checkpoint): export it from the run's export/ instead")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = PeftModel.from_pretrained(load_adapted_base(base_folder, adapted), str(folder))
-    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
-    stored = set(load_file(Path(folder) / ADAPTER_WEIGHTS))
-    expected = set(get_peft_model_state_dict(model))
-    if missing or stored != expected:
-        raise ValueError(f"{folder} does not load cleanly onto {base_folder}: {missing or ''} unexpected "
+    model = PeftModel.from_pretrained(load_adapted_base(base_folder, adapted), str(folder))
+    stored, expected = set(load_file(Path(folder) / ADAPTER_WEIGHTS)), set(get_peft_model_state_dict(model))
+    if stored != expected:  # PEFT only warns of missing keys and says nothing of unexpected ones
+        raise ValueError(f"{folder} does not load cleanly onto {base_folder}: unexpected "
                          f"{sorted(stored - expected)[:5]}, missing {sorted(expected - stored)[:5]}")
     setattr(model, BASE_FOLDER, str(base_folder))
     return model.eval()

@@ -16,7 +16,7 @@ from typing import Optional
 import modeling
 from hub_exports.adapter_files import is_peft_model
 from hub_exports.adapters import export_adapter
-from hub_exports.folder_swap import check_export_target, move_into_place, recover_killed_exports, staging_folder
+from hub_exports.folder_swap import check_export_target, write_then_swap
 from hub_exports.manifest import write_manifest
 from hub_exports.model_cards import CardInfo, build_model_card
 from hub_exports.tokenizer_checks import tokenizer_problems
@@ -39,11 +39,8 @@ def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None, run_verif
     problems = tokenizer_problems(model.config, tokenizer, type(model).__name__)
     if problems:
         raise ValueError(f"Tokenizer does not fit the model: {'; '.join(problems)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_killed_exports(target)
-    # Staged under the target's own name: it becomes part of the transformers_modules package path in verification.
-    with staging_folder(target) as folder:
-        folder.mkdir()
+
+    def write(folder: Path) -> None:
         model.config.auto_map = modeling.auto_map(model.config.model_type)  # every task class, not just this one
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -52,8 +49,8 @@ def export(model, tokenizer, out_dir, card: Optional[CardInfo] = None, run_verif
         write_manifest(folder, model, tokenizer)
         if run_verify:
             logger.info("%s", format_report(target, verify(folder, reference_model=model)))
-        check_export_target(target)  # again: the folder may have been changed while the export was written
-        move_into_place(folder, target)
+
+    write_then_swap(target, write)
     return target
 
 

@@ -99,6 +99,20 @@ def _holds_every_recorded_file(folder: Path) -> bool:
     return isinstance(recorded, dict) and all((folder / name).is_file() for name in recorded)
 
 
+def write_then_swap(target: Path, write, sources=()) -> None:
+    """Write an export into a staging folder beside `target` with `write(folder)` (which also verifies it), then swap
+    it into place; `target` (and `sources`, which it must not hold) is checked again first, since it may have changed
+    while the export was written. Staged under the target's own name: verification imports the exported code from a
+    `transformers_modules` package of that name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_killed_exports(target)
+    with staging_folder(target) as folder:
+        folder.mkdir()
+        write(folder)
+        check_export_target(target, sources=sources)
+        move_into_place(folder, target)
+
+
 @contextmanager
 def staging_folder(target: Path):
     """A new staging folder next to `target` for the duration of the block; yields the path, inside it, where the

@@ -35,7 +35,7 @@ from transformers import AutoTokenizer
 
 import modeling
 from hub_exports.adapter_files import (ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS, is_adapter_folder,
-                                       resolve_base_folder)
+                                       resolve_base_folder, trained_on)
 from hub_exports.folder_swap import recover_killed_exports
 from hub_exports.manifest import (MANIFEST, PROBE_SAMPLE_WIDTH, file_digest, output_digest, probe_outputs,
                                   read_json_object, read_manifest)
@@ -421,10 +421,9 @@ def _check_adapter_files(folder: Path) -> Check:
 
 def _check_base(folder: Path, manifest: dict, base_folder: Path) -> Check:
     """The base is the export the adapter was trained on (its manifest's sha256), and unchanged since (its files)."""
-    recorded = manifest.get("adapter", {}).get("base_manifest_sha256")
-    if not recorded:
+    if "base_manifest_sha256" not in manifest.get("adapter", {}):
         return Check("base", False, f"{MANIFEST} does not record the base; re-export the adapter")
-    if file_digest(base_folder / MANIFEST) != recorded:
+    if not trained_on(manifest, base_folder):
         return Check("base", False, f"{base_folder} is not the export this adapter was trained on (its {MANIFEST} "
                                     "differs from the one recorded at export)")
     base_files = _check_manifest(base_folder, read_manifest(base_folder))
