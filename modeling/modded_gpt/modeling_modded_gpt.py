@@ -140,19 +140,28 @@ def flex_block_masks(config, positions, docs, valid):
     windows = attention_windows_in_use(config)
     masks = {}
     for window in windows:
-        def mask_mod(b, h, q, k, window=window):
-            allowed = k <= q
-            if docs is not None:
-                allowed = allowed & (docs[b, k] == docs[b, q])
-            if valid is not None:
-                allowed = allowed & valid[b, k]
-            if window is not None:
-                block = config.window_block_size
-                allowed = allowed & (positions[b, k] // block >= positions[b, q] // block - (window - 1))
-            return allowed | (k == q)
-
-        masks[window] = create_block_mask(mask_mod, batch, None, length, length, device=positions.device)
+        masks[window] = create_block_mask(
+            _document_window_mask_mod(config, positions, docs, valid, window), batch, None, length, length,
+            device=positions.device)
     return masks
+
+
+def _document_window_mask_mod(config, positions, docs, valid, window):
+    """The `mask_mod` of one window. A closure over its arguments, not a default argument: dynamo (torch 2.13) cannot
+    trace `create_block_mask` reading a mask function's `__defaults__`."""
+
+    def mask_mod(b, h, q, k):
+        allowed = k <= q
+        if docs is not None:
+            allowed = allowed & (docs[b, k] == docs[b, q])
+        if valid is not None:
+            allowed = allowed & valid[b, k]
+        if window is not None:
+            block = config.window_block_size
+            allowed = allowed & (positions[b, k] // block >= positions[b, q] // block - (window - 1))
+        return allowed | (k == q)
+
+    return mask_mod
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
