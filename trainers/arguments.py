@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from trainers.adapters import check_peft_spec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,6 +136,16 @@ class RunTrainingArguments(TrainingArguments):
     max_train_minutes: Optional[float] = field(
         default=None, metadata={"help": "Stop training after this many minutes (wall clock), whatever max_steps says."}
     )
+    # Trainer's default (True) replaces a NaN or infinite step loss by the mean of the logged ones, hiding a diverged
+    # run, and reads every step's loss on the host (a device sync per step): here a NaN shows in the logged loss.
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Replace non-finite step losses in the logged loss by the running mean "
+                                         "(Trainer's default; hubzoo's is False: a NaN loss is logged as NaN)."}
+    )
+    dataloader_drop_last: bool = field(
+        default=False, metadata={"help": "Drop the last incomplete training batch of each epoch (a batch of another "
+                                         "shape makes a compiled step recompile). Evaluation keeps every example."}
+    )
     peft: dict = field(
         default_factory=dict,
         metadata={"help": "LoRA fine-tuning of the run's base export instead of full fine-tuning, e.g. {type: lora, "
@@ -143,6 +156,12 @@ class RunTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.peft:
             check_peft_spec(self.peft)  # before any work: a misspelt key would train with a default
+        if not self.torch_compile and (self.torch_compile_mode or self.torch_compile_backend):
+            # Trainer would switch compilation back on for a mode or backend set (by a GPU config): `--torch_compile
+            # false` is the switch that turns a compiled config eager.
+            logger.warning("torch_compile is false: torch_compile_mode %r and torch_compile_backend %r are not used",
+                           self.torch_compile_mode, self.torch_compile_backend)
+            self.torch_compile_mode = self.torch_compile_backend = None
         super().__post_init__()
 
 

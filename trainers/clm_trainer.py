@@ -6,11 +6,13 @@ import torch
 from transformers import Trainer
 
 from trainers.checkpoints import CompleteCheckpointsMixin
+from trainers.compiled import CompiledTrainingMixin
 from trainers.mlm_trainer import CollatorCheckedMixin, mean_scored_tokens_per_row, normalise_over_step
 from trainers.muon import MuonOptimizerMixin
 
 
-class CausalLMTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, MuonOptimizerMixin, Trainer):
+class CausalLMTrainer(CompleteCheckpointsMixin, CompiledTrainingMixin, CollatorCheckedMixin, MuonOptimizerMixin,
+                      Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:

@@ -18,6 +18,7 @@ Identical examples within an epoch are masked identically.
 
 import hashlib
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ class MaskedLMCollator:
     keep_probability: float = 0.1
     seed: int = 0
     epoch: int = 0
+    pad_to: Optional[int] = None  # a fixed width for every batch (compiled training on unpacked rows)
 
     def __post_init__(self):
         if self.strategy not in ("span", "token"):
@@ -52,7 +54,7 @@ class MaskedLMCollator:
 
     def __call__(self, examples):
         # Right padding by hand: per row numpy work is far cheaper than tokenizer.pad on the data-loading hot path.
-        width = max(len(example["input_ids"]) for example in examples)
+        width = padded_width(examples, self.pad_to)
         input_ids = np.full((len(examples), width), self.tokenizer.pad_token_id, dtype=np.int64)
         labels = np.full((len(examples), width), -100, dtype=np.int64)
         attention_mask = np.zeros((len(examples), width), dtype=np.int64)
@@ -133,10 +135,20 @@ def check_row_ids(ids: np.ndarray, row: int, vocabulary_size: int) -> None:
         raise ValueError(f"Example {row} of the batch holds {outside}: it was not tokenized with this tokenizer")
 
 
-def right_pad_checked(examples, pad_token_id: int, vocabulary_size: int):
-    """(input_ids, real) numpy arrays of the examples right-padded to the longest; every id must lie in
-    [0, vocabulary_size) (`check_row_ids`)."""
-    width = max(len(example["input_ids"]) for example in examples)
+def padded_width(examples, pad_to: Optional[int]) -> int:
+    """The batch's width: its longest example, or `pad_to` (a fixed width, so that a compiled step sees one shape)."""
+    longest = max(len(example["input_ids"]) for example in examples)
+    if pad_to is None:
+        return longest
+    if longest > pad_to:
+        raise ValueError(f"An example of the batch holds {longest} tokens, more than the fixed width pad_to={pad_to}")
+    return pad_to
+
+
+def right_pad_checked(examples, pad_token_id: int, vocabulary_size: int, pad_to: Optional[int] = None):
+    """(input_ids, real) numpy arrays of the examples right-padded to the longest (or to `pad_to`); every id must lie
+    in [0, vocabulary_size) (`check_row_ids`)."""
+    width = padded_width(examples, pad_to)
     input_ids = np.full((len(examples), width), pad_token_id, dtype=np.int64)
     real = np.zeros((len(examples), width), dtype=bool)
     for row, example in enumerate(examples):
@@ -163,9 +175,10 @@ class DiffusionCollator:
     pad_token_id: int
     mask_token_id: int
     vocabulary_size: int  # ids must lie below it (the model's vocab_size)
+    pad_to: Optional[int] = None  # a fixed width, and `attention_mask` on every batch (compiled training)
 
     def __call__(self, examples):
-        input_ids, real = right_pad_checked(examples, self.pad_token_id, self.vocabulary_size)
+        input_ids, real = right_pad_checked(examples, self.pad_token_id, self.vocabulary_size, self.pad_to)
         masked_rows = sorted(set(np.nonzero((input_ids == self.mask_token_id) & real)[0].tolist()))
         if masked_rows:
             raise ValueError(f"Example {masked_rows[0]} of the batch contains the mask id {self.mask_token_id} as a "
@@ -177,7 +190,7 @@ class DiffusionCollator:
             scored = real & ~prompt
         batch = {"input_ids": torch.from_numpy(input_ids),
                  "labels": torch.from_numpy(np.where(scored, input_ids, -100))}
-        if not real.all():
+        if self.pad_to is not None or not real.all():
             batch["attention_mask"] = torch.from_numpy(real.astype(np.int64))
         if prompt is not None:
             batch[PROMPT_MASK] = torch.from_numpy(prompt)
@@ -213,12 +226,13 @@ class CausalLMCollator:
 
     pad_token_id: int
     vocabulary_size: int
+    pad_to: Optional[int] = None  # a fixed width, and `attention_mask` on every batch (compiled training)
 
     def __call__(self, examples):
-        input_ids, real = right_pad_checked(examples, self.pad_token_id, self.vocabulary_size)
+        input_ids, real = right_pad_checked(examples, self.pad_token_id, self.vocabulary_size, self.pad_to)
         labels = np.where(real, input_ids, -100)
         labels[:, 0] = -100
         batch = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
-        if not real.all():
+        if self.pad_to is not None or not real.all():
             batch["attention_mask"] = torch.from_numpy(real.astype(np.int64))
         return batch

@@ -28,11 +28,12 @@ from modeling import diffusion_policy, require_diffusion_policy
 from modeling.mdlm import masked_diffusion_nelbo
 from trainers.checkpoints import CompleteCheckpointsMixin
 from trainers.collators import PROMPT_MASK
+from trainers.compiled import CompiledTrainingMixin
 from trainers.ema import EMACallback
 from trainers.mlm_trainer import CollatorCheckedMixin, mean_scored_tokens_per_row, normalise_over_step
 
 
-class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
+class MaskedDiffusionTrainer(CompleteCheckpointsMixin, CompiledTrainingMixin, CollatorCheckedMixin, Trainer):
     def __init__(self, *args, ema_decay: float = 0.9999, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:

@@ -15,6 +15,7 @@ from typing import Callable, List, Optional
 
 from hub_exports import CardInfo, Metric, add_results_to_card, export
 from trainers.callbacks import ExportCheckpointCallback, TimeBudgetCallback, close_process_group, plot_loss_curve
+from trainers.compiled import CompileWatchCallback
 
 
 @dataclass
@@ -32,12 +33,15 @@ class RunReport:
 
 def run_callbacks(training_args, tokenizer=None, card: Optional[CardInfo] = None, weights=None) -> list:
     """A verified export in every checkpoint (when `export_checkpoints` and a card are given; `weights`: the context
-    holding the weights to export, e.g. the EMA) and the wall-clock budget (when `max_train_minutes` is set)."""
+    holding the weights to export, e.g. the EMA), the wall-clock budget (when `max_train_minutes` is set) and the
+    recompile watch (under `torch_compile`)."""
     callbacks = []
     if getattr(training_args, "export_checkpoints", False) and card is not None:
         callbacks.append(ExportCheckpointCallback(tokenizer, card, weights=weights))
     if training_args.max_train_minutes:
         callbacks.append(TimeBudgetCallback(training_args.max_train_minutes))
+    if training_args.torch_compile:
+        callbacks.append(CompileWatchCallback())
     return callbacks
 
 

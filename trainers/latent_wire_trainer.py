@@ -10,6 +10,7 @@ from transformers import Trainer
 
 from eval_suites.wire_prompts import left_padded, text_prompts
 from trainers.checkpoints import CompleteCheckpointsMixin
+from trainers.compiled import CompiledTrainingMixin
 from trainers.mlm_trainer import CollatorCheckedMixin
 
 
@@ -51,7 +52,7 @@ class LatentWireCollator:
         return batch
 
 
-class LatentWireTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
+class LatentWireTrainer(CompleteCheckpointsMixin, CompiledTrainingMixin, CollatorCheckedMixin, Trainer):
     """Loss = mean over decoders of (answer CE per answer token + λ · first-token CE per row) + scale_l2 · Σ (s-1)².
     Each decoder's denominators (its answer tokens; the rows) are counted over the whole optimizer step, on every
     process, so the gradient does not depend on how a step is split into micro-batches or ranks."""

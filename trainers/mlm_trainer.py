@@ -14,6 +14,7 @@ from transformers import Trainer
 
 from modeling import device_value_checks, supports_sparse_prediction
 from trainers.checkpoints import CompleteCheckpointsMixin
+from trainers.compiled import CompiledTrainingMixin
 
 
 def normalise_over_step(trainer: Trainer, total, labels, num_items_in_batch, training: bool):
@@ -66,7 +67,7 @@ class CollatorCheckedMixin:
             return super().train(*args, **kwargs)
 
 
-class MaskedLMTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
+class MaskedLMTrainer(CompleteCheckpointsMixin, CompiledTrainingMixin, CollatorCheckedMixin, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.label_smoothing_factor or self.compute_loss_func is not None:
@@ -77,10 +78,11 @@ class MaskedLMTrainer(CompleteCheckpointsMixin, CollatorCheckedMixin, Trainer):
         # Base `compute_loss` would now pass `num_items_in_batch` to forward; ours never calls it.
         self.model_accepts_loss_kwargs = True
         # Models that can run their MLM head on the labelled positions only (LTG-BERT) do so on the CPU, where it is
-        # faster; not on accelerators, where selecting the positions is a host-device sync and a graph break under
-        # torch.compile, which costs more than it saves.
+        # faster; not on accelerators, where selecting the positions is a host-device sync, and not under
+        # torch.compile, where the number of positions is a new shape every step (a recompile, then dynamic shapes).
         unwrapped = self.accelerator.unwrap_model(self.model)
-        self._sparse_prediction = self.args.device.type == "cpu" and supports_sparse_prediction(unwrapped)
+        self._sparse_prediction = (self.args.device.type == "cpu" and not self.args.torch_compile
+                                   and supports_sparse_prediction(unwrapped))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)  # a copy: prediction_step still reads the labels from its own dict for metrics

@@ -24,6 +24,7 @@ from trainers.adapters import adapter_card
 from trainers.arguments import MuonTrainingArguments, parse_args
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
+from trainers.compiled import fixed_batch_width
 from trainers.finishing import finish_run, run_callbacks
 from trainers.preflight import check_before_training
 from trainers.translation_config import (ParallelArguments, build_model, check_model_arguments, encode_pairs,
@@ -49,7 +50,8 @@ def main(args: ParallelArguments, training_args: MuonTrainingArguments) -> None:
                           model, tokenizer, card)
     trainer = CausalLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                               processing_class=tokenizer,
-                              data_collator=CausalLMCollator(tokenizer.pad_token_id, len(tokenizer)),
+                              data_collator=CausalLMCollator(tokenizer.pad_token_id, len(tokenizer),
+                                                             fixed_batch_width(training_args, args.max_seq_length)),
                               callbacks=run_callbacks(training_args, tokenizer, card))
     train_output = trainer.train()
     metrics = trainer.evaluate()

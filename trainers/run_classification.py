@@ -30,11 +30,20 @@ from trainers.classification_config import (ClassificationArguments, Classificat
                                             classification_report, classifier_from_export, evaluate_classifier,
                                             check_lora_base_labels, head_modules, model_card, training_procedure)
 from trainers.classification_trainer import ClassificationTrainer
+from trainers.compiled import fixed_batch_width
 from trainers.finishing import finish_run, run_callbacks
 from trainers.preflight import check_before_training
 
 logger = logging.getLogger(__name__)
 COLLAPSED_EXIT_STATUS = 3
+
+
+def padding_collator(tokenizer, max_seq_length: int, training_args) -> DataCollatorWithPadding:
+    """Batches padded to their longest example; to `max_seq_length` under torch_compile (one shape per step)."""
+    width = fixed_batch_width(training_args, max_seq_length)
+    if width is None:
+        return DataCollatorWithPadding(tokenizer)
+    return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=width)
 
 
 def main(args: ClassificationArguments, training_args: ClassificationTrainingArguments) -> int:
@@ -56,7 +65,8 @@ def main(args: ClassificationArguments, training_args: ClassificationTrainingArg
     card = adapter_card(model_card(model, args, len(train_set)), training_args.peft, args.model_name_or_path)
     check_before_training(training_args.output_dir, model=model, tokenizer=tokenizer, card=card)
     trainer = ClassificationTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-                                    processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                                    processing_class=tokenizer,
+                                    data_collator=padding_collator(tokenizer, args.max_seq_length, training_args),
                                     callbacks=run_callbacks(training_args))  # the time budget; no checkpoint exports
     trainer.train()
     result = evaluate_classifier(trainer, eval_set, args, names)

@@ -24,6 +24,7 @@ from modeling.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from trainers.adapters import adapter_card, check_peft_base, with_peft
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.collators import MaskedLMCollator, MaskingEpochCallback
+from trainers.compiled import fixed_batch_width
 from trainers.embedded_corpus import write_minimal_pairs
 from trainers.finishing import RunReport, finish_run, run_callbacks
 from trainers.mlm_config import MaskedLMTrainingArguments
@@ -113,7 +114,8 @@ def main(model_args, data_args, training_args) -> None:
                         training_args.init_from)
     check_before_training(training_args.output_dir, [data_args.blimp_dir], model, tokenizer, card)
     collator = MaskedLMCollator(tokenizer, mask_probability=training_args.mask_probability,
-                                strategy=training_args.mask_strategy)
+                                strategy=training_args.mask_strategy,
+                                pad_to=fixed_batch_width(training_args, data_args.max_seq_length, data_args.packing))
     trainer = MaskedLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                               processing_class=tokenizer, data_collator=collator,
                               callbacks=[MaskingEpochCallback(collator), *run_callbacks(training_args, tokenizer, card)])
@@ -127,5 +129,10 @@ def main(model_args, data_args, training_args) -> None:
                loss_label="masked-LM loss (nats per masked token)")
 
 
+def parse(argv=None):
+    """(model, data, training) arguments from `argv` (default: the command line): a config file and/or flags."""
+    return parse_args((ModelArguments, DataArguments, MaskedLMTrainingArguments), argv)
+
+
 if __name__ == "__main__":
-    main(*parse_args((ModelArguments, DataArguments, MaskedLMTrainingArguments)))
+    main(*parse())

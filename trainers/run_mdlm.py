@@ -25,6 +25,7 @@ from hub_exports import Metric
 from trainers.adapters import adapter_card
 from trainers.arguments import DataArguments, ModelArguments, parse_args
 from trainers.collators import DiffusionCollator
+from trainers.compiled import fixed_batch_width
 from trainers.diffusion_config import (DiffusionTrainingArguments, build_datasets, build_model, check_model_arguments,
                                        check_objective, evaluate_export, example_texts, model_card)
 from trainers.diffusion_trainer import MaskedDiffusionTrainer
@@ -54,7 +55,8 @@ def main(model_args, data_args, training_args) -> None:
     card = adapter_card(model_card(model, data_args, training_args, len(train_examples)), training_args.peft,
                         training_args.init_from)
     check_before_training(training_args.output_dir, [data_args.blimp_dir], model, tokenizer, card)
-    collator = DiffusionCollator(tokenizer.pad_token_id, model.config.mask_token_id, model.config.vocab_size)
+    collator = DiffusionCollator(tokenizer.pad_token_id, model.config.mask_token_id, model.config.vocab_size,
+                                 fixed_batch_width(training_args, data_args.max_seq_length, data_args.packing))
     trainer = MaskedDiffusionTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                                      processing_class=tokenizer, data_collator=collator,
                                      ema_decay=training_args.ema_decay)

@@ -27,6 +27,7 @@ from trainers.clm_config import (CausalLMTrainingArguments, build_datasets, buil
                                  evaluate_export, model_card, obtain_gpt_tokenizer, perplexity_metric)
 from trainers.clm_trainer import CausalLMTrainer
 from trainers.collators import CausalLMCollator
+from trainers.compiled import fixed_batch_width
 from trainers.finishing import finish_run, run_callbacks
 from trainers.mlm_data import load_texts
 from trainers.preflight import check_before_training
@@ -52,7 +53,8 @@ def main(model_args, data_args, training_args) -> None:
     check_before_training(training_args.output_dir, model=model, tokenizer=tokenizer, card=card)
     trainer = CausalLMTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                               processing_class=tokenizer,
-                              data_collator=CausalLMCollator(tokenizer.pad_token_id, len(tokenizer)),
+                              data_collator=CausalLMCollator(tokenizer.pad_token_id, len(tokenizer), fixed_batch_width(
+                                  training_args, data_args.max_seq_length, data_args.packing)),
                               callbacks=run_callbacks(training_args, tokenizer, card))
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
