@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.modeling_common import tiny_tokenizer
-from trainers.collators import MaskedLMCollator
+from trainers.collators import CausalLMCollator, DiffusionCollator, MaskedLMCollator
 from trainers.mlm_data import chunk_sentences, pack_into_blocks
 
 TOKENIZER = tiny_tokenizer(300)
@@ -98,3 +98,20 @@ def test_ids_outside_the_tokenizer_are_rejected_on_the_cpu():
     rows[2] = {"input_ids": [-1, 7]}
     with pytest.raises(ValueError, match="outside"):
         collator(rows)
+
+
+def test_pad_to_gives_every_batch_one_width_and_a_mask():
+    """Compiled training on unpacked rows (trainers.compiled.fixed_batch_width): one shape and one set of inputs."""
+    rows = [{"input_ids": [7, 8, 9]}, {"input_ids": [7, 8, 9, 10, 11]}]
+    for collator in (DiffusionCollator(0, 4, 20, pad_to=8), CausalLMCollator(0, 20, pad_to=8)):
+        batch = collator(rows)
+        assert batch["input_ids"].shape == (2, 8) and batch["attention_mask"].tolist()[1] == [1] * 5 + [0] * 3
+        assert (batch["labels"][:, 5:] == -100).all()
+        full = collator([{"input_ids": list(range(5, 13))}] * 2)  # no padding at all: the mask is still given
+        assert full["attention_mask"].all() and full["input_ids"].shape == (2, 8)
+        with pytest.raises(ValueError, match="more than the fixed width pad_to=4"):
+            type(collator)(**{**collator.__dict__, "pad_to": 4})(rows)
+    unpadded = DiffusionCollator(0, 4, 20)([{"input_ids": [7, 8, 9]}] * 2)
+    assert "attention_mask" not in unpadded and unpadded["input_ids"].shape == (2, 3)
+    ids = TOKENIZER("the cat sat", add_special_tokens=True).input_ids
+    assert MaskedLMCollator(TOKENIZER, pad_to=16)([{"input_ids": ids}])["input_ids"].shape == (1, 16)

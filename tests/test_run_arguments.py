@@ -327,3 +327,21 @@ def test_latent_wire_checks_before_training(tmp_path, monkeypatch, hubzoo_not_in
     args, training_args = wire_args(tmp_path, "--decoders", f"tiny={tmp_path / 'decoder'}")
     with pytest.raises(ValueError, match="hubzoo package is not installed"):
         run_latent_wire.main(args, training_args)
+
+
+def test_torch_compile_false_turns_a_compiled_config_eager(tmp_path, caplog):
+    # Trainer alone would switch compilation back on because a mode is set.
+    _, _, training_args = run_mdlm.parse([str(CONFIGS / "mdlm_small.yaml"), "--output_dir", str(tmp_path),
+                                          "--use_cpu", "true", "--tf32", "false", "--torch_compile_mode",
+                                          "reduce-overhead", "--torch_compile", "false"])
+    assert not training_args.torch_compile and training_args.torch_compile_mode is None
+    assert "torch_compile_mode 'reduce-overhead' and torch_compile_backend None are not used" in caplog.text
+    _, _, compiled = run_mdlm.parse([str(CONFIGS / "mdlm_small.yaml"), "--output_dir", str(tmp_path), "--use_cpu",
+                                     "true", "--tf32", "false"])
+    assert compiled.torch_compile and compiled.dataloader_drop_last, "a GPU config compiles by default"
+
+
+def test_a_non_finite_loss_is_logged_not_averaged_away(tmp_path):
+    # Trainer's default filter replaces a NaN step loss by the running mean, hiding a diverged run.
+    _, _, training_args = run_mdlm.parse([str(CONFIGS / "mdlm_tiny.yaml"), "--output_dir", str(tmp_path)])
+    assert training_args.logging_nan_inf_filter is False
