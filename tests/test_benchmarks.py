@@ -3,7 +3,7 @@ smoke test, no timing is asserted (speed is measured on the GPU, side by side, b
 
 import json
 
-from benchmarks import sample_diffusion, train_backpack, train_modded_gpt
+from benchmarks import sample_diffusion, train_backpack, train_compiled, train_modded_gpt
 
 
 def test_modded_gpt_benchmark_writes_its_record(tmp_path):
@@ -31,3 +31,21 @@ def test_sampling_benchmark_writes_its_record_with_equal_draws(tmp_path):
     assert len(samplers) == 9 and all(value["mask_tokens_in_samples"] == 0 for value in samplers)
     # a BD3-LM block call reads 4 tokens with the cache and the whole prefix without it
     assert run["bd3lm_kv_cache"]["denoiser_tokens"] < run["bd3lm_no_cache"]["denoiser_tokens"]
+
+
+def test_compiled_training_benchmark_runs_the_scripts_and_compares_losses(tmp_path):
+    """Through the run scripts' Trainer path: eager and compiled ("eager" backend: the same kernels, so MDLM's losses
+    are equal; LTG-BERT's eager CPU step runs its head on the masked positions only, which draws other dropout
+    masks) and no graph after warm-up."""
+    record = train_compiled.main(["--size", "tiny", "--device", "cpu", "--steps", "4", "--warmup", "2",
+                                  "--logging-steps", "1", "--modes", "eager", "default", "--work-dir",
+                                  str(tmp_path / "runs"), "--output", str(tmp_path / "c.json"), "--flags",
+                                  "--torch_compile_backend", "eager", "--embedded_sentences", "600"])
+    assert json.loads((tmp_path / "c.json").read_text()) == json.loads(json.dumps(record))
+    for model in ("ltg_bert", "mdlm"):
+        eager, compiled = record["runs"][model]["eager"], record["runs"][model]["default"]
+        assert eager["compile_seconds"] is None and compiled["compile_seconds"] > 0
+        assert compiled["graphs_after_warm_up"] == 0 and len(compiled["losses"]) == 4
+        assert eager["tokens_per_s"] > 0
+    assert record["runs"]["mdlm"]["default"]["loss_vs_eager_max_abs"] == 0
+    assert 0 < record["runs"]["ltg_bert"]["default"]["loss_vs_eager_max_rel"] < 0.02
