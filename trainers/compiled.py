@@ -79,7 +79,7 @@ class CompileWatchCallback(TrainerCallback):
     def __init__(self):
         self.late_graphs = []
         self.compile_seconds = self.warm_up_graphs = None
-        self._graphs = 0
+        self._graphs, self._failures = 0, {}
         self._evaluated = False
         self._start = None
 
@@ -90,13 +90,22 @@ class CompileWatchCallback(TrainerCallback):
         return counters["stats"]["unique_graphs"]
 
     @staticmethod
-    def reasons() -> list:
+    def failures() -> dict:
+        """Dynamo's guard failures so far: {compiled code: [reason, ...]}, a list per code that only grows."""
         from torch._dynamo.utils import guard_failures
 
-        return [reason for failures in guard_failures.values() for reason in failures]
+        return {code: list(reasons) for code, reasons in guard_failures.items()}
+
+    def _snapshot(self):
+        self._graphs, self._failures = self.graphs(), self.failures()
+
+    def _new_reasons(self) -> list:
+        return [reason for code, reasons in self.failures().items()
+                for reason in reasons[len(self._failures.get(code, ())):]]
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._start, self._graphs, self._reasons = time.monotonic(), self.graphs(), len(self.reasons())
+        self._start = time.monotonic()
+        self._snapshot()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.compile_seconds is None:
@@ -104,21 +113,22 @@ class CompileWatchCallback(TrainerCallback):
             self.warm_up_graphs = self.graphs() - self._graphs
             logger.info("torch.compile: the first optimizer step took %.1f s (compilation included; %d graphs)",
                         self.compile_seconds, self.warm_up_graphs)
-            self._graphs, self._reasons = self.graphs(), len(self.reasons())
+            self._snapshot()
         else:
             self._check(state.global_step, "training")
 
     def on_evaluate(self, args, state, control, **kwargs):
         if self._evaluated:
             self._check(state.global_step, "evaluation")
-        self._evaluated, self._graphs, self._reasons = True, self.graphs(), len(self.reasons())
+        self._evaluated = True
+        self._snapshot()
 
     def _check(self, step, where):
         graphs = self.graphs()
         if graphs > self._graphs:
-            reasons = self.reasons()[self._reasons:]
+            reasons = self._new_reasons()
             self.late_graphs.append((step, graphs - self._graphs, reasons))
             logger.warning("torch.compile compiled %d new graph(s) during %s at step %d, after warm-up: a recompile "
                            "stalls training. Guard failures: %s", graphs - self._graphs, where, step,
                            "; ".join(reasons) or "none recorded (a new frame)")
-            self._graphs, self._reasons = graphs, len(self.reasons())
+            self._snapshot()
