@@ -115,3 +115,16 @@ def test_pad_to_gives_every_batch_one_width_and_a_mask():
     assert "attention_mask" not in unpadded and unpadded["input_ids"].shape == (2, 3)
     ids = TOKENIZER("the cat sat", add_special_tokens=True).input_ids
     assert MaskedLMCollator(TOKENIZER, pad_to=16)([{"input_ids": ids}])["input_ids"].shape == (1, 16)
+
+
+def test_classification_batches_are_padded_to_max_seq_length_only_when_compiled():
+    from types import SimpleNamespace
+
+    from trainers.run_classification import padding_collator
+
+    rows = [{"input_ids": TOKENIZER("the cat").input_ids, "labels": 0}, {"input_ids": TOKENIZER("a").input_ids,
+                                                                         "labels": 1}]
+    eager = padding_collator(TOKENIZER, 16, SimpleNamespace(torch_compile=False))(rows)
+    compiled = padding_collator(TOKENIZER, 16, SimpleNamespace(torch_compile=True))(rows)
+    assert eager["input_ids"].shape == (2, len(rows[0]["input_ids"])) and compiled["input_ids"].shape == (2, 16)
+    assert compiled["attention_mask"].sum() == eager["attention_mask"].sum()
