@@ -94,17 +94,41 @@ def matmul_precision(precision: str):
         setattr(matmul, flag, saved)
 
 
+def device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+# Dense peaks of the H100/H200 (SXM) by the vendor's datasheets: FP32 on the CUDA cores, TF32 on the tensor cores.
+PEAK_FLOPS = {"H100": {"fp32": 67e12, "tf32": 495e12}, "H200": {"fp32": 67e12, "tf32": 495e12}}
+
+
+def add_flops(result: dict, model, scorer, peak) -> None:
+    """Matmul FLOPs of the timed call: 2 x the encoder's matrix weights per position it ran over (padding included)
+    plus the vocabulary projection per scored position (the attention scores are not counted), and their fraction
+    of the precision's peak."""
+    config = model.config
+    matrices = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embedding" not in name)
+    head = config.vocab_size * config.hidden_size
+    scored = scorer.scored_positions
+    flops = 2 * matrices * scorer.forward_tokens + 2 * head * scored
+    result["matmul_flops_per_s"] = round(flops / result["seconds"])
+    if peak:
+        result["fraction_of_peak"] = round(flops / result["seconds"] / peak, 4)
+
+
 def timed(function, sentences, device) -> tuple:
-    function(sentences[:8])  # warm-up: kernels, allocator, lazy inits
+    start = time.perf_counter()
+    function(sentences[:8])  # warm-up: kernels, allocator, lazy inits (and compilation, for a compiled scorer)
     if device.type == "cuda":
         torch.cuda.synchronize()
+    warm_up = time.perf_counter() - start
     start = time.perf_counter()
     scores = function(sentences)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return scores, {"sentences": len(sentences), "seconds": round(seconds, 3),
-                    "sentences_per_s": round(len(sentences) / seconds, 1)}
+                    "sentences_per_s": round(len(sentences) / seconds, 1), "warm_up_seconds": round(warm_up, 2)}
 
 
 def main(argv=None) -> dict:
@@ -120,6 +144,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--minicons-batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--atol", type=float, default=2e-3, help="largest allowed score difference (nats)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time MaskedLMScorer(compile=True) (its compilation, on the warm-up sentences, "
+                             "is recorded apart)")
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/blimp_pll_<device>.json)")
     args = parser.parse_args(argv)
 
@@ -132,11 +159,18 @@ def main(argv=None) -> dict:
     subset = sentences[:args.subset]
 
     batched = MaskedLMScorer(model, tokenizer, token_budget=args.token_budget)
+    compiled = MaskedLMScorer(model, tokenizer, token_budget=args.token_budget, compile=True) if args.compile else None
+    peaks = next((value for key, value in PEAK_FLOPS.items() if key in device_name(device)), {})
     precisions = {}
     for precision in (["fp32", "tf32"] if device.type == "cuda" else ["fp32"]):
         results = {}
         with matmul_precision(precision):
             scores, results["hubzoo_batched"] = timed(batched.score, sentences, device)
+            add_flops(results["hubzoo_batched"], model, batched, peaks.get(precision))
+            if compiled is not None:
+                torch._dynamo.reset()  # compiled anew under this precision, its time recorded apart
+                compiled_scores, results["hubzoo_batched_compiled"] = timed(compiled.score, sentences, device)
+                add_flops(results["hubzoo_batched_compiled"], model, compiled, peaks.get(precision))
             minicons_scores, results["minicons"] = timed(
                 lambda s: minicons_pll(model, tokenizer, s, args.minicons_batch_size), subset, device)
             if precision == "fp32":
@@ -145,12 +179,17 @@ def main(argv=None) -> dict:
                     lambda s: naive_pll(model, tokenizer, s), subset[:args.naive_subset], device)
         compared = {"minicons": minicons_scores}
         compared.update({"naive": naive_scores} if precision == "fp32" else {f"hubzoo_{precision}": scores})
+        if compiled is not None:
+            compared[f"hubzoo_compiled_{precision}"] = compiled_scores
         differences = {name: (torch.tensor(values, dtype=torch.float64) - reference[:len(values)]).abs().max().item()
                        for name, values in compared.items()}
         ours = results["hubzoo_batched"]["sentences_per_s"]
         precisions[precision] = {
             "scorers": results,
             "speedup_vs_minicons": round(ours / results["minicons"]["sentences_per_s"], 2),
+            **({"compiled_speedup_vs_minicons": round(results["hubzoo_batched_compiled"]["sentences_per_s"]
+                                                      / results["minicons"]["sentences_per_s"], 2)}
+               if compiled is not None else {}),
             **({"speedup_vs_naive": round(ours / results["naive_one_forward_per_mask"]["sentences_per_s"], 2)}
                if precision == "fp32" else {}),
             "max_abs_score_difference_vs_hubzoo_fp32": differences,
@@ -158,7 +197,7 @@ def main(argv=None) -> dict:
         }
     report = {
         "benchmark": "blimp_pll",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "device_type": device.type,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
