@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--atol", type=float, default=2e-3, help="largest allowed score difference (nats)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time MaskedLMScorer(compile=True) (its compilation, on the warm-up sentences, "
+                        help="also time MaskedLMScorer(torch_compile=True) (its compilation, on the warm-up sentences, "
                              "is recorded apart)")
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/blimp_pll_<device>.json)")
     args = parser.parse_args(argv)
@@ -159,7 +159,8 @@ def main(argv=None) -> dict:
     subset = sentences[:args.subset]
 
     batched = MaskedLMScorer(model, tokenizer, token_budget=args.token_budget)
-    compiled = MaskedLMScorer(model, tokenizer, token_budget=args.token_budget, compile=True) if args.compile else None
+    compiled = (MaskedLMScorer(model, tokenizer, token_budget=args.token_budget, torch_compile=True)
+                if args.compile else None)
     peaks = next((value for key, value in PEAK_FLOPS.items() if key in device_name(device)), {})
     precisions = {}
     for precision in (["fp32", "tf32"] if device.type == "cuda" else ["fp32"]):

@@ -38,8 +38,8 @@ def build_scorer(name: str, model, tokenizer, **options):
 class MaskedLMScorer:
     """Pseudo-log-likelihood of sentences under a masked LM (see the module docstring for `metric`)."""
 
-    def __init__(self, model, tokenizer, metric: str = "pll", token_budget: int = 8192, compile: bool = False):
-        """`compile`: run the model under `torch.compile` with dynamic shapes, so that batches of every (copies,
+    def __init__(self, model, tokenizer, metric: str = "pll", token_budget: int = 8192, torch_compile: bool = False):
+        """`torch_compile`: run the model under `torch.compile` with dynamic shapes, so that batches of every (copies,
         length) share one compiled encoder (the sparse head's selection of positions is a graph break); compilation
         takes tens of seconds on the first batch, repaid on large sets (BLiMP's 134k sentences)."""
         if metric not in ("pll", "pll_word_l2r"):
@@ -47,7 +47,7 @@ class MaskedLMScorer:
         if tokenizer.mask_token_id is None:
             raise ValueError("Pseudo-log-likelihood needs a tokenizer with a mask token")
         self.model, self.tokenizer, self.metric, self.token_budget = model.eval(), tokenizer, metric, token_budget
-        self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self.forward = torch.compile(self.model, dynamic=True) if torch_compile else self.model
         # Each masked copy needs the vocabulary distribution at one position only; models that can run their head on
         # the labelled positions alone (hubzoo's `sparse_prediction`) skip the (copies x length x vocab) logits.
         self.sparse_head = supports_sparse_prediction(model)

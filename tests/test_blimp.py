@@ -71,7 +71,7 @@ def test_compiled_pll_equals_brute_force_with_one_encoder_graph_for_every_batch_
     torch._dynamo.reset()
     model = tiny_mlm(subword_tokenizer)
     sentences = SENTENCES + generate_corpus(12, seed=3)
-    scorer = MaskedLMScorer(model, subword_tokenizer, token_budget=200, compile=True)  # batches of many shapes
+    scorer = MaskedLMScorer(model, subword_tokenizer, token_budget=200, torch_compile=True)  # batches of many shapes
     scores = scorer.score(sentences)
     expected = [brute_force_pll(model, subword_tokenizer, s) for s in sentences]
     assert scores == pytest.approx(expected, abs=1e-5)
