@@ -4,6 +4,9 @@ end of the run needs (the files it reads, a writable output_dir, the installed p
 No test here trains: a training step taken is a failure."""
 
 import json
+import os
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -345,3 +348,23 @@ def test_a_non_finite_loss_is_logged_not_averaged_away(tmp_path):
     # Trainer's default filter replaces a NaN step loss by the running mean, hiding a diverged run.
     _, _, training_args = run_mdlm.parse([str(CONFIGS / "mdlm_tiny.yaml"), "--output_dir", str(tmp_path)])
     assert training_args.logging_nan_inf_filter is False
+
+
+@pytest.mark.parametrize("use_cpu", ["true", "false"])
+def test_an_fsdp_launch_on_cpu_is_refused_before_any_work(tmp_path, use_cpu):
+    """accelerate never turns a CPU process group into FSDP: with use_cpu the ranks would train as plain DDP, without
+    it each process alone, all of them writing the main process's outputs."""
+    from tests.test_mlm_trainer import free_port
+
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("distributed_type: FSDP\nmixed_precision: 'no'\nnum_machines: 1\nnum_processes: 2\n"
+                      "fsdp_config:\n  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
+               str(free_port()), str(CONFIGS.parent / "run_ltg_bert.py"), str(CONFIGS / "ltg_bert_tiny.yaml"),
+               "--output_dir", str(tmp_path / "run"), "--use_cpu", use_cpu]
+    out = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    expected = ("would train as MULTI_CPU: accelerate runs FSDP only on accelerators" if use_cpu == "true" else
+                "2 processes were launched, but each trains alone (NO, world size 1)")
+    assert out.returncode != 0 and expected in out.stderr
+    assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,27 @@ class RunTrainingArguments(TrainingArguments):
                            self.torch_compile_mode, self.torch_compile_backend)
             self.torch_compile_mode = self.torch_compile_backend = None
         super().__post_init__()
+        check_launch(self)
+
+
+def check_launch(args) -> None:
+    """Refuse, before any work, a launch whose processes would not train the way they were launched: on a machine
+    without an accelerator, accelerate (1.16) never turns a CPU process group into FSDP, so an FSDP launch config
+    trains as plain DDP (with `use_cpu`) or as separate single processes that all act as the main one and write the
+    same outputs (without it)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    fsdp_launch = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if launched <= 1 and not fsdp_launch:
+        return
+    state = args.distributed_state if args.device is not None else None  # `device` sets the distributed state up
+    running = state.distributed_type.value if state is not None else "NO"
+    if args.world_size != launched:
+        raise ValueError(f"{launched} processes were launched, but each trains alone ({running}, world size "
+                         f"{args.world_size}): {'FSDP needs an accelerator' if fsdp_launch else 'check the launch'}; "
+                         "on a CPU, two gloo ranks need `accelerate launch --multi_gpu` and use_cpu: true")
+    if fsdp_launch and running != "FSDP":
+        raise ValueError(f"An FSDP launch config, but the {launched} processes would train as {running}: accelerate "
+                         "runs FSDP only on accelerators; on a CPU, train with DDP (`accelerate launch --multi_gpu`)")
 
 
 @dataclass
