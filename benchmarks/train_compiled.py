@@ -97,12 +97,12 @@ def run(name: str, mode: str, args, work: Path, tokenizer: Path | None) -> dict:
     trainer_class.evaluate = lambda self, *a, **k: {"eval_loss": float("nan")}
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    parsed = script.parse(argv)
     try:
-        script.main(*script.parse(argv))
+        script.main(*parsed)
     finally:
         script.run_callbacks, script.finish_run, trainer_class.evaluate = real_run_callbacks, real_finish, real_evaluate
-    training_args = script.parse(argv)[-1]
-    seq_len = script.parse(argv)[1].max_seq_length
+    training_args, seq_len = parsed[-1], parsed[1].max_seq_length
     tokens_per_step = training_args.per_device_train_batch_size * seq_len * training_args.gradient_accumulation_steps
     tokens_per_s = clock.steps * tokens_per_step / clock.seconds
     per_token = flops(clock.model, seq_len, args.device)

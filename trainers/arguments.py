@@ -176,8 +176,8 @@ def check_launch(args) -> None:
     fsdp_launch = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if launched <= 1 and not fsdp_launch:
         return
-    state = args.distributed_state if args.device is not None else None  # `device` sets the distributed state up
-    running = state.distributed_type.value if state is not None else "NO"
+    args.device  # sets the distributed state up
+    running = args.distributed_state.distributed_type.value if args.distributed_state is not None else "NO"
     if args.world_size != launched:
         raise ValueError(f"{launched} processes were launched, but each trains alone ({running}, world size "
                          f"{args.world_size}): {'FSDP needs an accelerator' if fsdp_launch else 'check the launch'}; "
